@@ -1,0 +1,58 @@
+"""Names shared by the API, the Celery config and the workers.
+
+Import-light on purpose: the API process, ``celeryconfig`` and every worker import this module, so it must
+not pull in anything heavier than the standard library.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Queue(StrEnum):
+    INGEST = "ingest"
+    CHAT = "chat"
+    SUMMARY = "summary"
+    MAINTENANCE = "maintenance"
+
+
+class TaskName(StrEnum):
+    PROBE = "protostar.probe"
+    RECONCILE = "protostar.maintenance.reconcile"
+
+
+class JobKind(StrEnum):
+    PROBE = "probe"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class EventType(StrEnum):
+    STATUS = "status"
+    PROGRESS = "progress"
+    TOKEN = "token"  # noqa: S105 (an event name)
+    ERROR = "error"
+    DONE = "done"
+
+
+# Which queue runs which task. ``celeryconfig.task_routes`` is built from this table and the API looks up
+# the queue of a job's task here, so a task can never be sent to a queue nobody consumes.
+TASK_QUEUES: dict[TaskName, Queue] = {
+    TaskName.RECONCILE: Queue.MAINTENANCE,
+}
+
+# The probe is a synthetic job an operator can send to any queue to check it end to end.
+PROBE_QUEUES = (Queue.INGEST, Queue.CHAT, Queue.SUMMARY)

@@ -1,0 +1,123 @@
+"""One small tree of errors, each carrying the HTTP status and the stable code callers see.
+
+    ProtostarError (500 internal)
+    ├── BadRequest (400 bad_request)
+    │   └── ValidationFailed (422 validation_failed)
+    ├── Unauthorized (401 unauthorized)
+    ├── Forbidden (403 forbidden)
+    ├── NotFound (404 not_found)
+    ├── Conflict (409 conflict)
+    ├── PayloadTooLarge (413 payload_too_large)
+    ├── UnsupportedMediaType (415 unsupported_media_type)
+    ├── RateLimited (429 rate_limited)
+    ├── Unavailable (503 unavailable)
+    │   └── BrokerUnavailable (503 broker_unavailable)
+    ├── JobFailed (500 job_failed): raised inside workers; its code and message are recorded on the job
+    │   ├── InputRejected (422 input_rejected): the input can never succeed, do not retry
+    │   ├── Transient (503 transient): worth retrying with backoff
+    │   ├── WorkerLost (500 worker_lost): the reconciler gave up on a job whose heartbeat stopped
+    │   └── Cancelled (409 cancelled): a running job saw its cancel request
+    └── ServiceError (500 service_error): an embedded service could not start or stop
+        └── PortInUse (500 port_in_use)
+
+Routes raise these; one handler renders ``{"error": {"code", "message"}}``. Task shells catch everything at
+their boundary and record ``code`` and ``message`` on the job row.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ProtostarError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ProtostarError):
+    status = 400
+    code = "bad_request"
+
+
+class ValidationFailed(BadRequest):
+    status = 422
+    code = "validation_failed"
+
+
+class Unauthorized(ProtostarError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ProtostarError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ProtostarError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ProtostarError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ProtostarError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ProtostarError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(ProtostarError):
+    status = 429
+    code = "rate_limited"
+
+
+class Unavailable(ProtostarError):
+    status = 503
+    code = "unavailable"
+
+
+class BrokerUnavailable(Unavailable):
+    code = "broker_unavailable"
+
+
+class JobFailed(ProtostarError):
+    code = "job_failed"
+
+
+class InputRejected(JobFailed):
+    status = 422
+    code = "input_rejected"
+
+
+class Transient(JobFailed):
+    status = 503
+    code = "transient"
+
+
+class WorkerLost(JobFailed):
+    code = "worker_lost"
+
+
+class Cancelled(JobFailed):
+    status = 409
+    code = "cancelled"
+
+
+class ServiceError(ProtostarError):
+    code = "service_error"
+
+
+class PortInUse(ServiceError):
+    code = "port_in_use"

@@ -1,0 +1,111 @@
+"""The one place that reads the environment.
+
+Every variable is ``PROTOSTAR_<FIELD>`` (for example ``PROTOSTAR_REDIS_URL``). A URL left empty means "start
+the embedded service": ``protostar up`` and the test suite start a real Redis, PostgreSQL and S3 server under
+``data_dir`` and hand their URLs to every process they start. In production the URLs point at real servers
+and nothing embedded starts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROTOSTAR_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    data_dir: Path = Path(".protostar")
+
+    # --- where the parts live (empty: embedded) -------------------------------------------------------
+    redis_url: str | None = None
+    database_url: str | None = None
+    s3_endpoint: str | None = None  # host:port, as the minio SDK wants it
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = False
+    s3_bucket: str = "protostar"
+
+    # --- ports of the embedded services and the processes `protostar up` starts -----------------------
+    host: str = "127.0.0.1"
+    redis_port: int = 16379
+    postgres_port: int = 15432
+    s3_port: int = 18333
+    api_port: int = 8000
+    flower_port: int = 5555
+
+    # --- API ------------------------------------------------------------------------------------------
+    bootstrap_api_key: SecretStr | None = None
+    broker_connect_timeout: float = Field(1.0, gt=0, description="seconds; the API answers 503 past it")
+    api_url: str | None = None  # the public base URL, used in `events_url`; defaults to host:api_port
+
+    # --- Flower ---------------------------------------------------------------------------------------
+    flower_user: str = "admin"
+    flower_password: SecretStr | None = None
+
+    # --- jobs -----------------------------------------------------------------------------------------
+    task_expires: int = Field(24 * 3600, gt=0, description="seconds a sent task may wait in its queue")
+    heartbeat_interval: float = Field(5.0, gt=0)
+    takeover_after: float = Field(30.0, gt=0, description="a redelivered job may take over after this")
+    reap_after: float = Field(300.0, gt=0, description="the reconciler acts on a silent job after this")
+    unsent_grace: float = Field(30.0, gt=0, description="a row not sent after this is sent by beat")
+    max_attempts: int = Field(3, ge=1)
+    reconcile_every: int = Field(1, ge=1, description="minutes between reconciler runs")
+    events_ttl: int = Field(24 * 3600, gt=0, description="seconds a job's event stream is kept")
+    events_maxlen: int = Field(20_000, gt=0)
+
+    # --- workers --------------------------------------------------------------------------------------
+    visibility_timeout: int = Field(4 * 3600, gt=0)
+    ingest_concurrency: int = Field(2, ge=1)
+    chat_concurrency: int = Field(50, ge=1)
+    summary_concurrency: int = Field(2, ge=1)
+    ingest_soft_time_limit: int = Field(1800, gt=0)
+    ingest_time_limit: int = Field(1900, gt=0)
+    chat_soft_time_limit: int = Field(300, gt=0)
+    chat_time_limit: int = Field(330, gt=0)
+    summary_soft_time_limit: int = Field(600, gt=0)
+    summary_time_limit: int = Field(660, gt=0)
+    max_tasks_per_child: int = Field(200, ge=1)
+    max_memory_per_child_kb: int = Field(2_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        limits = [
+            (self.ingest_soft_time_limit, self.ingest_time_limit),
+            (self.chat_soft_time_limit, self.chat_time_limit),
+            (self.summary_soft_time_limit, self.summary_time_limit),
+        ]
+        for soft, hard in limits:
+            if soft >= hard:
+                raise ValueError("each soft time limit must be below its hard time limit")
+        if max(hard for _, hard in limits) >= self.visibility_timeout:
+            raise ValueError("visibility_timeout must exceed the longest task, or tasks run twice")
+        if self.takeover_after >= self.reap_after:
+            raise ValueError("takeover_after must be below reap_after")
+        if self.environment == "production":
+            missing = [
+                name
+                for name in ("redis_url", "database_url", "s3_endpoint", "flower_password")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"production needs {', '.join('PROTOSTAR_' + m.upper() for m in missing)}")
+            key = self.bootstrap_api_key
+            if key is not None and len(key.get_secret_value()) < 32:
+                raise ValueError("PROTOSTAR_BOOTSTRAP_API_KEY must be at least 32 characters in production")
+        return self
+
+    @property
+    def public_api_url(self) -> str:
+        return self.api_url or f"http://{self.host}:{self.api_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

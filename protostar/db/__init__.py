@@ -1,0 +1,1 @@
+"""PostgreSQL: models, engine, migrations. All SQL lives in the ``repo`` modules next to the models."""

@@ -1,0 +1,26 @@
+"""Engines are built by whoever owns a process: the API in its lifespan, a worker after fork."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from protostar.errors import ServiceError
+from protostar.settings import Settings
+
+
+def make_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
+    if not settings.database_url:
+        raise ServiceError("PROTOSTAR_DATABASE_URL is not set; start the stack with `protostar up`")
+    return create_engine(
+        settings.database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "options": "-c statement_timeout=30000"},
+    )
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,69 @@
+"""Celery settings, loaded with ``app.config_from_object("celeryconfig")`` by the API and every worker.
+
+Values come from :class:`protostar.settings.Settings`, the only reader of the environment. Per-worker
+choices (pool, concurrency, child recycling) are command-line flags built in ``protostar.commands``.
+"""
+
+from __future__ import annotations
+
+from celery.schedules import crontab
+from kombu.entity import Exchange
+from kombu.entity import Queue as KombuQueue
+
+from protostar.constants import TASK_QUEUES, Queue, TaskName
+from protostar.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.redis_url or f"redis://{_settings.host}:{_settings.redis_port}/0"
+result_backend = broker_url
+
+# --- queues and routing: every queue is declared, a typo fails loudly --------------------------------------
+task_queues = tuple(KombuQueue(q.value, Exchange(q.value), routing_key=q.value) for q in Queue)
+task_default_queue = Queue.MAINTENANCE.value
+task_create_missing_queues = False
+task_routes = {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()}
+
+# --- delivery: a task is acknowledged only after it ran; a dead child's task goes back to the queue --------
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure = True
+task_acks_on_timeout = True
+worker_prefetch_multiplier = 1
+broker_transport_options = {
+    # Above the longest hard time limit, or Redis hands a long task to a second worker while it runs.
+    "visibility_timeout": _settings.visibility_timeout,
+    "socket_connect_timeout": 5,
+    "socket_keepalive": True,
+    "health_check_interval": 25,
+}
+broker_connection_retry_on_startup = True
+worker_cancel_long_running_tasks_on_connection_loss = False
+
+# --- serialization and results: the jobs table holds business results, not the backend ---------------------
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_expires = 3600
+timezone = "UTC"
+enable_utc = True
+
+# --- visibility for Flower ------------------------------------------------------------------------------
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+# --- time limits: per task in its decorator; these are the defaults for anything else ---------------------
+task_soft_time_limit = 60
+task_time_limit = 90
+
+# --- beat: crontab schedules, each send expires before the next run could start ---------------------------
+_every = _settings.reconcile_every
+beat_schedule = {
+    "reconcile-jobs": {
+        "task": TaskName.RECONCILE.value,
+        "schedule": crontab(minute=f"*/{_every}"),
+        "options": {"expires": _every * 60 - 5, "queue": Queue.MAINTENANCE.value},
+    },
+}

@@ -1,0 +1,28 @@
+"""The Celery application shared by the API (which only sends by name) and the workers.
+
+Importing this module creates no connection: Celery connects lazily, in the process that uses it.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from protostar.settings import Settings
+
+
+def create_celery(settings: Settings, *, role: str = "worker") -> Celery:
+    app = Celery("protostar")
+    app.config_from_object("celeryconfig")
+    if role == "api":
+        # The API must answer 503 quickly when Redis is down rather than hang in connection retries.
+        timeout = settings.broker_connect_timeout
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,
+        }
+        app.conf.broker_connection_timeout = timeout
+        app.conf.broker_connection_max_retries = 0
+        app.conf.task_publish_retry = False
+        app.conf.broker_pool_limit = 50
+    return app

@@ -1,0 +1,78 @@
+"""Commit the row, then send the task: the one path by which work enters a queue."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from protostar.constants import EventType, JobStatus, Queue
+from protostar.db.models import Job
+from protostar.errors import BrokerUnavailable
+from protostar.jobs import repo
+from protostar.jobs.events import EventLog
+from protostar.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
+
+
+def time_limits(settings: Settings, queue: str) -> dict[str, int]:
+    limits = {
+        Queue.INGEST.value: (settings.ingest_soft_time_limit, settings.ingest_time_limit),
+        Queue.CHAT.value: (settings.chat_soft_time_limit, settings.chat_time_limit),
+        Queue.SUMMARY.value: (settings.summary_soft_time_limit, settings.summary_time_limit),
+    }
+    soft, hard = limits.get(queue, (60, 90))
+    return {"soft_time_limit": soft, "time_limit": hard}
+
+
+@dataclass
+class Dispatcher:
+    celery: Celery
+    engine: Engine
+    events: EventLog
+    settings: Settings
+
+    def send(self, job: Job) -> None:
+        """Send ``job``'s task; the task id is the job id, so a second send is harmless."""
+        self.celery.send_task(
+            job.task_name,
+            kwargs={"job_id": str(job.id)},
+            task_id=str(job.id),
+            queue=job.queue,
+            expires=self.settings.task_expires,
+            retry=False,
+            **time_limits(self.settings, job.queue),
+        )
+
+    def submit(
+        self,
+        session: Session,
+        *,
+        tenant_id: uuid.UUID,
+        kind: str,
+        task_name: str,
+        queue: str,
+        payload: dict[str, Any],
+    ) -> Job:
+        job = repo.create(session, tenant_id=tenant_id, kind=kind, task_name=task_name, queue=queue, payload=payload)
+        session.commit()
+        try:
+            self.send(job)
+            self.events.publish(job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value})
+        except BROKER_ERRORS as exc:
+            logger.warning("job_id=%s could not be sent: %s", job.id, exc)
+            repo.fail_queued(session, job_id=job.id, code=BrokerUnavailable.code, message=str(exc))
+            session.commit()
+            raise BrokerUnavailable("the task queue is unavailable; nothing was queued, try again") from exc
+        repo.mark_dispatched(self.engine, job_id=job.id)
+        return job

@@ -1,0 +1,107 @@
+"""A job's events live in one Redis Stream per job; the stream entry id is the SSE event id.
+
+Workers (and the API, for ``queued``) append with :class:`EventLog`; the SSE route replays from the client's
+``Last-Event-ID`` with XREAD, which is exclusive of the id given, so a resumed stream has no loss and no
+repeats. A stream expires ``events_ttl`` seconds after its last event.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from protostar.constants import EventType, JobStatus
+
+PREFIX = "protostar:events:"
+CANCEL_PREFIX = "protostar:cancel:"
+
+
+def stream_key(job_id: uuid.UUID | str) -> str:
+    return f"{PREFIX}{job_id}"
+
+
+def cancel_key(job_id: uuid.UUID | str) -> str:
+    """Set by the API when a running job is cancelled; the worker's watcher polls it (the DB flag is the truth)."""
+    return f"{CANCEL_PREFIX}{job_id}"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    data: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        return self.type == EventType.DONE
+
+
+@dataclass
+class EventLog:
+    """Appends events; built once per process around that process's own Redis client."""
+
+    client: redis.Redis
+    ttl: int
+    maxlen: int
+
+    def publish(self, job_id: uuid.UUID | str, type_: EventType, data: dict[str, Any]) -> str:
+        return self.publish_many(job_id, [(type_, data)])[0]
+
+    def publish_many(self, job_id: uuid.UUID | str, events: list[tuple[EventType, dict[str, Any]]]) -> list[str]:
+        key = stream_key(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        for type_, data in events:
+            pipe.xadd(key, {"type": type_.value, "data": json.dumps(data)}, maxlen=self.maxlen, approximate=True)
+        pipe.expire(key, self.ttl)
+        replies = pipe.execute()
+        return [_text(r) for r in replies[: len(events)]]
+
+
+def final_events(
+    status: JobStatus, code: str | None = None, message: str | None = None
+) -> list[tuple[EventType, dict[str, Any]]]:
+    """The events that close a job's stream: its last status, an ``error`` when it failed, then ``done``."""
+    events: list[tuple[EventType, dict[str, Any]]] = [(EventType.STATUS, {"status": status.value})]
+    if code and status == JobStatus.FAILED:
+        events.append((EventType.ERROR, {"code": code, "message": message}))
+    events.append((EventType.DONE, {"status": status.value}))
+    return events
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
+    decoded = {_text(k): _text(v) for k, v in fields.items()}
+    return Event(id=_text(entry_id), type=decoded["type"], data=json.loads(decoded["data"]))
+
+
+async def follow(
+    client: aioredis.Redis, job_id: uuid.UUID | str, *, after: str = "0", block_ms: int = 15_000
+) -> AsyncIterator[Event | None]:
+    """Yield events after ``after`` until ``done``; yields None when ``block_ms`` passes with nothing new."""
+    key = stream_key(job_id)
+    last = after
+    while True:
+        reply: Any = await client.xread({key: last}, count=500, block=block_ms)  # RESP2: [[key, entries]]
+        if not reply:
+            yield None
+            continue
+        entries: Any = reply[0][1]
+        for entry_id, fields in entries:
+            event = _decode(entry_id, fields)
+            last = event.id
+            yield event
+            if event.final:
+                return
+
+
+async def exists(client: aioredis.Redis, job_id: uuid.UUID | str) -> bool:
+    return bool(await client.exists(stream_key(job_id)))

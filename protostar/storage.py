@@ -1,0 +1,31 @@
+"""Object storage through the ``minio`` SDK (MinIO in production, SeaweedFS when embedded)."""
+
+from __future__ import annotations
+
+import urllib3
+from minio import Minio
+
+from protostar.errors import ServiceError
+from protostar.settings import Settings
+
+
+def make_minio(settings: Settings) -> Minio:
+    if not (settings.s3_endpoint and settings.s3_access_key and settings.s3_secret_key):
+        raise ServiceError("PROTOSTAR_S3_ENDPOINT and its keys are not set; start the stack with `protostar up`")
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=3.0, read=30.0),
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        maxsize=20,
+    )
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key.get_secret_value(),
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        http_client=http,
+    )
+
+
+def ensure_bucket(client: Minio, bucket: str) -> None:
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)

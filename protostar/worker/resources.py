@@ -1,0 +1,79 @@
+"""Clients a worker process owns. Built on first use in the process that uses them, dropped after fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from celery import Celery
+from sqlalchemy import Engine
+
+from protostar.db.engine import make_engine
+from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs.events import EventLog
+from protostar.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    celery: Celery
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings, pool_size=2)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        assert self.settings.redis_url, "PROTOSTAR_REDIS_URL is set by protostar up or the environment"
+        return redis.Redis.from_url(
+            self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25
+        )
+
+    @cached_property
+    def events(self) -> EventLog:
+        return EventLog(self.redis, ttl=self.settings.events_ttl, maxlen=self.settings.events_maxlen)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(celery=self.celery, engine=self.engine, events=self.events, settings=self.settings)
+
+    @property
+    def worker_name(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose(close=False)
+        if "redis" in self.__dict__:
+            self.redis.connection_pool.reset()
+        self.__dict__.pop("engine", None)
+        self.__dict__.pop("redis", None)
+        self.__dict__.pop("events", None)
+        self.__dict__.pop("dispatcher", None)
+
+
+_current: Resources | None = None
+
+
+def init(celery: Celery) -> Resources:
+    global _current  # noqa: PLW0603 (one Resources per process, set when the worker starts)
+    _current = Resources(settings=get_settings(), celery=celery)
+    return _current
+
+
+def current() -> Resources:
+    assert _current is not None, "protostar.worker.app sets up resources when the worker starts"
+    return _current
+
+
+def after_fork() -> None:
+    """A prefork child must not reuse the sockets it inherited: forget them, build anew on first use."""
+    if _current is not None:
+        _current.close()

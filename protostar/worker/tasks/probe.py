@@ -1,0 +1,37 @@
+"""The probe: a synthetic job an operator sends to any queue to check it end to end.
+
+It walks ``steps`` progress steps of ``sleep`` seconds each, honours cancel, and reports where it ran.
+``fail`` makes it end the way a real job can: ``input`` (rejected, no retry) or ``transient`` (retried).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from protostar.constants import TaskName
+from protostar.errors import InputRejected, Transient
+from protostar.worker import resources
+from protostar.worker.shell import JobContext, run_job
+
+
+def probe(ctx: JobContext) -> dict[str, Any]:
+    steps = int(ctx.payload.get("steps", 1))
+    pause = float(ctx.payload.get("sleep", 0.0))
+    fail = ctx.payload.get("fail")
+    for step in range(1, steps + 1):
+        if pause:
+            ctx.sleep(pause)
+        ctx.check_cancelled()
+        ctx.progress("probe", step, steps)
+    if fail == "input":
+        raise InputRejected("the probe was asked to reject its input")
+    if fail == "transient":
+        raise Transient("the probe was asked to fail transiently")
+    return {"steps": steps, "worker": ctx.resources.worker_name, "attempt": ctx.attempt}
+
+
+@shared_task(bind=True, name=TaskName.PROBE.value, acks_late=True)
+def probe_task(self: Task, job_id: str) -> dict[str, Any] | None:
+    return run_job(self, resources.current(), job_id, probe)

@@ -1,0 +1,49 @@
+"""The FastAPI application: ``uvicorn protostar.api.app:create_app --factory``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from protostar import __version__
+from protostar.api import errors
+from protostar.api.metrics import BacklogCollector, RequestMetrics
+from protostar.api.routes import health, jobs
+from protostar.api.state import AppState
+from protostar.logs import setup_logging
+from protostar.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Submit work, get a job id back at once, poll the job or stream its events.
+
+Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <api key>`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    setup_logging(settings.log_level)
+    registry = CollectorRegistry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState.build(settings)
+        registry.register(BacklogCollector(state.redis, state.engine))
+        state.metrics = registry
+        app.state.protostar = state
+        logger.info("API ready on %s", settings.public_api_url)
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = FastAPI(title="Protostar", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.add_middleware(RequestMetrics, registry=registry)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app

@@ -1,0 +1,60 @@
+"""Liveness, readiness (every dependency answers) and Prometheus metrics. No auth."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from protostar.api.deps import StateDep
+from protostar.api.state import AppState
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check(name: str, probe: Callable[[], object]) -> dict[str, object]:
+    started = time.perf_counter()
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001 (boundary: report each dependency's failure, never raise)
+        logger.warning("readiness: %s is not ready: %s", name, exc)
+        return {"name": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"name": name, "ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _checks(state: AppState) -> list[dict[str, object]]:
+    def database() -> None:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    return [
+        _check("redis", state.redis.ping),
+        _check("postgres", database),
+        _check("object_store", lambda: state.minio.bucket_exists(state.settings.s3_bucket)),
+    ]
+
+
+@router.get("/readyz")
+def readyz(state: StateDep) -> JSONResponse:
+    checks = _checks(state)
+    ready = all(c["ok"] for c in checks)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+@router.get("/metrics")
+def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)

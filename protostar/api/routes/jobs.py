@@ -1,0 +1,71 @@
+"""Jobs: state, events (SSE), cancel; and the probe an admin sends to check a queue end to end."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
+from protostar.api.schemas import Accepted, JobOut, ProbeIn
+from protostar.api.sse import event_stream
+from protostar.constants import PROBE_QUEUES, JobKind, JobStatus, TaskName
+from protostar.errors import ValidationFailed
+from protostar.jobs import repo
+from protostar.jobs.events import cancel_key, final_events
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+CANCEL_FLAG_TTL = 24 * 3600
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> JobOut:
+    return JobOut.of(repo.get_for_tenant(session, tenant_id=principal.tenant_id, job_id=job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
+    """A queued job never runs; a running one stops at its next checkpoint and ends ``cancelled``."""
+    job = repo.request_cancel(session, tenant_id=principal.tenant_id, job_id=job_id)
+    session.commit()
+    if job.status == JobStatus.CANCELLED and job.started_at is None:
+        state.dispatcher.events.publish_many(job.id, final_events(JobStatus.CANCELLED))
+    elif job.status == JobStatus.RUNNING:
+        state.redis.set(cancel_key(job.id), "1", ex=CANCEL_FLAG_TTL)
+    return JobOut.of(job)
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+async def job_events(
+    job_id: uuid.UUID,
+    request: Request,
+    principal: PrincipalDep,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[str | None, Query(description="resume after this event id (as Last-Event-ID)")] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: ``status``, ``progress``, ``token``, ``error``, ``done``; resumable by id."""
+    return await event_stream(request, state, principal, job_id, last_event_id or after)
+
+
+@router.post("/probes", status_code=202, response_model=Accepted)
+def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: StateDep) -> Accepted:
+    """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
+    if body.queue not in PROBE_QUEUES:
+        raise ValidationFailed(f"queue must be one of {', '.join(q.value for q in PROBE_QUEUES)}")
+    job = state.dispatcher.submit(
+        session,
+        tenant_id=principal.tenant_id,
+        kind=JobKind.PROBE.value,
+        task_name=TaskName.PROBE.value,
+        queue=body.queue.value,
+        payload=body.model_dump(mode="json", exclude={"queue"}),
+    )
+    return Accepted(job_id=job.id, status=JobStatus.QUEUED, events_url=events_url(state, job.id))
+
+
+def events_url(state: StateDep, job_id: uuid.UUID) -> str:
+    return f"{state.settings.public_api_url}/v1/jobs/{job_id}/events"

@@ -13,6 +13,8 @@ from protostar.settings import Settings
 def create_celery(settings: Settings, *, role: str = "worker") -> Celery:
     app = Celery("protostar")
     app.config_from_object("celeryconfig")
+    if settings.redis_url:  # the settings given win over the process's own (``protostar up`` resolves them)
+        app.conf.broker_url = app.conf.result_backend = settings.redis_url
     if role == "api":
         # The API must answer 503 quickly when Redis is down rather than hang in connection retries.
         timeout = settings.broker_connect_timeout

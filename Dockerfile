@@ -1,0 +1,17 @@
+# The image of every Protostar process; docker-compose.yml picks the process with `command`.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --create-home --uid 10001 protostar
+WORKDIR /app
+
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+COPY pyproject.toml README.md celeryconfig.py ./
+COPY protostar ./protostar
+RUN pip install --no-deps .
+
+USER protostar
+ENV PROTOSTAR_HOST=0.0.0.0 PROTOSTAR_DATA_DIR=/home/protostar/data
+EXPOSE 8000 5555
+CMD ["protostar", "api"]

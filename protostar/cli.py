@@ -1,0 +1,232 @@
+"""``protostar``: run the whole system, or one of its processes, and administer it.
+
+protostar up                      embedded services + migrations + API, workers, beat, Flower
+protostar services                only the embedded services (Redis, PostgreSQL, S3), in the foreground
+protostar api | beat | flower     one process, as the Procfile and the Docker image run it
+protostar worker ingest|chat|summary
+protostar migrate                 apply migrations and create the bucket
+protostar keys create --tenant NAME [--admin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from urllib.error import HTTPError, URLError
+
+from protostar import commands
+from protostar.errors import ProtostarError
+from protostar.logs import setup_logging
+from protostar.settings import Settings, get_settings
+
+logger = logging.getLogger("protostar")
+
+
+def _resolved(settings: Settings, env: dict[str, str]) -> Settings:
+    """Settings as a child process will see them once ``env`` is applied."""
+    overrides = {k.removeprefix("PROTOSTAR_").lower(): v for k, v in env.items() if k.startswith("PROTOSTAR_")}
+    return Settings(**{**settings.model_dump(exclude_unset=True), **overrides})
+
+
+def prestart(settings: Settings) -> None:
+    """Migrations and the bucket: what must exist before any process serves."""
+    from protostar.db.migrate import upgrade
+    from protostar.storage import ensure_bucket, make_minio
+
+    assert settings.database_url
+    upgrade(settings.database_url)
+    ensure_bucket(make_minio(settings), settings.s3_bucket)
+
+
+def _wait_http(url: str, timeout: float, *, ok: tuple[int, ...] = (200,)) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (a local URL we built)
+                if response.status in ok:
+                    return True
+        except HTTPError as exc:
+            if exc.code in ok:
+                return True
+        except (URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _wait_workers(settings: Settings, names: list[str], timeout: float) -> bool:
+    """Until every worker answers a ping, so Flower's first look finds them all."""
+    from protostar.celery_app import create_celery
+
+    control = create_celery(settings, role="api").control
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = control.ping(timeout=1.0) or []
+        seen = {name.split("@")[0] for reply in replies for name in reply}
+        if set(names) <= seen:
+            return True
+    return False
+
+
+def cmd_up(settings: Settings) -> int:
+    from protostar.runtime.stack import Stack
+    from protostar.supervisor import Supervisor
+
+    stack = Stack(settings)
+    supervisor: Supervisor | None = None
+    try:
+        stack.start()
+        env = {**os.environ, **stack.env()}
+        if settings.bootstrap_api_key is None:
+            env["PROTOSTAR_BOOTSTRAP_API_KEY"] = "ps_" + stack.secret("bootstrap_api_key")
+        flower_password = (
+            settings.flower_password.get_secret_value() if settings.flower_password else stack.secret("flower_password")
+        )
+        resolved = _resolved(settings, env)
+        prestart(resolved)
+        supervisor = Supervisor(env=env)
+        supervisor.start("api", commands.api(resolved))
+        for name in commands.WORKERS:
+            supervisor.start(f"worker-{name}", commands.worker(resolved, name))
+        supervisor.start("beat", commands.beat(resolved))
+        if not _wait_workers(resolved, list(commands.WORKERS), 90):
+            supervisor.say("not every worker answered within 90 s; see their logs above")
+        supervisor.start("flower", commands.flower(resolved), commands.flower_env(resolved, flower_password))
+        api = resolved.public_api_url
+        if not _wait_http(f"{api}/readyz", 60):
+            supervisor.say("the API is not ready after 60 s; see its log above")
+        flower_url = f"http://{resolved.host}:{resolved.flower_port}"
+        if not _wait_http(f"{flower_url}/healthcheck", 30, ok=(200, 401)):
+            supervisor.say("Flower did not answer within 30 s; see its log above")
+        key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
+        supervisor.say(
+            "\n"
+            f"  Protostar is up.\n"
+            f"  API          {api}\n"
+            f"  API docs     {api}/docs\n"
+            f"  API key      {key}   (tenant 'default', admin)\n"
+            f"  Flower       {flower_url}  "
+            f"(user {resolved.flower_user}, password {flower_password})\n"
+            f"  Data         {resolved.data_dir.resolve()}\n"
+            f"  Try:  curl -H 'Authorization: Bearer {key}' -X POST {api}/v1/probes "
+            "-H 'content-type: application/json' -d '{\"queue\": \"chat\"}'\n"
+            "  Ctrl-C stops everything.\n"
+        )
+        exited = supervisor.wait()
+        if exited:
+            supervisor.say(f"{exited} exited; stopping everything")
+            return 1
+        supervisor.say("stopping...")
+        return 0
+    finally:
+        if supervisor is not None:
+            supervisor.stop_all()
+        stack.stop()
+
+
+def cmd_services(settings: Settings) -> int:
+    from protostar.runtime.stack import Stack
+    from protostar.supervisor import Supervisor
+
+    with Stack(settings) as stack:
+        for name, value in stack.env().items():
+            print(f"export {name}={value}")
+        Supervisor(env={}).wait()
+    return 0
+
+
+def _admin_settings(settings: Settings) -> Settings:
+    """Settings for admin commands: external URLs as configured, else the embedded stack's."""
+    from protostar.runtime.stack import Stack
+
+    return _resolved(settings, Stack(settings).env())
+
+
+def cmd_migrate(settings: Settings) -> int:
+    prestart(_admin_settings(settings))
+    print("migrations applied")
+    return 0
+
+
+def cmd_keys_create(settings: Settings, tenant: str, admin: bool) -> int:
+    from protostar.auth import create_key
+    from protostar.db.engine import make_engine, make_sessionmaker
+
+    engine = make_engine(_admin_settings(settings), pool_size=1)
+    with make_sessionmaker(engine).begin() as session:
+        key = create_key(session, tenant=tenant, admin=admin)
+    engine.dispose()
+    print(key)
+    return 0
+
+
+def _exec(argv: list[str], extra_env: dict[str, str] | None = None) -> int:
+    os.execve(argv[0], argv, {**os.environ, **(extra_env or {})})  # noqa: S606 (become the process)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="protostar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the whole system on embedded services")
+    sub.add_parser("services", help="start only the embedded services")
+    sub.add_parser("api", help="run the HTTP API (uvicorn)")
+    w = sub.add_parser("worker", help="run a Celery worker")
+    w.add_argument("name", choices=sorted(commands.WORKERS))
+    sub.add_parser("beat", help="run celery beat")
+    sub.add_parser("flower", help="run Flower (basic auth from PROTOSTAR_FLOWER_USER/PASSWORD)")
+    sub.add_parser("migrate", help="apply migrations and create the bucket")
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create an API key and print it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--admin", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per command)
+    args = parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        print(f"protostar: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        match args.command:
+            case "up":
+                return cmd_up(settings)
+            case "services":
+                return cmd_services(settings)
+            case "api":
+                return _exec(commands.api(settings))
+            case "worker":
+                return _exec(commands.worker(settings, args.name))
+            case "beat":
+                settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule state there
+                return _exec(commands.beat(settings))
+            case "flower":
+                if settings.flower_password is None:
+                    print("protostar: set PROTOSTAR_FLOWER_PASSWORD", file=sys.stderr)
+                    return 2
+                password = settings.flower_password.get_secret_value()
+                return _exec(commands.flower(settings), commands.flower_env(settings, password))
+            case "migrate":
+                return cmd_migrate(settings)
+            case "keys":
+                return cmd_keys_create(settings, args.tenant, args.admin)
+    except ProtostarError as exc:
+        print(f"protostar: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

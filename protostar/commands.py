@@ -1,0 +1,124 @@
+"""The command line of every Protostar process, in one place.
+
+``protostar up``, the ``Procfile`` (``protostar api``, ``protostar worker chat``...) and the Docker image
+all run these, so the pool, concurrency, limits and queues of a worker are decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from protostar.constants import Queue
+from protostar.settings import Settings
+
+CELERY_APP = "protostar.worker.app"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    queues: tuple[Queue, ...]
+    pool: str
+    why: str
+
+
+# The chat and summary workers spend their time waiting on the LLM's HTTP stream, so a thread pool serves
+# many at once without monkey-patching (gevent would have to patch psycopg, redis and httpx alike); the
+# ingest worker parses documents, CPU-bound work that needs processes to use every core.
+WORKERS: dict[str, WorkerSpec] = {
+    "ingest": WorkerSpec((Queue.INGEST,), "prefork", "CPU-bound parsing and embedding: one process per core"),
+    "chat": WorkerSpec((Queue.CHAT,), "threads", "streaming I/O to the LLM: many concurrent answers"),
+    "summary": WorkerSpec(
+        (Queue.SUMMARY, Queue.MAINTENANCE), "threads", "LLM calls and beat's maintenance jobs: I/O-bound"
+    ),
+}
+
+
+def api(settings: Settings) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "protostar.api.app:create_app",
+        "--factory",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.api_port),
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
+
+
+def worker(settings: Settings, name: str) -> list[str]:
+    spec = WORKERS[name]
+    concurrency = {
+        "ingest": settings.ingest_concurrency,
+        "chat": settings.chat_concurrency,
+        "summary": settings.summary_concurrency,
+    }[name]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "--hostname",
+        f"{name}@%h",
+        "--queues",
+        ",".join(q.value for q in spec.queues),
+        "--pool",
+        spec.pool,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        settings.log_level,
+        "--task-events",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if spec.pool == "prefork":
+        argv += [
+            "--max-tasks-per-child",
+            str(settings.max_tasks_per_child),
+            "--max-memory-per-child",
+            str(settings.max_memory_per_child_kb),
+        ]
+    return argv
+
+
+def beat(settings: Settings) -> list[str]:
+    schedule = settings.data_dir.resolve() / "celerybeat-schedule"
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "beat",
+        "--schedule",
+        str(schedule),
+        "--loglevel",
+        settings.log_level,
+    ]
+
+
+def flower(settings: Settings) -> list[str]:
+    """Flower; its basic-auth credentials go in ``FLOWER_BASIC_AUTH`` (see :func:`flower_env`), not argv."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "flower",
+        f"--address={settings.host}",  # Tornado options take --name=value only
+        f"--port={settings.flower_port}",
+        "--persistent=False",
+    ]
+
+
+def flower_env(settings: Settings, password: str) -> dict[str, str]:
+    return {"FLOWER_BASIC_AUTH": f"{settings.flower_user}:{password}"}

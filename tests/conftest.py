@@ -1,0 +1,155 @@
+"""The test system: real Redis, PostgreSQL + pgvector and S3 started by the project's own code, and the real
+API and Celery workers as subprocesses, exactly as `protostar up` runs them. Nothing is faked here.
+
+Timing settings are shortened (heartbeats, takeover, reaping) so the failure paths run in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from protostar import commands
+from protostar.cli import prestart
+from protostar.db.engine import make_engine
+from protostar.runtime.process import free_port
+from protostar.runtime.stack import Stack
+from protostar.settings import Settings, get_settings
+from protostar.supervisor import Supervisor
+
+LOGS = Path(os.environ.get("PROTOSTAR_TEST_LOGS", tempfile.gettempdir())) / "protostar-test-logs"
+
+TEST_ENV = {
+    "PROTOSTAR_ENVIRONMENT": "test",
+    "PROTOSTAR_LOG_LEVEL": "INFO",
+    "PROTOSTAR_HEARTBEAT_INTERVAL": "0.5",
+    "PROTOSTAR_TAKEOVER_AFTER": "3",
+    "PROTOSTAR_REAP_AFTER": "8",
+    "PROTOSTAR_UNSENT_GRACE": "1",
+    "PROTOSTAR_MAX_ATTEMPTS": "3",
+    "PROTOSTAR_INGEST_CONCURRENCY": "2",
+    "PROTOSTAR_CHAT_CONCURRENCY": "8",
+    "PROTOSTAR_SUMMARY_CONCURRENCY": "2",
+}
+
+
+@dataclass
+class Live:
+    settings: Settings
+    stack: Stack
+    supervisor: Supervisor
+    api_url: str
+    admin_key: str
+    log: Path
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"} if key != "" else {}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=10, **kwargs)
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 30, every: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    data_dir = Path(tempfile.mkdtemp(prefix="protostar-test-"))
+    data_dir.chmod(0o755)  # the embedded PostgreSQL runs as a system user when tests run as root
+    env = {
+        **TEST_ENV,
+        "PROTOSTAR_DATA_DIR": str(data_dir),
+        "PROTOSTAR_REDIS_PORT": str(free_port()),
+        "PROTOSTAR_POSTGRES_PORT": str(free_port()),
+        "PROTOSTAR_S3_PORT": str(free_port()),
+        "PROTOSTAR_API_PORT": str(free_port()),
+        "PROTOSTAR_BOOTSTRAP_API_KEY": "ps_test_" + secrets.token_urlsafe(24),
+    }
+    os.environ.update(env)
+    get_settings.cache_clear()
+    stack = Stack(get_settings())
+    stack.start()
+    os.environ.update(stack.env())
+    get_settings.cache_clear()
+    try:
+        prestart(get_settings())
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def live(stack: Stack, settings: Settings) -> Iterator[Live]:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"live-{os.getpid()}.log"
+    out = log.open("w")
+    supervisor = Supervisor(env=dict(os.environ), out=out)
+    try:
+        supervisor.start("api", commands.api(settings))
+        for name in commands.WORKERS:
+            supervisor.start(f"worker-{name}", commands.worker(settings, name))
+        live = Live(
+            settings,
+            stack,
+            supervisor,
+            settings.public_api_url,
+            settings.bootstrap_api_key.get_secret_value() if settings.bootstrap_api_key else "",
+            log,
+        )
+        with live.client() as client:
+            wait_for(lambda: _ok(client, "/readyz"), timeout=60, what=f"the API (log: {log})")
+            # Every worker consumes: a probe on each queue succeeds.
+            for queue in ("ingest", "chat", "summary"):
+                job_id = client.post("/v1/probes", json={"queue": queue, "steps": 1}).json()["job_id"]
+                wait_for(
+                    lambda j=job_id: client.get(f"/v1/jobs/{j}").json()["status"] == "succeeded",
+                    timeout=60,
+                    what=f"a worker on {queue} (log: {log})",
+                )
+        yield live
+    finally:
+        supervisor.stop_all()
+        out.close()
+
+
+def _ok(client: httpx.Client, path: str) -> bool:
+    try:
+        return client.get(path).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def engine(stack: Stack, settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def api(live: Live) -> Iterator[httpx.Client]:
+    with live.client() as client:
+        yield client

@@ -1,0 +1,128 @@
+"""`protostar up` as a new user runs it: everything starts, Flower sees the workers, Ctrl-C leaves nothing
+behind, and a second `up` finds the data of the first."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from protostar.runtime.process import free_port
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+class Up:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.out = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "protostar.cli", "up"], env=env, stdout=self.out, stderr=subprocess.STDOUT
+        )
+        self.text = wait_for(self._banner, timeout=120, every=0.3, what=f"the banner (log: {log})")
+
+    def _banner(self) -> str | None:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        text = self.log.read_text()
+        return text if "Ctrl-C stops everything" in text else None
+
+    def value(self, pattern: str) -> str:
+        match = re.search(pattern, self.text)
+        assert match, self.text[-2000:]
+        return match.group(1)
+
+    def interrupt(self) -> list[psutil.Process]:
+        family = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(timeout=30) == 0, self.log.read_text()[-3000:]
+        self.out.close()
+        return family
+
+
+@pytest.fixture
+def up_env() -> Iterator[dict[str, str]]:
+    data = Path(tempfile.mkdtemp(prefix="protostar-up-"))
+    data.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTOSTAR_")}
+    env.update(
+        {
+            "PROTOSTAR_DATA_DIR": str(data / "data"),
+            **{f"PROTOSTAR_{name}_PORT": str(free_port()) for name in ("REDIS", "POSTGRES", "S3", "API", "FLOWER")},
+        }
+    )
+    yield env
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def test_up_serves_shows_workers_in_flower_and_stops_clean(up_env: dict[str, str], tmp_path: Path) -> None:
+    up = Up(up_env, tmp_path / "up-1.log")
+    api = up.value(r"API\s+(http://\S+)")
+    key = up.value(r"API key\s+(\S+)")
+    flower = up.value(r"Flower\s+(http://\S+)")
+    user, password = up.value(r"\(user (\S+),"), up.value(r"password (\S+)\)")
+    assert up.value(r"API docs\s+(\S+)") == f"{api}/docs"
+    try:
+        with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
+            assert client.get("/readyz").status_code == 200
+            job_id = client.post("/v1/probes", json={"queue": "ingest"}).json()["job_id"]
+            wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded", timeout=60)
+        assert httpx.get(f"{flower}/api/workers").status_code == 401
+
+        def workers() -> dict[str, tuple[list[str], str]] | None:
+            body = httpx.get(f"{flower}/api/workers?refresh=1", auth=(user, password), timeout=10).json()
+            seen = {
+                name.split("@")[0]: (
+                    [q["name"] for q in w.get("active_queues", [])],
+                    w.get("stats", {}).get("pool", {}).get("implementation", ""),
+                )
+                for name, w in body.items()
+            }
+            return seen if {"ingest", "chat", "summary"} <= set(seen) else None
+
+        seen = wait_for(workers, timeout=60, every=1, what="Flower to list the workers")
+        assert seen["ingest"][0] == ["ingest"] and "prefork" in seen["ingest"][1]
+        assert seen["chat"][0] == ["chat"] and "thread" in seen["chat"][1]
+        assert sorted(seen["summary"][0]) == ["maintenance", "summary"]
+    finally:
+        family = up.interrupt()
+    gone = psutil.wait_procs(family, timeout=10)[1]
+    assert not gone, f"left behind: {[p.pid for p in gone]}"
+
+    again = Up(up_env, tmp_path / "up-2.log")
+    try:
+        assert again.value(r"API key\s+(\S+)") == key  # kept in the data directory
+        with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
+            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+    finally:
+        family = again.interrupt()
+    assert not psutil.wait_procs(family, timeout=10)[1]
+
+
+def test_a_busy_port_is_a_clear_message(up_env: dict[str, str], tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(up_env["PROTOSTAR_REDIS_PORT"])))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "protostar.cli", "up"],
+            env=up_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "already in use" in result.stderr and "PROTOSTAR_REDIS_PORT" in result.stderr
+    assert "Traceback" not in result.stderr

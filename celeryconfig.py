@@ -6,23 +6,27 @@ choices (pool, concurrency, child recycling) are command-line flags built in ``p
 
 from __future__ import annotations
 
-from celery.schedules import crontab
-from kombu.entity import Exchange
-from kombu.entity import Queue as KombuQueue
+from celery.schedules import crontab as _crontab
+from kombu.entity import Exchange as _Exchange
+from kombu.entity import Queue as _KombuQueue
 
-from protostar.constants import TASK_QUEUES, Queue, TaskName
-from protostar.settings import get_settings
+from protostar.constants import TASK_QUEUES as _TASK_QUEUES
+from protostar.constants import Queue as _Queue
+from protostar.constants import TaskName as _TaskName
+from protostar.settings import get_settings as _get_settings
 
-_settings = get_settings()
+# Every public name here becomes a Celery setting (and shows in Flower), so helpers are imported as _names.
+
+_settings = _get_settings()
 
 broker_url = _settings.redis_url or f"redis://{_settings.host}:{_settings.redis_port}/0"
 result_backend = broker_url
 
 # --- queues and routing: every queue is declared, a typo fails loudly --------------------------------------
-task_queues = tuple(KombuQueue(q.value, Exchange(q.value), routing_key=q.value) for q in Queue)
-task_default_queue = Queue.MAINTENANCE.value
+task_queues = tuple(_KombuQueue(q.value, _Exchange(q.value), routing_key=q.value) for q in _Queue)
+task_default_queue = _Queue.MAINTENANCE.value
 task_create_missing_queues = False
-task_routes = {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()}
+task_routes = {name.value: {"queue": queue.value} for name, queue in _TASK_QUEUES.items()}
 
 # --- delivery: a task is acknowledged only after it ran; a dead child's task goes back to the queue --------
 task_acks_late = True
@@ -62,8 +66,8 @@ task_time_limit = 90
 _every = _settings.reconcile_every
 beat_schedule = {
     "reconcile-jobs": {
-        "task": TaskName.RECONCILE.value,
-        "schedule": crontab(minute=f"*/{_every}"),
-        "options": {"expires": _every * 60 - 5, "queue": Queue.MAINTENANCE.value},
+        "task": _TaskName.RECONCILE.value,
+        "schedule": _crontab(minute=f"*/{_every}"),
+        "options": {"expires": _every * 60 - 5, "queue": _Queue.MAINTENANCE.value},
     },
 }

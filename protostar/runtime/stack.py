@@ -1,0 +1,193 @@
+"""The embedded services as one unit: start those whose URL is not configured, hand out their URLs, stop them.
+
+    with Stack(settings) as stack:
+        env = {**os.environ, **stack.env()}   # point child processes at the services
+
+Each service lives under ``data_dir/<service>/``. Generated credentials are kept in ``data_dir/secrets.json``
+(0600) so restarts reuse them; other parts may keep their own generated secrets there with ``secret()``.
+
+Start from a long-lived thread: the services die with the thread that spawned them (``PR_SET_PDEATHSIG``).
+The processes are launched one after the other from the calling thread, then awaited together, so a cold
+start costs about as much as the slowest service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from protostar.runtime import process
+from protostar.runtime.postgres import EmbeddedPostgres
+from protostar.runtime.redis import EmbeddedRedis
+from protostar.runtime.s3 import EmbeddedS3
+from protostar.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def pid(self) -> int | None: ...
+
+    host: str
+    port: int
+
+    def launch(self) -> None: ...
+    def wait_ready(self, timeout: float = ...) -> None: ...
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self._secrets: dict[str, str] | None = None
+        self._lock = threading.Lock()
+        self._services: list[Service] | None = None
+        self._running: list[Service] = []
+
+    # --- secrets --------------------------------------------------------------------------------------
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.data_dir / "secrets.json"
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """Every stored secret (a copy; use ``secret()`` to add one)."""
+        with self._lock:
+            return dict(self._load_secrets())
+
+    def secret(self, name: str) -> str:
+        """The secret stored under ``name``, generated and persisted on first use."""
+        with self._lock:
+            stored = self._load_secrets()
+            if name not in stored:
+                stored[name] = secrets.token_urlsafe(24)
+                process.make_dirs(self.data_dir, traversable=os.geteuid() == 0)
+                process.write_private(self.secrets_file, json.dumps(stored, indent=2, sort_keys=True), owner=None)
+                logger.info("generated secret %s in %s", name, self.secrets_file)
+            return stored[name]
+
+    def _load_secrets(self) -> dict[str, str]:
+        if self._secrets is None:
+            try:
+                self._secrets = dict(json.loads(self.secrets_file.read_text()))
+            except FileNotFoundError:
+                self._secrets = {}
+        return self._secrets
+
+    # --- services -------------------------------------------------------------------------------------
+
+    @property
+    def redis(self) -> EmbeddedRedis | None:
+        return next((s for s in self.services if isinstance(s, EmbeddedRedis)), None)
+
+    @property
+    def postgres(self) -> EmbeddedPostgres | None:
+        return next((s for s in self.services if isinstance(s, EmbeddedPostgres)), None)
+
+    @property
+    def s3(self) -> EmbeddedS3 | None:
+        return next((s for s in self.services if isinstance(s, EmbeddedS3)), None)
+
+    @property
+    def services(self) -> list[Service]:
+        """The services this stack embeds: those whose URL the settings leave empty. Slowest first."""
+        if self._services is None:
+            self._services = self._build()
+        return self._services
+
+    def _build(self) -> list[Service]:
+        cfg, host = self.settings, self.settings.host
+        built: list[Service] = []
+        if not cfg.s3_endpoint:
+            access = cfg.s3_access_key.get_secret_value() if cfg.s3_access_key else self.secret("s3_access_key")
+            secret = cfg.s3_secret_key.get_secret_value() if cfg.s3_secret_key else self.secret("s3_secret_key")
+            built.append(
+                EmbeddedS3(
+                    data_dir=self.data_dir / "s3",
+                    port=cfg.s3_port,
+                    host=host,
+                    access_key=access,
+                    secret_key=secret,
+                    buckets=(cfg.s3_bucket,),
+                )
+            )
+        if not cfg.database_url:
+            password = self.secret("postgres_password")
+            built.append(
+                EmbeddedPostgres(
+                    data_dir=self.data_dir / "postgres", port=cfg.postgres_port, host=host, password=password
+                )
+            )
+        if not cfg.redis_url:
+            password = self.secret("redis_password")
+            built.append(
+                EmbeddedRedis(data_dir=self.data_dir / "redis", port=cfg.redis_port, host=host, password=password)
+            )
+        return built
+
+    def env(self) -> dict[str, str]:
+        """The variables that point child processes at the embedded services (only those)."""
+        env: dict[str, str] = {}
+        if (redis := self.redis) is not None:
+            env["PROTOSTAR_REDIS_URL"] = redis.url
+        if (postgres := self.postgres) is not None:
+            env["PROTOSTAR_DATABASE_URL"] = postgres.url
+        if (s3 := self.s3) is not None:
+            env["PROTOSTAR_S3_ENDPOINT"] = s3.endpoint
+            env["PROTOSTAR_S3_ACCESS_KEY"] = s3.access_key
+            env["PROTOSTAR_S3_SECRET_KEY"] = s3.secret_key
+        return env
+
+    def pids(self) -> dict[str, int]:
+        return {s.name: pid for s in self._running if (pid := s.pid) is not None}
+
+    # --- life cycle -----------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every embedded service and wait until each answers. On failure, stop those started."""
+        if self._running:
+            return
+        services = self.services
+        for service in services:  # all ports first: fail before anything runs
+            process.ensure_port_free(service.host, service.port, service.name)
+        process.make_dirs(self.data_dir, traversable=os.geteuid() == 0)
+        try:
+            for service in services:
+                service.launch()
+                self._running.append(service)
+            for service in services:
+                service.wait_ready(timeout)
+        except BaseException:
+            logger.error("the embedded services did not start; stopping those that did")
+            self.stop()
+            raise
+        logger.info("embedded services ready: %s", ", ".join(s.name for s in services) or "none")
+
+    def stop(self) -> None:
+        """Stop the running services in reverse order. Never raises."""
+        while self._running:
+            service = self._running.pop()
+            try:
+                service.stop()
+            except Exception:
+                logger.exception("could not stop the embedded %s", service.name)
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,284 @@
+"""The embedded services, started by the project's own code as real processes: they serve, keep their data,
+refuse strangers, say clearly when a port is taken, and never outlive their parent."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import redis
+import urllib3
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from protostar.errors import PortInUse, ServiceError
+from protostar.runtime.process import free_port
+from protostar.runtime.stack import Stack
+from protostar.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def base_dir() -> Iterator[Path]:
+    # Not tmp_path: its parents are 0700, and as root the services run as a system user that must reach them.
+    path = Path(tempfile.mkdtemp(prefix="protostar-runtime-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "redis_port": free_port(),
+        "postgres_port": free_port(),
+        "s3_port": free_port(),
+        # Explicit, so a PROTOSTAR_* variable in the developer's shell cannot turn the embedded services off.
+        "redis_url": None,
+        "database_url": None,
+        "s3_endpoint": None,
+        "s3_access_key": None,
+        "s3_secret_key": None,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def descendants(besides: list[psutil.Process] | None = None) -> list[psutil.Process]:
+    """Our descendant processes, leaving out ``besides`` (those of the module's shared stack)."""
+    skip = {p.pid for p in besides or []}
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in skip]
+
+
+@pytest.fixture
+def others() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    living = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                living.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return living
+
+
+def leftover_sockets(settings: Settings) -> list[Path]:
+    """Unix sockets weed left behind: in its data dir, or in /tmp, named by one of its ports."""
+    s3_dir = settings.data_dir / "s3"
+    aux = json.loads((s3_dir / "ports.json").read_text())
+    ports = {settings.s3_port, *aux.values(), aux["admin"] + 10_000}
+    in_tmp = [p for p in Path("/tmp").glob("seaweedfs-*.sock") if int(p.stem.rsplit("-", 1)[1]) in ports]
+    return [*s3_dir.glob("*.sock"), *in_tmp]
+
+
+def sql_url(stack: Stack) -> str:
+    return stack.env()["PROTOSTAR_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Stack]:
+    path = Path(tempfile.mkdtemp(prefix="protostar-runtime-"))
+    path.chmod(0o755)
+    stack = Stack(make_settings(path / "data"))
+    stack.start()
+    yield stack
+    stack.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_redis_stores_and_returns_values(running: Stack) -> None:
+    client = redis.Redis.from_url(running.env()["PROTOSTAR_REDIS_URL"])
+    client.set("greeting", "hello")
+    assert client.get("greeting") == b"hello"
+    client.close()
+
+
+def test_redis_refuses_a_client_without_the_password(running: Stack) -> None:
+    assert running.redis is not None
+    client = redis.Redis(host=running.redis.host, port=running.redis.port, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.AuthenticationError):
+        client.get("greeting")
+    client.close()
+
+
+def test_postgres_has_pgvector(running: Stack) -> None:
+    with psycopg.connect(sql_url(running)) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (id int PRIMARY KEY, embedding vector(3))")
+        conn.execute("INSERT INTO probe VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0,0,1]') ON CONFLICT DO NOTHING")
+        row = conn.execute("SELECT id FROM probe ORDER BY embedding <-> '[0.1,0.9,0]' LIMIT 1").fetchone()
+    assert row == (2,)
+
+
+def test_s3_stores_and_returns_objects(running: Stack) -> None:
+    assert running.s3 is not None
+    client = running.s3.client()
+    assert client.bucket_exists(running.settings.s3_bucket)  # made at start
+    client.put_object(running.settings.s3_bucket, "docs/a.txt", io.BytesIO(b"some text"), 9)
+    assert client.get_object(running.settings.s3_bucket, "docs/a.txt").read() == b"some text"
+
+
+def test_s3_refuses_anonymous_access(running: Stack) -> None:
+    assert running.s3 is not None
+    bucket = running.settings.s3_bucket
+    running.s3.client().put_object(bucket, "secret.txt", io.BytesIO(b"x"), 1)
+    http = urllib3.PoolManager(retries=False)
+    base = f"http://{running.s3.endpoint}"
+    assert http.request("GET", f"{base}/").status == 403
+    assert http.request("GET", f"{base}/{bucket}/secret.txt").status == 403
+    assert http.request("PUT", f"{base}/{bucket}/intruder.txt", body=b"x").status == 403
+
+
+def test_services_bind_only_the_configured_host(running: Stack) -> None:
+    pids = set(running.pids().values())
+    listening = [
+        conn.laddr
+        for pid in pids
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        for conn in proc.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN
+    ]
+    assert len(listening) >= 10  # redis, postgres, and weed's S3, master, volume, filer, admin and their gRPC
+    assert {addr.ip for addr in listening} == {"127.0.0.1"}
+
+
+def test_restart_keeps_data_and_stop_leaves_no_process(base_dir: Path, others: list[psutil.Process]) -> None:
+    settings = make_settings(base_dir / "data")
+    first = Stack(settings)
+    first.start()
+    children = descendants(others)
+    assert set(first.pids().values()) <= {p.pid for p in children}
+    redis.Redis.from_url(first.env()["PROTOSTAR_REDIS_URL"]).set("kept", "yes")
+    with psycopg.connect(sql_url(first)) as conn:
+        conn.execute("CREATE TABLE kept (id int, embedding vector(2))")
+        conn.execute("INSERT INTO kept VALUES (7, '[1,2]')")
+    assert first.s3 is not None
+    first.s3.client().put_object(settings.s3_bucket, "kept.txt", io.BytesIO(b"kept"), 4)
+    env = first.env()
+    first.stop()
+    first.stop()  # idempotent
+    assert alive(children) == []
+    assert leftover_sockets(settings) == []
+
+    with Stack(settings) as second:
+        assert second.env() == env  # the same credentials, from secrets.json
+        assert redis.Redis.from_url(second.env()["PROTOSTAR_REDIS_URL"]).get("kept") == b"yes"
+        with psycopg.connect(sql_url(second)) as conn:
+            assert conn.execute("SELECT id, embedding::text FROM kept").fetchall() == [(7, "[1,2]")]
+        assert second.s3 is not None
+        assert second.s3.client().get_object(settings.s3_bucket, "kept.txt").read() == b"kept"
+        children = descendants(others)
+    assert alive(children) == []
+    assert stat.S_IMODE((settings.data_dir / "secrets.json").stat().st_mode) == 0o600
+
+
+def test_a_busy_port_is_reported_clearly(base_dir: Path, others: list[psutil.Process]) -> None:
+    settings = make_settings(base_dir / "data")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", settings.redis_port))
+        squatter.listen()
+        stack = Stack(settings)
+        with pytest.raises(PortInUse) as caught:
+            stack.start()
+    assert str(caught.value) == (
+        f"port {settings.redis_port} on 127.0.0.1 is already in use, so the embedded redis cannot start; "
+        "stop what uses it or set PROTOSTAR_REDIS_PORT"
+    )
+    assert descendants(others) == []
+
+
+def test_a_failed_start_stops_the_services_already_started(base_dir: Path, others: list[psutil.Process]) -> None:
+    settings = make_settings(base_dir / "data")
+    broken = settings.data_dir / "postgres"
+    broken.mkdir(parents=True)
+    (broken / "initdb.done").write_text("protostar")  # claims a cluster that is not there: postgres exits
+    stack = Stack(settings)
+    with pytest.raises(ServiceError, match=r"postgres.*exited") as caught:
+        stack.start()
+    assert "pgdata" in str(caught.value)  # the tail of postgres.log explains why
+    assert stack.pids() == {}
+    deadline = time.monotonic() + 10
+    while alive(descendants(others)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(descendants(others)) == []
+
+
+def test_secrets_are_generated_once_and_kept(base_dir: Path) -> None:
+    settings = make_settings(base_dir / "data")
+    password = Stack(settings).secret("flower_password")
+    again = Stack(settings)
+    assert again.secret("flower_password") == password
+    assert again.secrets["flower_password"] == password
+    assert json.loads((settings.data_dir / "secrets.json").read_text())["flower_password"] == password
+
+
+def test_only_unconfigured_services_are_embedded(base_dir: Path) -> None:
+    settings = make_settings(base_dir / "data", redis_url="redis://elsewhere:6379/0", s3_endpoint="s3.example:9000")
+    stack = Stack(settings)
+    assert [service.name for service in stack.services] == ["postgres"]
+    assert set(stack.env()) == {"PROTOSTAR_DATABASE_URL"}
+
+
+ORPHAN_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from protostar.runtime.stack import Stack
+from protostar.settings import Settings
+
+settings = Settings(data_dir=Path(sys.argv[1]), redis_port=int(sys.argv[2]), postgres_port=int(sys.argv[3]),
+                    s3_port=int(sys.argv[4]), redis_url=None, database_url=None, s3_endpoint=None)
+stack = Stack(settings)
+stack.start()
+print(json.dumps(stack.pids()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_killing_the_parent_leaves_no_orphan(base_dir: Path) -> None:
+    settings = make_settings(base_dir / "data")
+    ports = [str(settings.redis_port), str(settings.postgres_port), str(settings.s3_port)]
+    with (base_dir / "parent.log").open("wb") as log:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", ORPHAN_SCRIPT, str(settings.data_dir), *ports],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+    try:
+        assert parent.stdout is not None
+        ready, _, _ = select.select([parent.stdout], [], [], 60)
+        line = parent.stdout.readline() if ready else b""
+        assert line, f"the stack did not start: {(base_dir / 'parent.log').read_text()[-2000:]}"
+        pids = json.loads(line)
+        assert set(pids) == {"redis", "postgres", "s3"}
+        services = psutil.Process(parent.pid).children(recursive=True)
+        assert set(pids.values()) <= {p.pid for p in services}
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 35
+    while alive(services) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(services) == [], f"orphans: {[(p.pid, p.name()) for p in alive(services)]}"

@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 from celery import Celery
 from minio import Minio
 from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,7 +71,13 @@ class AppState:
         client = redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 2.0), max_connections=200
         )
-        aclient = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout)
+        # A pooled connection can be dead after a Redis restart: retry once on a fresh one before failing.
+        aclient = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=timeout,
+            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
         celery = create_celery(settings, role="api")
         events = EventLog(client, ttl=settings.events_ttl, maxlen=settings.events_maxlen)
         return cls(

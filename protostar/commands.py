@@ -34,6 +34,11 @@ WORKERS: dict[str, WorkerSpec] = {
 }
 
 
+def _celery(command: str) -> list[str]:
+    """``python -m celery -A <app> <command>`` with this interpreter, so the venv's Celery runs."""
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, command]
+
+
 def api(settings: Settings) -> list[str]:
     return [
         sys.executable,
@@ -59,12 +64,7 @@ def worker(settings: Settings, name: str) -> list[str]:
         "summary": settings.summary_concurrency,
     }[name]
     argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        CELERY_APP,
-        "worker",
+        *_celery("worker"),
         "--hostname",
         f"{name}@%h",
         "--queues",
@@ -92,12 +92,7 @@ def worker(settings: Settings, name: str) -> list[str]:
 def beat(settings: Settings) -> list[str]:
     schedule = settings.data_dir.resolve() / "celerybeat-schedule"
     return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        CELERY_APP,
-        "beat",
+        *_celery("beat"),
         "--schedule",
         str(schedule),
         "--loglevel",
@@ -108,12 +103,7 @@ def beat(settings: Settings) -> list[str]:
 def flower(settings: Settings) -> list[str]:
     """Flower; its basic-auth credentials go in ``FLOWER_BASIC_AUTH`` (see :func:`flower_env`), not argv."""
     return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        CELERY_APP,
-        "flower",
+        *_celery("flower"),
         f"--address={settings.host}",  # Tornado options take --name=value only
         f"--port={settings.flower_port}",
         "--persistent=False",

@@ -18,11 +18,13 @@ class Queue(StrEnum):
 
 class TaskName(StrEnum):
     PROBE = "protostar.probe"
+    INGEST = "protostar.ingest.document"
     RECONCILE = "protostar.maintenance.reconcile"
 
 
 class JobKind(StrEnum):
     PROBE = "probe"
+    INGEST = "ingest"
 
 
 class JobStatus(StrEnum):
@@ -51,6 +53,7 @@ class EventType(StrEnum):
 # Which queue runs which task. ``celeryconfig.task_routes`` is built from this table and the API looks up
 # the queue of a job's task here, so a task can never be sent to a queue nobody consumes.
 TASK_QUEUES: dict[TaskName, Queue] = {
+    TaskName.INGEST: Queue.INGEST,
     TaskName.RECONCILE: Queue.MAINTENANCE,
 }
 

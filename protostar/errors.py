@@ -14,6 +14,7 @@
     │   └── BrokerUnavailable (503 broker_unavailable)
     ├── JobFailed (500 job_failed): raised inside workers; its code and message are recorded on the job
     │   ├── InputRejected (422 input_rejected): the input can never succeed, do not retry
+    │   │   └── OutOfMemory (413 out_of_memory): the work needed more memory than a worker may use
     │   ├── Transient (503 transient): worth retrying with backoff
     │   ├── WorkerLost (500 worker_lost): the reconciler gave up on a job whose heartbeat stopped
     │   └── Cancelled (409 cancelled): a running job saw its cancel request
@@ -99,6 +100,11 @@ class JobFailed(ProtostarError):
 class InputRejected(JobFailed):
     status = 422
     code = "input_rejected"
+
+
+class OutOfMemory(InputRejected):
+    status = 413
+    code = "out_of_memory"
 
 
 class Transient(JobFailed):

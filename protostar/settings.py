@@ -60,6 +60,19 @@ class Settings(BaseSettings):
     events_ttl: int = Field(24 * 3600, gt=0, description="seconds a job's event stream is kept")
     events_maxlen: int = Field(20_000, gt=0)
 
+    # --- ingestion ------------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="larger uploads answer 413")
+    max_pages: int = Field(5000, gt=0, description="documents with more pages fail with a reason")
+    chunk_tokens: int = Field(200, ge=32, description="token budget of a chunk")
+    chunk_overlap: int = Field(30, ge=0, description="tokens repeated between consecutive chunks")
+    embedding_provider: Literal["local", "openai"] = "local"
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_dim: int = Field(384, gt=0)
+    embedding_base_url: str | None = None
+    embedding_api_key: SecretStr | None = None
+    embedding_batch_size: int = Field(64, gt=0)
+    embedding_timeout: float = Field(30.0, gt=0)
+
     # --- workers --------------------------------------------------------------------------------------
     visibility_timeout: int = Field(4 * 3600, gt=0)
     ingest_concurrency: int = Field(2, ge=1)
@@ -73,6 +86,9 @@ class Settings(BaseSettings):
     summary_time_limit: int = Field(660, gt=0)
     max_tasks_per_child: int = Field(200, ge=1)
     max_memory_per_child_kb: int = Field(2_000_000, ge=1)
+    ingest_memory_limit_mb: int = Field(
+        6144, ge=512, description="address-space cap of an ingest child; a document needing more fails out_of_memory"
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -86,6 +102,10 @@ class Settings(BaseSettings):
                 raise ValueError("each soft time limit must be below its hard time limit")
         if max(hard for _, hard in limits) >= self.visibility_timeout:
             raise ValueError("visibility_timeout must exceed the longest task, or tasks run twice")
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be below chunk_tokens")
+        if self.embedding_provider == "openai" and not self.embedding_base_url:
+            raise ValueError("PROTOSTAR_EMBEDDING_BASE_URL is required with PROTOSTAR_EMBEDDING_PROVIDER=openai")
         if self.takeover_after >= self.reap_after:
             raise ValueError("takeover_after must be below reap_after")
         if self.environment == "production":

@@ -15,11 +15,15 @@ fi
 [ -n "$python" ] || { echo "Protostar needs Python 3.11 or newer" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.protostar-installed
-want=$(cat "$@" pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat "$@" constraints.txt pyproject.toml vendor/*/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing dependencies into .venv (first run takes a few minutes)..."
   .venv/bin/python -m pip install --quiet --upgrade pip
-  for req in "$@"; do .venv/bin/python -m pip install --quiet -r "$req"; done
+  .venv/bin/python -m pip install --quiet torch==2.13.0  # first, alone: the CPU build (see constraints.txt)
+  for req in "$@"; do .venv/bin/python -m pip install --quiet -c constraints.txt -r "$req"; done
+  # unstructured's PDF extra pulls torchvision, whose PyPI build cannot load beside the CPU torch and then
+  # breaks `transformers` imports; nothing Protostar runs needs it (the `fast` PDF strategy does not).
+  .venv/bin/python -m pip uninstall --quiet --yes torchvision 2>/dev/null || true
   .venv/bin/python -m pip install --quiet --no-deps -e .
   echo "$want" > "$stamp"
 fi

@@ -1,0 +1,1 @@
+"""Document ingestion: sniff the type of an upload, parse it into elements, and cut those into chunks."""

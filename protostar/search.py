@@ -1,0 +1,191 @@
+"""Hybrid retrieval over a tenant's chunks: vector similarity and full text, fused by reciprocal rank (k=60).
+
+One statement does it all (after one ``set_config`` for the HNSW scan): two candidate lists, each ranked on
+its own, then ``score = Σ 1 / (60 + rank)`` over the lists a chunk appears in.
+
+- Vector side: cosine distance ``embedding::vector(dim) <=> query`` with the model's name as a literal, so the
+  planner can use the model's partial HNSW index. The tenant filter is applied while the index is walked;
+  pgvector 0.8's iterative scan (``hnsw.iterative_scan = relaxed_order``) keeps walking until enough rows of
+  this tenant were found, and the candidates are re-sorted by exact distance afterwards. For a small tenant the
+  planner may prefer the ``tenant_id`` index and an exact sort, which is also right.
+- Full-text side: chunks matching the question with every word (``websearch_to_tsquery``) first; when those
+  are fewer than the candidates wanted, then chunks matching any of its words (questions rarely share all
+  their words with the answer); each tier by ``ts_rank_cd``. Ranking reads every matching chunk's ``tsv``, so
+  each tier ranks at most ``FTS_POOL`` matches (an arbitrary subset when a query of common words matches
+  more): a bound on latency, at the price of recall for such over-broad queries.
+
+Only chunks embedded with ``model`` are searched, on both sides, so the two lists rank the same corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg import sql
+from sqlalchemy import Connection, text
+
+from protostar.ingest.store import clean_text, vector_literal
+
+logger = logging.getLogger(__name__)
+
+RRF_K = 60
+MAX_LOOSE_WORDS = 32
+FTS_POOL = 1000  # most full-text matches ranked per tier: bounds the cost of a question of common words
+_WORD = re.compile(r"\w+")
+_EXCLUDED = re.compile(r"(?<![\w-])-\w+")  # websearch syntax: -word excludes the word
+
+_SEARCH = """
+WITH q AS (
+    SELECT websearch_to_tsquery('english', %(query)s) AS strict, websearch_to_tsquery('english', %(loose)s) AS loose
+),
+vec AS MATERIALIZED (
+    SELECT id, embedding::vector({dim}) <=> %(vector)s::vector({dim}) AS distance
+    FROM chunks
+    WHERE embedding_model = {model} AND tenant_id = %(tenant)s
+    ORDER BY embedding::vector({dim}) <=> %(vector)s::vector({dim})
+    LIMIT %(candidates)s
+),
+every_word AS MATERIALIZED (
+    SELECT c.id, c.tsv FROM chunks c CROSS JOIN q
+    WHERE c.tsv @@ q.strict AND c.embedding_model = {model} AND c.tenant_id = %(tenant)s
+    LIMIT %(pool)s
+),
+some_word AS MATERIALIZED (
+    SELECT c.id, c.tsv FROM chunks c CROSS JOIN q
+    WHERE c.tsv @@ q.loose AND NOT c.tsv @@ q.strict AND c.embedding_model = {model} AND c.tenant_id = %(tenant)s
+      AND (SELECT count(*) FROM every_word) < %(candidates)s
+    LIMIT %(pool)s
+),
+fts AS MATERIALIZED (
+    SELECT id, 0 AS tier, ts_rank_cd(tsv, q.strict) AS rank_cd FROM every_word CROSS JOIN q
+    UNION ALL
+    SELECT id, 1 AS tier, ts_rank_cd(tsv, q.loose) AS rank_cd FROM some_word CROSS JOIN q
+    ORDER BY tier, rank_cd DESC, id
+    LIMIT %(candidates)s
+),
+ranked AS (
+    SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM vec
+    UNION ALL
+    SELECT id, row_number() OVER (ORDER BY tier, rank_cd DESC, id) AS rank FROM fts
+),
+fused AS MATERIALIZED (
+    SELECT id, sum(1.0::float8 / (%(rrf_k)s + rank)) AS score FROM ranked
+    GROUP BY id ORDER BY score DESC, id LIMIT %(top_k)s
+)
+SELECT c.document_id, c.id, c.text, f.score, c.page, d.filename
+FROM fused f
+JOIN chunks c ON c.id = f.id
+JOIN documents d ON d.id = c.document_id
+WHERE c.tenant_id = %(tenant)s AND d.tenant_id = %(tenant)s
+ORDER BY f.score DESC, c.id
+"""
+
+
+@dataclass(frozen=True)
+class Hit:
+    document_id: uuid.UUID
+    chunk_id: int
+    text: str
+    score: float
+    page: int | None
+    filename: str
+
+
+def search(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID,
+    query: str,
+    query_vector: npt.NDArray[np.floating[Any]],
+    model: str,
+    top_k: int,
+    candidates: int = 50,
+    ef_search: int = 80,
+) -> list[Hit]:
+    """The tenant's best ``top_k`` chunks for ``query`` (embedded as ``query_vector`` by ``model``)."""
+    if top_k <= 0:
+        return []
+    vector = _single_vector(query_vector)
+    started = time.monotonic()
+    configure_scan(conn, ef_search=max(ef_search, candidates))
+    statement, params = search_statement(
+        conn,
+        tenant_id=tenant_id,
+        query=query,
+        vector=vector,
+        model=model,
+        top_k=top_k,
+        candidates=max(candidates, top_k),
+    )
+    rows = conn.exec_driver_sql(statement, params).all()
+    hits = [Hit(row[0], row[1], row[2], float(row[3]), row[4], row[5]) for row in rows]
+    logger.debug(
+        "tenant_id=%s search model=%s hits=%d in %.1f ms",
+        tenant_id,
+        model,
+        len(hits),
+        (time.monotonic() - started) * 1000,
+    )
+    return hits
+
+
+def configure_scan(conn: Connection, *, ef_search: int) -> None:
+    """HNSW settings for the rest of the caller's transaction (``SET LOCAL``)."""
+    conn.execute(
+        text(
+            "SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+        ),
+        {"ef": str(min(max(ef_search, 1), 1000))},
+    )
+
+
+def search_statement(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID,
+    query: str,
+    vector: npt.NDArray[np.float32],
+    model: str,
+    top_k: int,
+    candidates: int,
+) -> tuple[str, dict[str, Any]]:
+    """The SQL (model and dimension are literals: the partial index's predicate and the cast need them) and
+    its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests)."""
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise TypeError(f"search needs a psycopg 3 connection, not {type(raw).__name__}")
+    statement = sql.SQL(_SEARCH).format(dim=sql.Literal(len(vector)), model=sql.Literal(model)).as_string(raw)
+    params = {
+        "query": clean_text(query),
+        "loose": loose_query(query),
+        "vector": vector_literal(vector),
+        "tenant": tenant_id,
+        "candidates": candidates,
+        "pool": FTS_POOL,
+        "rrf_k": RRF_K,
+        "top_k": top_k,
+    }
+    return statement, params
+
+
+def loose_query(query: str) -> str:
+    """The question's words joined by ``or`` (websearch syntax), so a chunk sharing any of them matches."""
+    words = [w for w in _WORD.findall(_EXCLUDED.sub(" ", clean_text(query))) if w.lower() != "or"]
+    return " or ".join(words[:MAX_LOOSE_WORDS])
+
+
+def _single_vector(query_vector: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+    vector = np.asarray(query_vector, dtype=np.float32)
+    if vector.ndim == 2 and vector.shape[0] == 1:
+        vector = vector[0]
+    if vector.ndim != 1 or vector.size == 0 or not np.isfinite(vector).all():
+        raise ValueError(f"query_vector must be one finite vector, not shape {vector.shape}")
+    return vector

@@ -43,6 +43,8 @@ broker_transport_options = {
 }
 broker_connection_retry_on_startup = True
 worker_cancel_long_running_tasks_on_connection_loss = False
+# An ingest child loads the parsers and the embedding model after fork (worker_process_init): allow it time.
+worker_proc_alive_timeout = 120
 
 # --- serialization and results: the jobs table holds business results, not the backend ---------------------
 task_serializer = "json"

@@ -9,13 +9,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init
 
 from protostar.celery_app import create_celery
+from protostar.constants import Queue
 from protostar.settings import get_settings
-from protostar.worker import resources
+from protostar.worker import limits, resources
 
-TASK_MODULES = ("protostar.worker.tasks.probe", "protostar.worker.tasks.maintenance")
+TASK_MODULES = (
+    "protostar.worker.tasks.probe",
+    "protostar.worker.tasks.ingest",
+    "protostar.worker.tasks.maintenance",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,28 @@ app.conf.include = list(TASK_MODULES)
 resources.init(app)
 
 
+_consumes: set[str] = set()
+
+
+@celeryd_init.connect
+def _remember_queues(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """In the worker's main process, before any fork: which queues this worker serves."""
+    queues = (options or {}).get("queues") or []
+    _consumes.update(queues.split(",") if isinstance(queues, str) else queues)
+
+
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     resources.after_fork()
+    if Queue.INGEST.value in _consumes:
+        warm_ingest()
+
+
+def warm_ingest() -> None:
+    """Load the parsers and the embedding model once per child, not once per task (about 5 s, ~1 GB)."""
+    from protostar.ingest.parse import warm
+
+    warm()
+    resources.current().embedder.embed(["warm-up"])
+    limits.cap_address_space(resources.current().settings.ingest_memory_limit_mb)
+    logger.info("ingest child warmed: parsers and %s loaded", resources.current().embedder.model)

@@ -7,15 +7,21 @@ import os
 import socket
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 from celery import Celery
+from minio import Minio
 from sqlalchemy import Engine
 
 from protostar.db.engine import make_engine
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
 from protostar.settings import Settings, get_settings
+from protostar.storage import make_minio
+
+if TYPE_CHECKING:
+    from protostar.ingest.embed import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,16 @@ class Resources:
         )
 
     @cached_property
+    def minio(self) -> Minio:
+        return make_minio(self.settings)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        from protostar.ingest.embed import make_embedder  # torch: loaded only by processes that embed
+
+        return make_embedder(self.settings, threads=1)
+
+    @cached_property
     def events(self) -> EventLog:
         return EventLog(self.redis, ttl=self.settings.events_ttl, maxlen=self.settings.events_maxlen)
 
@@ -53,10 +69,8 @@ class Resources:
             self.engine.dispose(close=False)
         if "redis" in self.__dict__:
             self.redis.connection_pool.reset()
-        self.__dict__.pop("engine", None)
-        self.__dict__.pop("redis", None)
-        self.__dict__.pop("events", None)
-        self.__dict__.pop("dispatcher", None)
+        for name in ("engine", "redis", "events", "dispatcher", "minio", "embedder"):
+            self.__dict__.pop(name, None)
 
 
 _current: Resources | None = None

@@ -20,9 +20,10 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from protostar.constants import EventType, JobStatus
-from protostar.errors import Cancelled, ProtostarError, Transient
+from protostar.errors import Cancelled, OutOfMemory, ProtostarError, Transient
 from protostar.jobs import repo
 from protostar.jobs.events import EventLog, cancel_key, final_events
+from protostar.worker.limits import describe as _limit_text
 from protostar.worker.resources import Resources
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ CANCEL_POLL = 0.25
 PROGRESS_EVERY = 0.5  # seconds between progress writes, except at stage changes and completion
 
 Pipeline = Callable[["JobContext"], dict[str, Any]]
+OnFailure = Callable[["JobContext", JobStatus, str, str], None]
 
 
 @dataclass
@@ -110,7 +112,9 @@ def backoff(attempt: int, *, base: float = 2.0, cap: float = 60.0) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 (jitter, not a secret)
 
 
-def run_job(task: Task, resources: Resources, job_id: str, pipeline: Pipeline) -> dict[str, Any] | None:
+def run_job(
+    task: Task, resources: Resources, job_id: str, pipeline: Pipeline, *, on_failure: OnFailure | None = None
+) -> dict[str, Any] | None:
     """Run ``pipeline`` for one delivery of ``job_id``. Safe to call again for the same job."""
     jid = uuid.UUID(job_id)
     settings = resources.settings
@@ -139,7 +143,7 @@ def run_job(task: Task, resources: Resources, job_id: str, pipeline: Pipeline) -
     except Cancelled as exc:
         if watcher.lost:
             return None
-        _end(ctx, JobStatus.CANCELLED, error=exc)
+        _end(ctx, JobStatus.CANCELLED, error=exc, on_failure=on_failure)
         return None
     except Transient as exc:
         if job.attempts < settings.max_attempts and repo.release(
@@ -151,14 +155,22 @@ def run_job(task: Task, resources: Resources, job_id: str, pipeline: Pipeline) -
                 EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(delay, 1), "reason": exc.message}
             )
             raise task.retry(countdown=delay, max_retries=settings.max_attempts) from exc
-        _end(ctx, JobStatus.FAILED, error=exc)
+        _end(ctx, JobStatus.FAILED, error=exc, on_failure=on_failure)
         raise
     except SoftTimeLimitExceeded as exc:
-        _end(ctx, JobStatus.FAILED, error=ProtostarError("time limit exceeded"), code="time_limit")
+        _end(
+            ctx, JobStatus.FAILED, error=ProtostarError("time limit exceeded"), code="time_limit", on_failure=on_failure
+        )
         raise exc
+    except MemoryError:
+        # The process hit its address-space limit (an ingest child's RLIMIT_AS): the input asked for more than a
+        # worker may use. The allocation that failed is unwound by now, so the process carries on.
+        error = OutOfMemory(f"the job needed more memory than a worker may use ({_limit_text()})")
+        _end(ctx, JobStatus.FAILED, error=error, on_failure=on_failure)
+        raise error from None  # Celery re-raises a MemoryError itself, which would take the child down
     except Exception as exc:  # boundary: record the failure on the job, then let Celery see it
         logger.exception("job_id=%s failed", jid)
-        _end(ctx, JobStatus.FAILED, error=exc)
+        _end(ctx, JobStatus.FAILED, error=exc, on_failure=on_failure)
         raise
     finally:
         watcher.stop()
@@ -173,6 +185,7 @@ def _end(
     result: dict[str, Any] | None = None,
     error: BaseException | None = None,
     code: str | None = None,
+    on_failure: OnFailure | None = None,
 ) -> None:
     code = code or (error.code if isinstance(error, ProtostarError) else "internal" if error else None)
     message = (
@@ -192,4 +205,6 @@ def _end(
         logger.warning("job_id=%s ended %s but another delivery owns it now", ctx.job_id, status.value)
         return
     logger.info("job_id=%s ended %s code=%s message=%s", ctx.job_id, status.value, code, message)
+    if on_failure is not None and status != JobStatus.SUCCEEDED:
+        on_failure(ctx, status, code or "internal", message or "")
     ctx.events.publish_many(ctx.job_id, final_events(status, code, message))

@@ -1,0 +1,29 @@
+"""A per-process memory cap, so one document cannot exhaust the machine: allocations past it raise
+``MemoryError`` in that process only, which the task shell records as the job's failure (``out_of_memory``).
+
+The cap is on address space (``RLIMIT_AS``), the one limit Linux enforces at allocation time without cgroups.
+Address space runs above resident memory (a warm ingest child maps about 2.4 GB for about 1 GB resident), so
+the cap is set well above what a normal document needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+
+logger = logging.getLogger(__name__)
+
+
+def cap_address_space(megabytes: int) -> None:
+    """Limit this process (and what it forks) to ``megabytes`` of address space; never raises the hard limit."""
+    wanted = megabytes * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
+    logger.info("address space capped at %d MiB", wanted // (1024 * 1024))
+
+
+def describe() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return "no limit set" if soft == resource.RLIM_INFINITY else f"{soft // (1024 * 1024)} MiB of address space"

@@ -1,0 +1,18 @@
+"""The ``ingest`` queue: one document per task. The shell; the work is in :mod:`protostar.ingest.pipeline`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from protostar.constants import TaskName
+from protostar.worker import resources
+from protostar.worker.shell import run_job
+
+
+@shared_task(bind=True, name=TaskName.INGEST.value, acks_late=True)
+def ingest_task(self: Task, job_id: str) -> dict[str, Any] | None:
+    from protostar.ingest.pipeline import ingest, mark_failed  # worker-only imports, loaded by the ingest worker
+
+    return run_job(self, resources.current(), job_id, ingest, on_failure=mark_failed)

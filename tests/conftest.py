@@ -41,6 +41,7 @@ TEST_ENV = {
     "PROTOSTAR_INGEST_CONCURRENCY": "2",
     "PROTOSTAR_CHAT_CONCURRENCY": "8",
     "PROTOSTAR_SUMMARY_CONCURRENCY": "2",
+    "PROTOSTAR_MAX_UPLOAD_BYTES": str(40 * 1024 * 1024),
 }
 
 
@@ -120,13 +121,13 @@ def live(stack: Stack, settings: Settings) -> Iterator[Live]:
             log,
         )
         with live.client() as client:
-            wait_for(lambda: _ok(client, "/readyz"), timeout=60, what=f"the API (log: {log})")
+            wait_for(lambda: _ok(client, "/readyz"), timeout=120, what=f"the API (log: {log})")
             # Every worker consumes: a probe on each queue succeeds.
             for queue in ("ingest", "chat", "summary"):
                 job_id = client.post("/v1/probes", json={"queue": queue, "steps": 1}).json()["job_id"]
                 wait_for(
                     lambda j=job_id: client.get(f"/v1/jobs/{j}").json()["status"] == "succeeded",
-                    timeout=60,
+                    timeout=180,  # an ingest child loads its parsers and model first
                     what=f"a worker on {queue} (log: {log})",
                 )
         yield live

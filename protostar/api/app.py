@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from protostar import __version__
 from protostar.api import errors
 from protostar.api.metrics import BacklogCollector, RequestMetrics
-from protostar.api.routes import health, jobs
+from protostar.api.routes import documents, health, jobs
 from protostar.api.state import AppState
 from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
@@ -22,6 +23,13 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """Submit work, get a job id back at once, poll the job or stream its events.
 
 Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <api key>`."""
+
+
+def _warm(state: AppState) -> None:
+    try:
+        state.embedder()
+    except Exception:  # boundary: a failed warm-up is retried by the first search, which reports it
+        logger.exception("could not load the query embedder")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.register(BacklogCollector(state.redis, state.engine))
         state.metrics = registry
         app.state.protostar = state
+        threading.Thread(target=_warm, args=(state,), name="warm-embedder", daemon=True).start()
         logger.info("API ready on %s", settings.public_api_url)
         try:
             yield
@@ -46,4 +55,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(documents.router)
     return app

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from protostar.constants import PROBE_QUEUES, JobStatus, Queue
-from protostar.db.models import Job
+from protostar.db.models import Document, Job
 
 
 class Progress(BaseModel):
@@ -62,3 +62,67 @@ class ProbeIn(BaseModel):
     steps: int = Field(3, ge=1, le=10_000)
     sleep: float = Field(0.0, ge=0, le=60)
     fail: str | None = Field(None, pattern="^(input|transient)$")
+
+
+class DocumentOut(BaseModel):
+    id: uuid.UUID
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    status: str
+    chunk_count: int
+    page_count: int | None
+    error: str | None
+    metadata: dict[str, Any]
+    job_id: uuid.UUID | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, document: Document) -> DocumentOut:
+        return cls(
+            id=document.id,
+            filename=document.filename,
+            content_type=document.content_type,
+            size=document.size,
+            sha256=document.sha256,
+            status=document.status,
+            chunk_count=document.chunk_count,
+            page_count=document.page_count,
+            error=document.error,
+            metadata=document.metadata_,
+            job_id=document.job_id,
+            created_at=document.created_at,
+        )
+
+
+class UploadOut(BaseModel):
+    document_id: uuid.UUID
+    job_id: uuid.UUID | None
+    status: str
+    duplicate: bool
+    events_url: str | None
+    document: DocumentOut
+
+
+class DocumentPage(BaseModel):
+    items: list[DocumentOut]
+    next_cursor: str | None
+
+
+class SearchIn(BaseModel):
+    query: str = Field(min_length=1, max_length=4000)
+    top_k: int = Field(5, ge=1, le=100)
+
+
+class HitOut(BaseModel):
+    document_id: uuid.UUID
+    chunk_id: int
+    text: str
+    score: float
+    page: int | None
+    filename: str
+
+
+class SearchOut(BaseModel):
+    hits: list[HitOut]

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from threading import Lock
+from typing import TYPE_CHECKING
 
 import redis
 import redis.asyncio as aioredis
@@ -24,6 +25,9 @@ from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
 from protostar.settings import Settings
 from protostar.storage import make_minio
+
+if TYPE_CHECKING:
+    from protostar.ingest.embed import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,20 @@ class AppState:
     minio: Minio
     auth_cache: AuthCache
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _embedder: Embedder | None = None
+    _embedder_lock: Lock = field(default_factory=Lock)
+
+    def embedder(self) -> Embedder:
+        """The query embedder, loaded on first use (the lifespan starts loading it in the background)."""
+        if self._embedder is None:
+            with self._embedder_lock:
+                if self._embedder is None:
+                    from protostar.ingest.embed import make_embedder
+
+                    embedder = make_embedder(self.settings)
+                    embedder.embed(["warm-up"])
+                    self._embedder = embedder
+        return self._embedder
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:

@@ -63,8 +63,12 @@ class Dispatcher:
         task_name: str,
         queue: str,
         payload: dict[str, Any],
+        job_id: uuid.UUID | None = None,
     ) -> Job:
-        job = repo.create(session, tenant_id=tenant_id, kind=kind, task_name=task_name, queue=queue, payload=payload)
+        """Commit the job (with whatever else ``session`` holds), then send it."""
+        job = repo.create(
+            session, tenant_id=tenant_id, kind=kind, task_name=task_name, queue=queue, payload=payload, job_id=job_id
+        )
         session.commit()
         try:
             self.send(job)

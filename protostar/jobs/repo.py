@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from protostar.constants import JobStatus
@@ -148,6 +148,12 @@ def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: flo
 
 def _owned(job_id: uuid.UUID, attempt: int) -> Any:
     return and_(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt)
+
+
+def lock_owned(conn: Connection, *, job_id: uuid.UUID, attempt: int) -> bool:
+    """In the caller's transaction, lock the job row if this delivery still owns it: a pipeline's final write
+    goes through only then, so a delivery that lost its job can never overwrite the winner's results."""
+    return conn.execute(select(Job.id).where(_owned(job_id, attempt)).with_for_update()).first() is not None
 
 
 def heartbeat(engine: Engine, *, job_id: uuid.UUID, attempt: int) -> bool | None:

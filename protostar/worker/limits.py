@@ -8,6 +8,10 @@ the cap is set well above what a normal document needs.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import logging
 import resource
 
@@ -27,3 +31,13 @@ def cap_address_space(megabytes: int) -> None:
 def describe() -> str:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     return "no limit set" if soft == resource.RLIM_INFINITY else f"{soft // (1024 * 1024)} MiB of address space"
+
+
+def release_free_memory() -> None:
+    """After a big task: collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise,
+    so an ingest child's resident size would ratchet up document by document until it is recycled)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
+            ctypes.CDLL(name).malloc_trim(0)

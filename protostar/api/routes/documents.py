@@ -21,7 +21,7 @@ from protostar.documents import repo
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
 from protostar.errors import PayloadTooLarge, ValidationFailed
-from protostar.search import search
+from protostar.search import retrieve
 
 logger = logging.getLogger(__name__)
 
@@ -119,17 +119,7 @@ def remove_document(document_id: uuid.UUID, principal: PrincipalDep, session: Se
 @router.post("/search", response_model=SearchOut)
 def search_chunks(body: SearchIn, principal: PrincipalDep, state: StateDep) -> SearchOut:
     """Hybrid retrieval (vector similarity and full text, fused by reciprocal rank) in your documents."""
-    embedder = state.embedder()
-    vector = embedder.embed([body.query])[0]
-    with state.engine.connect() as conn:
-        hits = search(
-            conn,
-            tenant_id=principal.tenant_id,
-            query=body.query,
-            query_vector=vector,
-            model=embedder.model,
-            top_k=body.top_k,
-        )
+    hits = retrieve(state.engine, state.embedder(), tenant_id=principal.tenant_id, query=body.query, top_k=body.top_k)
     return SearchOut(
         hits=[
             HitOut(

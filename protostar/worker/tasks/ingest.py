@@ -7,7 +7,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from protostar.constants import TaskName
-from protostar.worker import resources
+from protostar.worker import limits, resources
 from protostar.worker.shell import run_job
 
 
@@ -15,4 +15,7 @@ from protostar.worker.shell import run_job
 def ingest_task(self: Task, job_id: str) -> dict[str, Any] | None:
     from protostar.ingest.pipeline import ingest, mark_failed  # worker-only imports, loaded by the ingest worker
 
-    return run_job(self, resources.current(), job_id, ingest, on_failure=mark_failed)
+    try:
+        return run_job(self, resources.current(), job_id, ingest, on_failure=mark_failed)
+    finally:
+        limits.release_free_memory()

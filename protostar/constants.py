@@ -19,12 +19,14 @@ class Queue(StrEnum):
 class TaskName(StrEnum):
     PROBE = "protostar.probe"
     INGEST = "protostar.ingest.document"
+    CHAT = "protostar.chat.answer"
     RECONCILE = "protostar.maintenance.reconcile"
 
 
 class JobKind(StrEnum):
     PROBE = "probe"
     INGEST = "ingest"
+    CHAT = "chat"
 
 
 class JobStatus(StrEnum):
@@ -54,6 +56,7 @@ class EventType(StrEnum):
 # the queue of a job's task here, so a task can never be sent to a queue nobody consumes.
 TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.INGEST: Queue.INGEST,
+    TaskName.CHAT: Queue.CHAT,
     TaskName.RECONCILE: Queue.MAINTENANCE,
 }
 

@@ -16,6 +16,7 @@
     │   ├── InputRejected (422 input_rejected): the input can never succeed, do not retry
     │   │   └── OutOfMemory (413 out_of_memory): the work needed more memory than a worker may use
     │   ├── Transient (503 transient): worth retrying with backoff
+    │   ├── LLMFailed (502 llm_failed): the LLM refused, broke its stream, or missed a deadline, past retries
     │   ├── WorkerLost (500 worker_lost): the reconciler gave up on a job whose heartbeat stopped
     │   └── Cancelled (409 cancelled): a running job saw its cancel request
     └── ServiceError (500 service_error): an embedded service could not start or stop
@@ -110,6 +111,11 @@ class OutOfMemory(InputRejected):
 class Transient(JobFailed):
     status = 503
     code = "transient"
+
+
+class LLMFailed(JobFailed):
+    status = 502
+    code = "llm_failed"
 
 
 class WorkerLost(JobFailed):

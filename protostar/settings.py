@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     embedding_dim: int = Field(384, gt=0)
     embedding_base_url: str | None = None
     embedding_api_key: SecretStr | None = None
-    embedding_batch_size: int = Field(64, gt=0)
+    embedding_batch_size: int = Field(32, gt=0)
     embedding_timeout: float = Field(30.0, gt=0)
 
     # --- workers --------------------------------------------------------------------------------------
@@ -86,6 +86,28 @@ class Settings(BaseSettings):
     summary_time_limit: int = Field(660, gt=0)
     max_tasks_per_child: int = Field(200, ge=1)
     max_memory_per_child_kb: int = Field(2_000_000, ge=1)
+    # --- LLM (empty base URL: the embedded llama-server with SmolLM2-135M-Instruct) ----------------------
+    llm_base_url: str | None = None  # any OpenAI-compatible API: https://api.openai.com/v1, vLLM, Ollama, ...
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "SmolLM2-135M-Instruct"
+    llm_port: int = 18080
+    llm_threads: int = Field(2, ge=1, description="CPU threads of the embedded llama-server")
+    llm_parallel: int = Field(4, ge=1, description="sequences the embedded llama-server decodes at once")
+    llm_context_tokens: int = Field(8192, ge=512, description="context of the embedded server, shared by its slots")
+    llm_connect_timeout: float = Field(5.0, gt=0)
+    llm_first_token_timeout: float = Field(60.0, gt=0, description="seconds to the first token (and between tokens)")
+    llm_total_timeout: float = Field(240.0, gt=0, description="seconds for a whole answer")
+    llm_max_retries: int = Field(3, ge=0, description="retries of 429/5xx/connection errors before the first token")
+    llm_max_tokens: int = Field(256, ge=1, description="longest answer, in tokens")
+    chat_top_k: int = Field(4, ge=0, description="chunks retrieved into a chat prompt")
+    chat_history_messages: int = Field(6, ge=0, description="latest messages of the session in a chat prompt")
+    chat_prompt_tokens: int = Field(1500, ge=128, description="budget of a chat prompt (the rest is the answer's)")
+    llm_concurrency: int = Field(16, ge=1, description="LLM calls in flight at once, all tenants")
+    llm_tenant_concurrency: int = Field(8, ge=1, description="LLM calls in flight at once, per tenant")
+    llm_rpm: int = Field(600, ge=1, description="LLM calls started per minute, all tenants")
+    llm_tenant_rpm: int = Field(120, ge=1, description="LLM calls started per minute, per tenant")
+    llm_wait_timeout: float = Field(30.0, gt=0, description="longest wait for a turn under the limits")
+
     ingest_memory_limit_mb: int = Field(
         6144, ge=512, description="address-space cap of an ingest child; a document needing more fails out_of_memory"
     )

@@ -80,6 +80,7 @@ def stack() -> Iterator[Stack]:
         "PROTOSTAR_REDIS_PORT": str(free_port()),
         "PROTOSTAR_POSTGRES_PORT": str(free_port()),
         "PROTOSTAR_S3_PORT": str(free_port()),
+        "PROTOSTAR_LLM_PORT": str(free_port()),
         "PROTOSTAR_API_PORT": str(free_port()),
         "PROTOSTAR_BOOTSTRAP_API_KEY": "ps_test_" + secrets.token_urlsafe(24),
     }

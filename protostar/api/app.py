@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from protostar import __version__
 from protostar.api import errors
 from protostar.api.metrics import BacklogCollector, RequestMetrics
-from protostar.api.routes import documents, health, jobs
+from protostar.api.routes import documents, health, jobs, sessions
 from protostar.api.state import AppState
 from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
@@ -56,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(documents.router)
+    app.include_router(sessions.router)
     return app

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from protostar.constants import PROBE_QUEUES, JobStatus, Queue
-from protostar.db.models import Document, Job
+from protostar.db.models import ChatSession, Document, Job, Message
 
 
 class Progress(BaseModel):
@@ -126,3 +126,75 @@ class HitOut(BaseModel):
 
 class SearchOut(BaseModel):
     hits: list[HitOut]
+
+
+class SessionIn(BaseModel):
+    title: str | None = Field(None, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionCreated(BaseModel):
+    session_id: uuid.UUID
+
+
+class MessageIn(BaseModel):
+    content: str = Field(min_length=1, max_length=16_000)
+
+
+class MessageAccepted(BaseModel):
+    job_id: uuid.UUID
+    message_id: uuid.UUID
+    events_url: str
+
+
+class SourceOut(BaseModel):
+    document_id: uuid.UUID
+    chunk_id: int
+    score: float
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    role: str
+    content: str
+    status: str
+    reply_to: uuid.UUID | None
+    job_id: uuid.UUID | None
+    sources: list[SourceOut]
+    usage: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, message: Message) -> MessageOut:
+        return cls(
+            id=message.id,
+            role=message.role,
+            content=message.content,
+            status=message.status,
+            reply_to=message.reply_to,
+            job_id=message.job_id,
+            sources=[SourceOut.model_validate(s) for s in message.sources],
+            usage=message.usage,
+            created_at=message.created_at,
+        )
+
+
+class SessionOut(BaseModel):
+    id: uuid.UUID
+    title: str | None
+    metadata: dict[str, Any]
+    messages: list[MessageOut]
+    summary: str | None = Field(None, description="the rolling summary of the conversation, once there is one")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, session: ChatSession, messages: list[Message]) -> SessionOut:
+        return cls(
+            id=session.id,
+            title=session.title,
+            metadata=session.metadata_,
+            messages=[MessageOut.of(m) for m in messages],
+            created_at=session.created_at,
+            updated_at=session.updated_at,
+        )

@@ -143,3 +143,42 @@ class Chunk(Base):
     token_count: Mapped[int] = mapped_column(Integer, default=0)
     embedding_model: Mapped[str] = mapped_column(String(128))
     embedding: Mapped[Any] = mapped_column(Vector())
+
+
+class ChatSession(Base):
+    """A conversation. Its messages are ordered by ``messages.seq``."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    title: Mapped[str | None] = mapped_column(String(200))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Message(Base):
+    """A user's message, or the assistant's answer to one (``reply_to``; at most one answer per message, so a
+    redelivered chat job rewrites its answer instead of adding a second). ``status``: ``complete``, or
+    ``partial`` when generation was cancelled or failed after some tokens."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_session_seq", "session_id", "seq"),
+        Index("uq_messages_reply_to", "reply_to", unique=True),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="complete", server_default="complete")
+    reply_to: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
+    usage: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = _now()

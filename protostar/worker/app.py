@@ -7,9 +7,10 @@ it inherited (``worker_process_init``).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
-from celery.signals import celeryd_init, worker_process_init
+from celery.signals import celeryd_init, worker_process_init, worker_ready
 
 from protostar.celery_app import create_celery
 from protostar.constants import Queue
@@ -19,6 +20,7 @@ from protostar.worker import limits, resources
 TASK_MODULES = (
     "protostar.worker.tasks.probe",
     "protostar.worker.tasks.ingest",
+    "protostar.worker.tasks.chat",
     "protostar.worker.tasks.maintenance",
 )
 
@@ -54,3 +56,10 @@ def warm_ingest() -> None:
     resources.current().embedder.embed(["warm-up"])
     limits.cap_address_space(resources.current().settings.ingest_memory_limit_mb)
     logger.info("ingest child warmed: parsers and %s loaded", resources.current().embedder.model)
+
+
+@worker_ready.connect
+def _warm_chat(**_: Any) -> None:
+    """The chat worker embeds each question: load the model now, off the consumer's thread."""
+    if Queue.CHAT.value in _consumes:
+        threading.Thread(target=lambda: resources.current().embedder.embed(["warm-up"]), daemon=True).start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -21,7 +22,11 @@ from protostar.settings import Settings, get_settings
 from protostar.storage import make_minio
 
 if TYPE_CHECKING:
+    from protostar.chat.limits import LLMLimiter
+    from protostar.chat.llm import ChatLLM
     from protostar.ingest.embed import Embedder
+
+_HEAVY = threading.Lock()  # thread-pool workers: build a model once even when many threads ask at once
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +55,31 @@ class Resources:
     def embedder(self) -> Embedder:
         from protostar.ingest.embed import make_embedder  # torch: loaded only by processes that embed
 
-        return make_embedder(self.settings, threads=1)
+        with _HEAVY:  # the first thread builds it, the others find it built
+            built: Embedder = self.__dict__.get("embedder") or make_embedder(self.settings, threads=1)
+            self.__dict__["embedder"] = built
+            return built
+
+    @cached_property
+    def llm(self) -> ChatLLM:
+        from protostar.chat.llm import ChatLLM
+
+        return ChatLLM.from_settings(self.settings)
+
+    @cached_property
+    def llm_limiter(self) -> LLMLimiter:
+        from protostar.chat.limits import Limits, LLMLimiter
+
+        cfg = self.settings
+        limits = Limits(
+            concurrency=cfg.llm_concurrency,
+            tenant_concurrency=cfg.llm_tenant_concurrency,
+            rpm=cfg.llm_rpm,
+            tenant_rpm=cfg.llm_tenant_rpm,
+            wait_timeout=cfg.llm_wait_timeout,
+            lease=cfg.llm_total_timeout + 60,
+        )
+        return LLMLimiter(self.redis, limits)
 
     @cached_property
     def events(self) -> EventLog:
@@ -69,7 +98,7 @@ class Resources:
             self.engine.dispose(close=False)
         if "redis" in self.__dict__:
             self.redis.connection_pool.reset()
-        for name in ("engine", "redis", "events", "dispatcher", "minio", "embedder"):
+        for name in ("engine", "redis", "events", "dispatcher", "minio", "embedder", "llm", "llm_limiter"):
             self.__dict__.pop(name, None)
 
 

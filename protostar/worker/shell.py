@@ -44,6 +44,25 @@ class JobContext:
     resources: Resources
     cancelled: threading.Event = field(default_factory=threading.Event)
     _last_progress: tuple[str, float] = ("", 0.0)
+    _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        """Mark the job cancelled and run the hooks (e.g. close an upstream stream a thread is blocked on)."""
+        if self.cancelled.is_set():
+            return
+        self.cancelled.set()
+        for hook in list(self._cancel_hooks):
+            try:
+                hook()
+            except Exception:  # boundary: a failing hook must not stop the others or the watcher
+                logger.exception("job_id=%s cancel hook failed", self.job_id)
+
+    def on_cancel(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Run ``hook`` from the watcher thread when the job is cancelled; returns the function that removes it."""
+        self._cancel_hooks.append(hook)
+        if self.cancelled.is_set():
+            hook()
+        return lambda: self._cancel_hooks.remove(hook) if hook in self._cancel_hooks else None
 
     @property
     def events(self) -> EventLog:
@@ -89,16 +108,16 @@ class Watcher(threading.Thread):
         while not self.stopped.wait(CANCEL_POLL):
             try:
                 if res.redis.exists(cancel_key(ctx.job_id)):
-                    ctx.cancelled.set()
+                    ctx.cancel()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
                     state = repo.heartbeat(res.engine, job_id=ctx.job_id, attempt=ctx.attempt)
                     if state is None:
                         logger.warning("job_id=%s was taken over by another delivery", ctx.job_id)
                         self.lost = True
-                        ctx.cancelled.set()
+                        ctx.cancel()
                     elif state:
-                        ctx.cancelled.set()
+                        ctx.cancel()
             except Exception:  # boundary: a failed beat is retried next round, the job goes on
                 logger.exception("job_id=%s heartbeat failed", ctx.job_id)
 

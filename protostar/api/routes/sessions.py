@@ -1,0 +1,60 @@
+"""Chat sessions: create, read with their messages, and post a message (which queues its answer)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+
+from protostar.api.deps import PrincipalDep, SessionDep, StateDep
+from protostar.api.routes.jobs import events_url
+from protostar.api.schemas import MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
+from protostar.chat import repo
+from protostar.constants import JobKind, Queue, TaskName
+from protostar.db.models import Message
+from protostar.errors import BrokerUnavailable
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+@router.post("/sessions", status_code=201, response_model=SessionCreated)
+def create_session(principal: PrincipalDep, session: SessionDep, body: SessionIn | None = None) -> SessionCreated:
+    body = body or SessionIn()
+    row = repo.create_session(session, tenant_id=principal.tenant_id, title=body.title, metadata=body.metadata)
+    session.commit()
+    return SessionCreated(session_id=row.id)
+
+
+@router.get("/sessions/{session_id}", response_model=SessionOut)
+def get_session(session_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> SessionOut:
+    row = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
+    return SessionOut.of(row, repo.messages(session, session_id=row.id))
+
+
+@router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted)
+def post_message(
+    session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, session: SessionDep, state: StateDep
+) -> MessageAccepted:
+    """Add the user's message and queue the answer; follow ``events_url`` for its tokens as they arrive."""
+    chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
+    job_id = uuid.uuid4()
+    message = repo.add_user_message(
+        session, tenant_id=principal.tenant_id, session_id=chat.id, content=body.content, job_id=job_id
+    )
+    message_id = message.id
+    try:
+        state.dispatcher.submit(
+            session,
+            tenant_id=principal.tenant_id,
+            kind=JobKind.CHAT.value,
+            task_name=TaskName.CHAT.value,
+            queue=Queue.CHAT.value,
+            payload={"session_id": str(chat.id), "message_id": str(message_id)},
+            job_id=job_id,
+        )
+    except BrokerUnavailable:
+        # Nothing was queued, so the message is not kept either: the caller sends it again.
+        session.query(Message).filter(Message.id == message_id).delete()
+        session.commit()
+        raise
+    return MessageAccepted(job_id=job_id, message_id=message_id, events_url=events_url(state, job_id))

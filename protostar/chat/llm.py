@@ -1,0 +1,263 @@
+"""Streaming chat completions from any OpenAI-compatible server, with deadlines, capped retries and cancel.
+
+Deadlines: a connect timeout, a first-token deadline (also the longest silence between two chunks: it is the
+HTTP read timeout) and a total deadline, enforced by a timer that closes the stream even while a read blocks.
+Retries: 429, 5xx, timeouts and connection errors are retried with full-jitter backoff, capped in number and
+never past the total deadline, and only before the first token: once text reached the caller, a retry would
+repeat it. Cancel: the caller registers :meth:`Generation.close` with its job's cancel hooks, which closes the
+upstream stream at once. Every failure ends as :class:`~protostar.errors.LLMFailed` with a reason, or
+:class:`~protostar.errors.Cancelled`; what was generated so far stays in :attr:`Generation.text`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from protostar.errors import Cancelled, LLMFailed
+from protostar.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+
+logger = logging.getLogger(__name__)
+
+ChatMessage = dict[str, str]
+
+
+@dataclass
+class Generation:
+    """One answer being generated: its text so far, token usage, and a way to stop it from another thread."""
+
+    text: str = ""
+    chunks: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _stream: Any = None
+    _why: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self, why: str = "cancelled") -> None:
+        """Stop the generation: closes the upstream stream (safe from any thread, idempotent)."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._why = why
+            self._stop.set()
+            stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # boundary: the stream may be half-closed already
+                logger.debug("closing the LLM stream failed", exc_info=True)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens or 0, "completion_tokens": self.completion_tokens or self.chunks}
+
+
+class ChatLLM:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        connect_timeout: float = 5.0,
+        first_token_timeout: float = 60.0,
+        total_timeout: float = 240.0,
+        max_retries: int = 3,
+        max_backoff: float = 8.0,
+        http_client: httpx2.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.connect_timeout = connect_timeout
+        self.first_token_timeout = first_token_timeout
+        self.total_timeout = total_timeout
+        self.max_retries = max_retries
+        self.max_backoff = max_backoff
+        self._api_key = api_key
+        self._http_client = http_client
+        self._sleep = sleep
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, base_url: str | None = None) -> ChatLLM:
+        url = base_url or settings.llm_base_url
+        if not url:
+            raise LLMFailed("no LLM is configured (PROTOSTAR_LLM_BASE_URL is empty and no embedded server runs)")
+        key = settings.llm_api_key
+        return cls(
+            base_url=url,
+            api_key=key.get_secret_value() if key else None,
+            model=settings.llm_model,
+            connect_timeout=settings.llm_connect_timeout,
+            first_token_timeout=settings.llm_first_token_timeout,
+            total_timeout=settings.llm_total_timeout,
+            max_retries=settings.llm_max_retries,
+        )
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        generation: Generation,
+        *,
+        max_tokens: int,
+        on_text: Callable[[str], object],
+    ) -> Generation:
+        """Stream an answer into ``generation``, calling ``on_text`` with each piece as it arrives."""
+        deadline = time.monotonic() + self.total_timeout
+        timer = threading.Timer(self.total_timeout, generation.close, kwargs={"why": "deadline"})
+        timer.daemon = True
+        timer.start()
+        try:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    self._stream_once(messages, generation, max_tokens=max_tokens, on_text=on_text)
+                    return generation
+                except _Retryable as exc:
+                    if generation.chunks or attempt == self.max_retries:
+                        raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
+                    delay = random.uniform(0, min(self.max_backoff, 0.5 * 2 ** (attempt + 1)))  # noqa: S311
+                    if time.monotonic() + delay >= deadline:
+                        raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
+                    logger.warning("LLM call failed (%s); retry %d in %.2f s", exc.reason, attempt + 1, delay)
+                    if generation._stop.wait(delay):
+                        self._raise_stopped(generation)
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            timer.cancel()
+
+    def _stream_once(
+        self,
+        messages: Sequence[ChatMessage],
+        generation: Generation,
+        *,
+        max_tokens: int,
+        on_text: Callable[[str], object],
+    ) -> None:
+        import openai
+
+        if generation._stop.is_set():
+            self._raise_stopped(generation)
+        try:
+            stream = self._openai().chat.completions.create(  # type: ignore[call-overload]
+                model=self.model,
+                messages=list(messages),
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in (408, 409, 429) or status >= 500:
+                raise _Retryable(f"HTTP {status}") from exc
+            raise LLMFailed(f"the LLM refused the request: HTTP {status}: {_detail(exc)}") from exc
+        except openai.APIConnectionError as exc:  # includes timeouts
+            if generation._stop.is_set():
+                self._raise_stopped(generation)
+            raise _Retryable(_connection_reason(exc)) from exc
+        with generation._lock:
+            generation._stream = stream
+        if generation._stop.is_set():  # closed between the request and now
+            stream.close()
+            self._raise_stopped(generation)
+        with stream:
+            chunks = iter(stream)
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except Exception as exc:  # boundary with the provider's stream: broken, malformed, or closed
+                    if generation._stop.is_set():
+                        self._raise_stopped(generation)
+                    if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
+                        raise _Retryable(_connection_reason(exc)) from exc
+                    raise LLMFailed(f"the LLM's stream was malformed: {type(exc).__name__}: {exc}") from exc
+                self._take(chunk, generation, on_text)
+        if generation._stop.is_set():
+            self._raise_stopped(generation)
+
+    @staticmethod
+    def _take(chunk: Any, generation: Generation, on_text: Callable[[str], object]) -> None:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            generation.prompt_tokens = usage.prompt_tokens
+            generation.completion_tokens = usage.completion_tokens
+        for choice in getattr(chunk, "choices", None) or []:
+            if choice.finish_reason:
+                generation.finish_reason = choice.finish_reason
+            piece = choice.delta.content if choice.delta is not None else None
+            if piece:
+                if generation.first_token_at is None:
+                    generation.first_token_at = time.monotonic()
+                generation.text += piece
+                generation.chunks += 1
+                on_text(piece)
+
+    def _raise_stopped(self, generation: Generation) -> None:
+        if generation._why == "deadline":
+            raise LLMFailed(f"the LLM did not finish within {self.total_timeout:g} s")
+        raise Cancelled("cancelled by request")
+
+    def _gave_up(self, reason: str, attempt: int, generation: Generation) -> str:
+        if generation.chunks:
+            return f"the LLM's stream broke after {generation.chunks} tokens: {reason}"
+        tries = f" after {attempt} retries" if attempt else ""
+        return f"the LLM at {self.base_url} did not answer{tries}: {reason}"
+
+    def _openai(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                # Retries are ours (jittered, capped, never after the first token), so the client's are off.
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self._api_key or "unused",
+                    timeout=openai.Timeout(self.first_token_timeout, connect=self.connect_timeout),
+                    max_retries=0,
+                    http_client=self._http_client,
+                )
+            return self._client
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:300]
+    return str(exc.message)[:300]
+
+
+def _connection_reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if "Timeout" in name or "timed out" in str(exc).lower():
+        return "timed out waiting for the LLM"
+    return f"connection to the LLM failed ({name})"
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import httpx2
+
+    return isinstance(exc, (httpx2.TransportError, httpx2.StreamError))

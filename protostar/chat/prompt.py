@@ -1,0 +1,95 @@
+"""The chat prompt: instructions, retrieved sources (numbered), the session's summary, the latest turns, and
+the question, within a token budget. Pure: no I/O, so it is tested on its own.
+
+What gives way when the budget is tight, in order: older turns, then the lowest-ranked sources, then the
+tail of the longest remaining source. The question and the instructions always stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from protostar.chat.llm import ChatMessage
+from protostar.ingest.chunk import approx_tokens
+from protostar.search import Hit
+
+SYSTEM = (
+    "You are a helpful assistant. Answer the user's question using the numbered sources when they are "
+    "relevant, and cite them by number, like [1]. If the sources do not contain the answer, say so briefly."
+)
+MIN_SOURCE_TOKENS = 40
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[ChatMessage]
+    sources: list[Hit]  # in the order of their numbers: sources[0] is [1]
+    history_used: int
+    tokens: int  # the estimate the budget was applied to
+
+
+def build(
+    *,
+    question: str,
+    hits: Sequence[Hit],
+    history: Sequence[Turn],
+    summary: str | None = None,
+    budget: int,
+) -> Prompt:
+    fixed = approx_tokens(SYSTEM) + approx_tokens(question) + 16
+    if summary:
+        fixed += approx_tokens(summary) + 8
+    left = max(budget - fixed, 0)
+
+    sources: list[tuple[Hit, str]] = []
+    for hit in hits:
+        if left < MIN_SOURCE_TOKENS:
+            break
+        text = _clip(hit.text, left - 8)
+        sources.append((hit, text))
+        left -= approx_tokens(text) + 8
+
+    turns: list[Turn] = []
+    for turn in reversed(history):
+        cost = approx_tokens(turn.content) + 4
+        if cost > left:
+            break
+        turns.insert(0, turn)
+        left -= cost
+
+    system = SYSTEM
+    if summary:
+        system += "\n\nSummary of the conversation so far:\n" + summary
+    if sources:
+        listed = "\n\n".join(f"[{n}] ({_where(hit)})\n{text}" for n, (hit, text) in enumerate(sources, start=1))
+        system += "\n\nSources:\n" + listed
+    messages: list[ChatMessage] = [{"role": "system", "content": system}]
+    messages += [{"role": t.role, "content": t.content} for t in turns]
+    messages.append({"role": "user", "content": question})
+    return Prompt(messages=messages, sources=[h for h, _ in sources], history_used=len(turns), tokens=budget - left)
+
+
+def _where(hit: Hit) -> str:
+    return f"{hit.filename}, page {hit.page}" if hit.page else hit.filename
+
+
+def _clip(text: str, tokens: int) -> str:
+    """``text`` cut between words to about ``tokens`` tokens (with "…" when cut)."""
+    if approx_tokens(text) <= tokens:
+        return text
+    words = text.split()
+    low, high = 0, len(words)
+    while low < high:  # the most words that fit
+        mid = (low + high + 1) // 2
+        if approx_tokens(" ".join(words[:mid])) <= tokens - 1:
+            low = mid
+        else:
+            high = mid - 1
+    return " ".join(words[:low]) + " …"

@@ -1,0 +1,128 @@
+"""All SQL on ``sessions`` and ``messages``."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from protostar.chat.prompt import Turn
+from protostar.db.models import ChatSession, Message
+from protostar.errors import NotFound
+
+
+class MessageStatus:
+    COMPLETE = "complete"
+    PARTIAL = "partial"  # generation was cancelled or broke after some tokens
+
+
+def create_session(
+    session: Session, *, tenant_id: uuid.UUID, title: str | None, metadata: dict[str, Any]
+) -> ChatSession:
+    row = ChatSession(id=uuid.uuid4(), tenant_id=tenant_id, title=title, metadata_=metadata)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_session(session: Session, *, tenant_id: uuid.UUID, session_id: uuid.UUID) -> ChatSession:
+    row = session.get(ChatSession, session_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(f"session {session_id} not found")
+    return row
+
+
+def messages(session: Session, *, session_id: uuid.UUID) -> list[Message]:
+    return list(session.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.seq)))
+
+
+def add_user_message(
+    session: Session, *, tenant_id: uuid.UUID, session_id: uuid.UUID, content: str, job_id: uuid.UUID
+) -> Message:
+    row = Message(
+        id=uuid.uuid4(),
+        session_id=session_id,
+        tenant_id=tenant_id,
+        role="user",
+        content=content,
+        status=MessageStatus.COMPLETE,
+        job_id=job_id,
+    )
+    session.add(row)
+    session.execute(text("UPDATE sessions SET updated_at = now() WHERE id = :id"), {"id": session_id})
+    return row
+
+
+@dataclass(frozen=True)
+class Question:
+    id: uuid.UUID
+    session_id: uuid.UUID
+    content: str
+    seq: int
+
+
+def question_and_history(
+    conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID, limit: int
+) -> tuple[Question | None, list[Turn]]:
+    """The user's message, and up to ``limit`` messages of its session before it (oldest first)."""
+    row = conn.execute(
+        select(Message.id, Message.session_id, Message.content, Message.seq).where(
+            Message.id == message_id, Message.tenant_id == tenant_id, Message.role == "user"
+        )
+    ).first()
+    if row is None:
+        return None, []
+    question = Question(row.id, row.session_id, row.content, row.seq)
+    if limit <= 0:
+        return question, []
+    earlier = conn.execute(
+        select(Message.role, Message.content)
+        .where(Message.session_id == question.session_id, Message.seq < question.seq, Message.content != "")
+        .order_by(Message.seq.desc())
+        .limit(limit)
+    ).all()
+    return question, [Turn(r.role, r.content) for r in reversed(earlier)]
+
+
+def answer_id(question_id: uuid.UUID) -> uuid.UUID:
+    """The answer's id follows from the question's, so every delivery of a chat job writes the same row."""
+    return uuid.uuid5(question_id, "answer")
+
+
+def save_answer(
+    conn: Connection,
+    *,
+    question: Question,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID,
+    content: str,
+    status: str,
+    sources: list[dict[str, Any]],
+    usage: dict[str, Any],
+) -> uuid.UUID:
+    """Insert the answer, or replace the one an earlier delivery wrote: one answer per question."""
+    values = {
+        "id": answer_id(question.id),
+        "session_id": question.session_id,
+        "tenant_id": tenant_id,
+        "role": "assistant",
+        "content": content,
+        "status": status,
+        "reply_to": question.id,
+        "job_id": job_id,
+        "sources": sources,
+        "usage": usage,
+    }
+    statement = insert(Message).values(**values)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Message.reply_to],
+            set_={k: statement.excluded[k] for k in ("content", "status", "job_id", "sources", "usage")},
+        )
+    )
+    conn.execute(text("UPDATE sessions SET updated_at = now() WHERE id = :id"), {"id": question.session_id})
+    return answer_id(question.id)

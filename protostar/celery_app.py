@@ -27,4 +27,6 @@ def create_celery(settings: Settings, *, role: str = "worker") -> Celery:
         app.conf.broker_connection_max_retries = 0
         app.conf.task_publish_retry = False
         app.conf.broker_pool_limit = 50
+        # Flower learns of a task when a worker receives it; a "sent" event costs the API a publish per job.
+        app.conf.task_send_sent_event = False
     return app

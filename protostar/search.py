@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 RRF_K = 60
 MAX_LOOSE_WORDS = 32
-FTS_POOL = 1000  # most full-text matches ranked per tier: bounds the cost of a question of common words
+FTS_POOL = 200  # most full-text matches ranked per tier: bounds the cost of a question of common words
+# (bench.ingest at 100k chunks: 1000 → 200 halves the search latency, recall@5 and MRR on qa.jsonl unchanged)
 _WORD = re.compile(r"\w+")
 _EXCLUDED = re.compile(r"(?<![\w-])-\w+")  # websearch syntax: -word excludes the word
 

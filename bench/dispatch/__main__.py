@@ -979,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
             "PROTOSTAR_API_PORT": str(free_port()),
             "PROTOSTAR_BOOTSTRAP_API_KEY": "ps_bench_" + secrets.token_urlsafe(24),
             "PROTOSTAR_INGEST_CONCURRENCY": "2",
+            # No LLM here: an address where nothing listens keeps the stack from starting llama-server.
+            "PROTOSTAR_LLM_BASE_URL": "http://127.0.0.1:9/v1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
     )

@@ -51,6 +51,7 @@ class Dispatcher:
             queue=job.queue,
             expires=self.settings.task_expires,
             retry=False,
+            ignore_result=True,  # results live in the jobs table: no result-channel subscription per send
             **time_limits(self.settings, job.queue),
         )
 

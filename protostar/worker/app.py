@@ -52,6 +52,7 @@ def warm_ingest() -> None:
     """Load the parsers and the embedding model once per child, not once per task (about 5 s, ~1 GB)."""
     from protostar.ingest.parse import warm
 
+    limits.prefer_mmap_for_large_blocks()
     warm()
     resources.current().embedder.embed(["warm-up"])
     limits.cap_address_space(resources.current().settings.ingest_memory_limit_mb)

@@ -41,3 +41,16 @@ def release_free_memory() -> None:
     if name:
         with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
             ctypes.CDLL(name).malloc_trim(0)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def prefer_mmap_for_large_blocks(threshold: int = 128 * 1024) -> None:
+    """Serve allocations above ``threshold`` with their own mappings, returned to the OS when freed. glibc
+    otherwise raises the threshold as big blocks come and go, and the embedding loop's activations stay
+    resident: bench.ingest saw a child's peak fall from about 1.5 GB to 1.2 GB on the 872-page DOCX."""
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, threshold)

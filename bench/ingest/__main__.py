@@ -1,0 +1,405 @@
+"""Ingest benchmark: what Protostar's ingestion and search cost next to the bare libraries, in one run.
+
+    .venv/bin/python -m bench.ingest [--pages 100] [--embed-texts 512] [--rows 100000] [--search-reps 30]
+    .venv/bin/python -m bench.ingest --phases 1     # one phase only (2-4 ingest the whole corpus first)
+
+About 7-9 minutes on 2 cores, of which about 2.5 ingesting the whole corpus and 1 filling 100,000 rows.
+
+Starts its own embedded Redis/PostgreSQL/S3 in a temp dir on free ports, applies migrations, runs the API
+(``protostar.commands.api``) and ONE ingest worker (``commands.worker``, prefork, concurrency 1).
+
+1. End-to-end PDF pages/s per worker process: the corpus's text PDFs and a generated N-page PDF uploaded
+   through POST /v1/documents, one at a time, each job followed on its event stream; pages / (finished_at -
+   started_at), and / (finished_at - submit). Baseline: ``partition_pdf(strategy="fast")`` of the same bytes
+   in a separate warm process (``bench.ingest.bare_parse``), alternating file by file with the uploads.
+   Also the job's time per stage (download, parse, chunk, embed, store, shell) from its progress events.
+2. Embedding throughput, texts/s and tokens/s, one torch thread, on real chunks of the corpus: the pipeline's
+   own ``_embed`` (its batching) and ``LocalEmbedder.embed`` vs the bare ``SentenceTransformer.encode``.
+3. Retrieval quality on ``qa.jsonl`` after ingesting the whole corpus: recall@5 and MRR@5 of POST /v1/search
+   (hybrid) vs vector-only (exact) and full-text-only rankings of the same chunks.
+4. Search latency p50/p99 with 100,000 chunks in the table: ``protostar.search.search()`` vs a bare pgvector
+   ``ORDER BY embedding <=> q LIMIT 5``, alternating, from this process.
+5. Peak RSS (``VmHWM``) of the ingest pool child during phase 1 (and after the whole corpus) vs the baseline
+   parser process's.
+
+Results: a markdown table on stdout and in ``bench/results/ingest.md``; process output and query plans in
+``bench/results/ingest.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from bench.dispatch.__main__ import ROOT, MachineShare, Row, wait_idle
+from bench.ingest import corpus, e2e, embedding, latency, retrieval
+from bench.ingest.harness import INGEST_WORKER, BareParser, MemorySampler, System, bench_env
+
+RESULTS = ROOT / "bench" / "results"
+LOG = RESULTS / "ingest.log"
+MB = 1024
+
+
+class Report:
+    """Rows of the table, kept in the brief's order (figure 1 to 5) whatever order the phases run in."""
+
+    def __init__(self) -> None:
+        self.figures: list[tuple[int, Row]] = []
+        self.figure = 0
+        self.extra: list[str] = []
+        self.notes: list[str] = []
+
+    def add(self, metric: str, value: str, baseline: str = "", ratio: str = "", goal: str = "") -> None:
+        self.figures.append((self.figure, Row(metric, value, baseline, ratio, goal)))
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for _, row in sorted(self.figures, key=lambda fr: fr[0])]
+
+    def render(self, args: argparse.Namespace, elapsed: float) -> str:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT
+        )
+        lines = [
+            f"# Ingest benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
+            "",
+            f"`.venv/bin/python -m bench.ingest` · git {rev.stdout.strip() or '?'} (+ working tree) · "
+            f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {elapsed:.0f} s run · "
+            f"phases {args.phases} · {args.pages}-page PDF · {args.embed_texts} texts x {args.embed_rounds} rounds · "
+            f"{args.rows:,} rows · {args.search_reps} search rounds",
+            "",
+            "| figure | Protostar | baseline (same run) | ratio | goal |",
+            "| --- | --- | --- | --- | --- |",
+            *[f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} | {r.goal} |" for r in self.rows],
+        ]
+        if self.extra:
+            lines += ["", *self.extra]
+        if self.notes:
+            lines += ["", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+
+def report_pages(report: Report, runs: list[e2e.FileRun]) -> None:
+    report.figure = 1
+    pages = sum(r.pages for r in runs)
+    bare = pages / sum(r.bare for r in runs)
+    stages = e2e.stage_totals(runs)
+    job = pages / sum(r.job for r in runs)
+    submit = pages / sum(r.submit for r in runs)
+    parse = pages / stages["parse"]
+    baseline = f"bare `partition_pdf` fast {bare:.1f}"
+    report.add(
+        f"End-to-end PDF pages/s, one ingest child (prefork c=1), job started→finished ({len(runs)} files, "
+        f"{pages} pages)",
+        f"{job:.1f}",
+        baseline,
+        f"{job / bare:.2f}",
+        "≥ 0.8",
+    )
+    report.add("  submit→finished (upload, queue wait, job)", f"{submit:.1f}", baseline, f"{submit / bare:.2f}")
+    report.add("  parse stage of the job alone", f"{parse:.1f}", baseline, f"{parse / bare:.2f}")
+    total = sum(stages.values())
+    report.add(
+        "  share of job time by stage",
+        " · ".join(f"{name} {100 * s / total:.0f}%" for name, s in stages.items()),
+    )
+    report.extra += ["End-to-end, per file (seconds; stages from the job's progress events):", ""]
+    report.extra += [*e2e.file_table(runs), ""]
+
+
+def report_rss(report: Report, sampler: MemorySampler, bare_kb: int | None, docs: retrieval.Corpus | None) -> None:
+    report.figure = 5
+    idle, pdf, every = (sampler.peaks.get(label) for label in ("idle", "pdf", "corpus"))
+    if pdf and bare_kb:
+        report.add(
+            f"Peak RSS of the ingest pool child (VmHWM), PDF phase ({len(pdf.children)} child)",
+            f"{pdf.hwm_kb / MB:,.0f} MB",
+            f"bare parser process {bare_kb / MB:,.0f} MB",
+            f"{pdf.hwm_kb / bare_kb:.2f}x",
+            "≤ 1536 MB",
+        )
+    if idle:
+        report.add("  the child after its warm-up, before any document", f"{idle.hwm_kb / MB:,.0f} MB")
+    if every:
+        report.add(
+            f"  after the whole corpus, every format ({len(every.children)} pool child(ren) seen)",
+            f"{every.hwm_kb / MB:,.0f} MB",
+            "",
+            "",
+            "≤ 1536 MB",
+        )
+        helpers = ", ".join(f"{name} {kb / MB:,.0f} MB" for name, kb in every.helpers.items())
+        if helpers:
+            report.notes.append(f"processes the ingest child started (converters), peak RSS each: {helpers}")
+    if docs is not None and docs.runs:
+        grown = {
+            name: (sampler.peak_between(r.started, r.finished), sampler.rss_before(r.started))
+            for name, r in docs.runs.items()
+        }
+        top = sorted(grown.items(), key=lambda kv: kv[1][1] - kv[1][0])[:4]
+        report.notes.append(
+            "pool-child RSS while a corpus document was ingested (sampled every 0.2 s), largest growth first: "
+            + ", ".join(f"{name} {before / MB:,.0f} → {peak / MB:,.0f} MB" for name, (peak, before) in top)
+        )
+
+
+def report_embedding(report: Report, result: embedding.Result) -> None:
+    report.figure = 2
+    v = result.variants
+    bare = v["bare"]
+
+    def fmt(t: embedding.Throughput) -> str:
+        return f"{t.texts_per_s:.1f} ({t.tokens_per_s:,.0f})"
+
+    windows = ", ".join(f"{name} {n}" for name, n in result.windows)
+    report.add(
+        f"Embedding texts/s (tokens/s), 1 torch thread, batch {result.batch}, real chunks in windows of one "
+        f"document ({windows}) x {bare.texts // sum(n for _, n in result.windows)} rounds: `pipeline._embed`",
+        fmt(v["pipeline"]),
+        f"bare `encode` per window {fmt(bare)}",
+        f"{v['pipeline'].texts_per_s / bare.texts_per_s:.2f}",
+    )
+    report.add(
+        "  `LocalEmbedder.embed` of a window's texts in one call",
+        fmt(v["embed_all"]),
+        f"bare `encode` per window {fmt(bare)}",
+        f"{v['embed_all'].texts_per_s / bare.texts_per_s:.2f}",
+    )
+    p = result.padded
+    report.add(
+        "  tokens the model computes, padding included, batches cut: " + " / ".join(p),
+        " / ".join(f"{n:,}" for n in p.values()),
+    )
+
+
+def report_retrieval(report: Report, scores: dict[str, retrieval.Score], docs: retrieval.Corpus) -> None:
+    report.figure = 3
+    h, v, f = scores["hybrid"], scores["vector"], scores["full_text"]
+    n = len(corpus.questions())
+    best = max(v.recall, f.recall)
+    report.add(
+        f"Retrieval recall@5, `qa.jsonl` ({n} questions), POST /v1/search (hybrid RRF)",
+        f"{h.recall:.2f}",
+        f"vector only (exact) {v.recall:.2f} · full text only {f.recall:.2f}",
+        f"{h.recall / best:.2f} of the better" if best else "",
+    )
+    best = max(v.mrr, f.mrr)
+    report.add(
+        "  MRR@5",
+        f"{h.mrr:.2f}",
+        f"vector only {v.mrr:.2f} · full text only {f.mrr:.2f}",
+        f"{h.mrr / best:.2f} of the better" if best else "",
+    )
+    for name, s in scores.items():
+        if s.misses:
+            report.notes.append(f"retrieval misses ({name}): " + "; ".join(s.misses))
+    report.notes.append(
+        f"whole corpus ingested for phase 3: {len(docs.names)} documents, {docs.chunks:,} chunks in "
+        f"{docs.seconds:.0f} s by the one child; failed: "
+        + ("; ".join(f"{k} ({v})" for k, v in docs.failed.items()) or "none")
+    )
+
+
+def report_latency(report: Report, result: latency.Latency, noise: float) -> None:
+    from bench.dispatch.__main__ import pct
+
+    report.figure = 4
+    p50 = pct(result.protostar_ms, 0.5) / pct(result.bare_ms, 0.5)
+    p99 = pct(result.protostar_ms, 0.99) / pct(result.bare_ms, 0.99)
+    report.add(
+        f"Search p50 / p99 (ms), {result.rows:,} chunks in one tenant, `search()` (hybrid), "
+        f"n={len(result.protostar_ms)}",
+        result.p(result.protostar_ms),
+        f"bare `ORDER BY embedding <=> q LIMIT 5` {result.p(result.bare_ms)}",
+        f"{p50:.1f}x / {p99:.1f}x",
+    )
+    report.add(
+        "  server execution (EXPLAIN ANALYZE, each question once) p50 / max (ms)",
+        f"{pct(result.server_ms, 0.5):.2f} / {max(result.server_ms):.2f}",
+        f"{pct(result.bare_server_ms, 0.5):.2f} / {max(result.bare_server_ms):.2f}",
+        f"{pct(result.server_ms, 0.5) / pct(result.bare_server_ms, 0.5):.1f}x",
+    )
+    ctes = {name: result.cte_ms[name] for name in ("vec", "every_word", "some_word", "fts") if name in result.cte_ms}
+    report.add(
+        "  of which, p50 (ms): " + " · ".join(f"CTE {name}" for name in ctes) + " (fts includes the two word CTEs)",
+        " · ".join(f"{pct(ms, 0.5):.2f}" for ms in ctes.values()),
+    )
+    report.add("  query embedding, one question (the API does it before `search()`)", result.p(result.query_embed_ms))
+    uses = {name: "HNSW" if "ix_chunks_hnsw" in plan else "no HNSW index" for name, plan in result.plans.items()}
+    report.notes.append(
+        f"phase 4 rows: the corpus's real chunk embeddings, each copied with Gaussian noise (sd {noise}) per "
+        f"dimension and renormalised, texts of the source chunk + a copy number; COPY via store.replace_chunks "
+        f"{result.copy_seconds:.0f} s with the HNSW index dropped, rebuilt by store.ensure_vector_index in "
+        f"{result.index_seconds:.0f} s. Plans: Protostar {uses.get('protostar')}, bare {uses.get('bare')} "
+        f"(EXPLAIN ANALYZE in ingest.log); {result.short_answers} searches returned fewer than 5 hits"
+    )
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout} s (see {LOG})")
+
+
+def run_phases(args: argparse.Namespace, system: System, report: Report, log: IO[str]) -> None:
+    """Phase 1 and the corpus ingestion while the worker runs (its child's memory sampled), then 3, 2, 4."""
+    sampler = MemorySampler(system.pid(f"worker-{INGEST_WORKER}") or 0)
+    sampler.label = "idle"
+    sampler.start()
+    time.sleep(1.0)  # a few samples of the idle child, warmed up
+    sampler.label = "pdf"
+    bare_kb = None
+    if "1" in args.phases:
+        print("1/4 end-to-end PDF pages/s (one file at a time, baseline parser alternating)...", flush=True)
+        runs, bare_kb = measure_pages(args, system, log)
+        report_pages(report, runs)
+    docs, key = None, ""
+    if any(p in args.phases for p in "234"):
+        print("    ingesting the whole corpus (for phases 2-4)...", flush=True)
+        sampler.label = "corpus"
+        key, tenant_id = system.tenant_key("bench-qa")
+        docs = retrieval.ingest(system, key, tenant_id)
+    sampler.stop()
+    report_rss(report, sampler, bare_kb, docs)
+    if docs is not None:
+        system.stop(f"worker-{INGEST_WORKER}")  # idle from here on: out of the way of the measurements
+        measure_corpus(args, system, report, log, docs, key)
+
+
+def measure_pages(args: argparse.Namespace, system: System, log: IO[str]) -> tuple[list[e2e.FileRun], int]:
+    from protostar.ingest.parse import _tiny_pdf
+
+    key, _ = system.tenant_key("bench-pages")
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as warm:
+        warm.write(_tiny_pdf("Warm up."))  # the PDF an ingest child warms up with: both start equal
+        warm.flush()
+        bare = BareParser(Path(warm.name), log)
+    try:
+        runs = e2e.run(system, bare, key, pages=args.pages, rounds=args.rounds)
+        return runs, bare.peak_rss_kb()
+    finally:
+        bare.close()
+
+
+def measure_corpus(
+    args: argparse.Namespace, system: System, report: Report, log: IO[str], docs: retrieval.Corpus, key: str
+) -> None:
+    from protostar.ingest.embed import LocalEmbedder
+
+    batch = system.settings.embedding_batch_size
+    embedder = LocalEmbedder(batch_size=batch, threads=1)
+    embedder.embed(["warm-up"])
+    if "3" in args.phases:
+        print("3/4 retrieval quality on qa.jsonl...", flush=True)
+        report_retrieval(report, retrieval.evaluate(system, key, docs, embedder), docs)
+    system.stop("api")
+    if "2" in args.phases:
+        print("2/4 embedding throughput...", flush=True)
+        windows = embedding.sample(system, docs.tenant_id, args.embed_texts, args.embed_window)
+        report_embedding(report, embedding.measure(windows, settings=system.settings, rounds=args.embed_rounds))
+    if "4" in args.phases:
+        print(f"4/4 search latency: filling {args.rows:,} chunks...", flush=True)
+        result = latency.fill(
+            system, docs.tenant_id, rows=args.rows, docs=args.docs, noise=args.noise, model=embedder.model
+        )
+        print(f"    {result.rows:,} rows in {result.copy_seconds + result.index_seconds:.0f} s; timing...", flush=True)
+        latency.measure(system, result, embedder, reps=args.search_reps)
+        report_latency(report, result, args.noise)
+        for name, plan in result.plans.items():
+            log.write(f"\n--- EXPLAIN ANALYZE, {name} search, {result.rows:,} rows ---\n{plan}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--pages", type=int, default=100, help="pages of the generated PDF in phase 1")
+    p.add_argument("--rounds", type=int, default=1, help="times phase 1 uploads every PDF (new bytes each time)")
+    p.add_argument("--embed-texts", type=int, default=512, help="real chunks embedded per variant and round")
+    p.add_argument("--embed-rounds", type=int, default=2, help="alternating rounds of the embedding variants")
+    p.add_argument("--embed-window", type=int, default=128, help="consecutive chunks taken from one document")
+    p.add_argument("--rows", type=int, default=100_000, help="chunks in the search latency tenant")
+    p.add_argument("--docs", type=int, default=100, help="documents the latency tenant's chunks belong to")
+    p.add_argument("--noise", type=float, default=0.03, help="Gaussian noise per dimension of the copied vectors")
+    p.add_argument("--search-reps", type=int, default=30, help="rounds over the questions, per query kind")
+    p.add_argument("--log-level", default="INFO", help="PROTOSTAR_LOG_LEVEL of the API and worker")
+    p.add_argument("--phases", default="1234", help="which phases to run: any of 1-4 (5, memory, rides along)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    os.chdir(ROOT)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="protostar-bench-"))
+    data_dir.chmod(0o755)  # the embedded PostgreSQL runs as a system user when we run as root
+    os.environ.update(bench_env(data_dir, args.log_level))
+    for var in ("PROTOSTAR_REDIS_URL", "PROTOSTAR_DATABASE_URL", "PROTOSTAR_S3_ENDPOINT", "PROTOSTAR_API_URL"):
+        os.environ.pop(var, None)
+    from protostar import commands
+    from protostar.cli import prestart
+    from protostar.runtime.stack import Stack
+    from protostar.settings import get_settings
+    from protostar.supervisor import Supervisor
+
+    get_settings.cache_clear()
+    stack = Stack(get_settings())
+    supervisor: Any = None
+    log = LOG.open("w")
+    logging.basicConfig(stream=log, level=logging.INFO, format="bench | %(name)s %(levelname)s %(message)s")
+    try:
+        print("starting embedded services, the API and one ingest worker...", flush=True)
+        stack.start()
+        os.environ.update(stack.env())
+        get_settings.cache_clear()
+        settings = get_settings()
+        prestart(settings)
+        supervisor = Supervisor(env=dict(os.environ), out=log)
+        supervisor.start("api", commands.api(settings))
+        wait_ready(f"{settings.public_api_url}/readyz", 60)
+        assert settings.bootstrap_api_key is not None  # bench_env sets it
+        key = settings.bootstrap_api_key.get_secret_value()
+        system = System(settings, stack, supervisor, key)
+        system.start_ingest_worker()
+        wait_idle(system.pid("api"), "the API")
+
+        machine = MachineShare()
+        report = Report()
+        run_phases(args, system, report, log)
+        report.notes.append(machine.describe())
+
+        text = report.render(args, time.perf_counter() - started)
+        (RESULTS / "ingest.md").write_text(text)
+        print()
+        print(text)
+        print(f"written to {RESULTS / 'ingest.md'}; process output in {LOG}")
+        return 0
+    finally:
+        if supervisor is not None:
+            supervisor.stop_all()
+        stack.stop()
+        log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The system under test: embedded services, the API and ONE ingest worker, as ``protostar up`` runs them.
+
+Also the pieces every phase shares: an HTTP client per tenant, waiting for a job on its Redis event stream,
+the baseline parser process, and a sampler of the ingest worker's pool children's memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psutil
+
+from bench.dispatch.__main__ import ROOT, wait_idle
+from bench.ingest.bare_parse import vm_kb
+
+INGEST_WORKER = "ingest"
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One finished job, with the timestamps of its events (Redis stream ids are milliseconds)."""
+
+    job: dict[str, Any]
+    submitted: float  # time.time() just before the upload was sent
+    events: list[tuple[float, str, dict[str, Any]]]  # (seconds since epoch, type, data)
+
+    @property
+    def started(self) -> float:
+        return _epoch(self.job["started_at"])
+
+    @property
+    def finished(self) -> float:
+        return _epoch(self.job["finished_at"])
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds per pipeline stage, from the pipeline's progress events: ``download 0/1`` → ``parse 0/1`` →
+        ``parse 1/1`` → ``chunk n/n`` (chunking done) → ``store 0/1`` (embedding done) → ``store 1/1``. The
+        rest of started_at → finished_at (claim, document rows, job end) is ``shell``."""
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        for at, kind, data in self.events:
+            if kind == "progress":
+                first.setdefault(str(data["stage"]), at)
+                last[str(data["stage"])] = at
+        return {
+            "download": first["parse"] - first["download"],
+            "parse": last["parse"] - first["parse"],
+            "chunk": first["chunk"] - last["parse"],
+            "embed": first["store"] - first["chunk"],
+            "store": last["store"] - first["store"],
+            "shell": (first["download"] - self.started) + (self.finished - last["store"]),
+        }
+
+
+def _epoch(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+@dataclass
+class System:
+    settings: Any
+    stack: Any
+    supervisor: Any
+    admin_key: str
+    engine: Any = None
+    redis: Any = None
+    host: str = field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        import redis
+
+        from protostar.db.engine import make_engine
+
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.engine = make_engine(self.settings, pool_size=2)
+
+    # processes --------------------------------------------------------------------------------------------
+
+    def pid(self, name: str) -> int | None:
+        for n, proc in self.supervisor.procs:
+            if n == name and proc.poll() is None:
+                return int(proc.pid)
+        return None
+
+    def start_ingest_worker(self, timeout: float = 180) -> None:
+        """One ingest worker (``commands.worker``: prefork, concurrency from the settings), waited for until a
+        probe on the ingest queue succeeds: its pool child has loaded the parsers and the model by then."""
+        from protostar import commands
+
+        self.supervisor.start(f"worker-{INGEST_WORKER}", commands.worker(self.settings, INGEST_WORKER))
+        with self.client(self.admin_key) as api:
+            job_id = api.post("/v1/probes", json={"queue": "ingest", "steps": 1}).json()["job_id"]
+            run = self.wait(job_id, submitted=time.time(), api=api, timeout=timeout)
+        if run.job["status"] != "succeeded":
+            raise RuntimeError(f"the ingest worker's probe ended {run.job['status']}: {run.job.get('error')}")
+        wait_idle(self.pid(f"worker-{INGEST_WORKER}"), "the ingest worker")
+
+    def stop(self, name: str) -> None:
+        from protostar.runtime import process
+
+        for n, proc in self.supervisor.procs:
+            if n == name:
+                process.stop(proc, timeout=self.supervisor.stop_timeout)
+
+    # tenants and HTTP -----------------------------------------------------------------------------------
+
+    def tenant_key(self, tenant: str) -> tuple[str, uuid.UUID]:
+        """A new API key for ``tenant`` (created if new), and the tenant's id."""
+        from protostar.auth import create_key, ensure_tenant
+        from protostar.db.engine import make_sessionmaker
+
+        with make_sessionmaker(self.engine).begin() as session:
+            key = create_key(session, tenant=tenant)
+            return key, ensure_tenant(session, tenant)
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.settings.public_api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        )
+
+    def upload(self, api: httpx.Client, name: str, data: bytes) -> tuple[dict[str, Any], float]:
+        """POST /v1/documents; the answer and ``time.time()`` just before it was sent."""
+        submitted = time.time()
+        response = api.post("/v1/documents", files={"file": (name, data)})
+        if response.status_code not in (200, 202):
+            raise RuntimeError(f"upload of {name} answered {response.status_code}: {response.text}")
+        return response.json(), submitted
+
+    def wait(self, job_id: str, *, submitted: float, api: httpx.Client, timeout: float = 900) -> JobRun:
+        """Read the job's event stream until ``done`` (no polling of the API meanwhile), then GET the job."""
+        from protostar.jobs.events import stream_key
+
+        key, last = stream_key(job_id), "0-0"
+        events: list[tuple[float, str, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, entries in self.redis.xread({key: last}, block=1000) or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    kind = fields[b"type"].decode()
+                    events.append((int(entry_id.split(b"-")[0]) / 1000, kind, json.loads(fields[b"data"])))
+                    if kind == "done":
+                        job = api.get(f"/v1/jobs/{job_id}").json()
+                        return JobRun(job, submitted, events)
+        raise RuntimeError(f"job {job_id} did not finish within {timeout} s (see bench/results/ingest.log)")
+
+
+class BareParser:
+    """The baseline parser process (``bench.ingest.bare_parse``), warm, answering one file at a time."""
+
+    def __init__(self, warm_with: Path, log: IO[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.ingest.bare_parse", str(warm_with)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=ROOT,
+        )
+        self._read()  # ready
+
+    def parse(self, path: Path) -> float:
+        return float(self._ask({"path": str(path)})["seconds"])
+
+    def peak_rss_kb(self) -> int:
+        return int(self._ask({"stats": 1})["vmhwm_kb"])
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                return dict(json.loads(line[3:]))
+        raise RuntimeError(f"the baseline parser exited ({self.proc.wait()}); see bench/results/ingest.log")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Peak:
+    hwm_kb: int = 0  # the largest VmHWM of a pool child: its peak RSS, as the kernel counted it
+    children: set[int] = field(default_factory=set)  # pool children seen
+    helpers: dict[str, int] = field(default_factory=dict)  # their own child processes (converters): name -> HWM
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of a worker's pool children (its direct children), per labelled phase: the kernel's high-water
+    mark (``VmHWM``, so nothing is missed between samples), and a timeline of their RSS, read every ``every``
+    seconds, to tell which job made a peak. Processes the children start (document converters) are counted
+    apart."""
+
+    def __init__(self, worker_pid: int, every: float = 0.2) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.worker_pid, self.every = worker_pid, every
+        self.label = ""
+        self.peaks: dict[str, Peak] = {}
+        self.timeline: list[tuple[float, int]] = []  # (time.time(), largest pool-child RSS in kB)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                children = psutil.Process(self.worker_pid).children()
+            except psutil.NoSuchProcess:
+                return
+            peak = self.peaks.setdefault(self.label, Peak())
+            rss = 0
+            for child in children:
+                peak.children.add(child.pid)
+                peak.hwm_kb = max(peak.hwm_kb, vm_kb(child.pid, "VmHWM"))
+                rss = max(rss, vm_kb(child.pid, "VmRSS"))
+                try:
+                    helpers = child.children(recursive=True)
+                except psutil.NoSuchProcess:
+                    continue
+                for helper in helpers:
+                    try:
+                        name = helper.name()
+                    except psutil.NoSuchProcess:
+                        continue
+                    peak.helpers[name] = max(peak.helpers.get(name, 0), vm_kb(helper.pid, "VmHWM"))
+            self.timeline.append((time.time(), rss))
+
+    def peak_between(self, start: float, end: float) -> int:
+        """The largest pool-child RSS (kB) sampled between two times (0 when no sample fell in between)."""
+        return max((rss for at, rss in self.timeline if start <= at <= end), default=0)
+
+    def rss_before(self, moment: float) -> int:
+        """The last pool-child RSS (kB) sampled before ``moment``."""
+        return next((rss for at, rss in reversed(self.timeline) if at < moment), 0)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
+
+
+def bench_env(data_dir: Path, log_level: str) -> dict[str, str]:
+    """The environment of the run: its own data dir and free ports, ONE ingest child per worker."""
+    from protostar.runtime.process import free_port
+
+    return {
+        "PROTOSTAR_LOG_LEVEL": log_level,
+        "PROTOSTAR_DATA_DIR": str(data_dir),
+        "PROTOSTAR_REDIS_PORT": str(free_port()),
+        "PROTOSTAR_POSTGRES_PORT": str(free_port()),
+        "PROTOSTAR_S3_PORT": str(free_port()),
+        "PROTOSTAR_API_PORT": str(free_port()),
+        "PROTOSTAR_BOOTSTRAP_API_KEY": "ps_bench_" + secrets.token_urlsafe(24),
+        "PROTOSTAR_INGEST_CONCURRENCY": "1",
+        # Ingestion and search never call the LLM: an address where nothing listens keeps the stack from
+        # starting its embedded llama-server (RAM and CPU threads this benchmark has no use for).
+        "PROTOSTAR_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        # The baseline parser reads these as Protostar's parse.warm() sets them (no telemetry, no hub).
+        "DO_NOT_TRACK": "1",
+        "UNSTRUCTURED_DISABLE_NOTICE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }

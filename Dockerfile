@@ -5,8 +5,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN useradd --create-home --uid 10001 protostar
 WORKDIR /app
 
-COPY requirements.txt ./
-RUN pip install -r requirements.txt
+COPY requirements.txt constraints.txt ./
+COPY vendor ./vendor
+# torch first, from the CPU index (PyPI's build pulls several GB of CUDA); torchvision out (see scripts/_venv.sh).
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+ && pip install -c constraints.txt -r requirements.txt \
+ && pip uninstall --yes torchvision
 COPY pyproject.toml README.md celeryconfig.py ./
 COPY protostar ./protostar
 RUN pip install --no-deps .

@@ -112,9 +112,10 @@ def cmd_up(settings: Settings) -> int:
             f"  API key      {key}   (tenant 'default', admin)\n"
             f"  Flower       {flower_url}  "
             f"(user {resolved.flower_user}, password {flower_password})\n"
+            f"  LLM          {resolved.llm_base_url}  (model {resolved.llm_model})\n"
             f"  Data         {resolved.data_dir.resolve()}\n"
-            f"  Try:  curl -H 'Authorization: Bearer {key}' -X POST {api}/v1/probes "
-            "-H 'content-type: application/json' -d '{\"queue\": \"chat\"}'\n"
+            f"  Try:  curl -H 'Authorization: Bearer {key}' -F file=@report.pdf {api}/v1/documents\n"
+            f"        curl -H 'Authorization: Bearer {key}' -X POST {api}/v1/sessions\n"
             "  Ctrl-C stops everything.\n"
         )
         exited = supervisor.wait()

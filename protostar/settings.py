@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         if self.environment == "production":
             missing = [
                 name
-                for name in ("redis_url", "database_url", "s3_endpoint", "flower_password")
+                for name in ("redis_url", "database_url", "s3_endpoint", "flower_password", "llm_base_url")
                 if not getattr(self, name)
             ]
             if missing:

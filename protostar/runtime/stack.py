@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Protocol
 
 from protostar.runtime import process
+from protostar.runtime.llm import EmbeddedLLM
 from protostar.runtime.postgres import EmbeddedPostgres
 from protostar.runtime.redis import EmbeddedRedis
 from protostar.runtime.s3 import EmbeddedS3
@@ -100,6 +101,10 @@ class Stack:
         return next((s for s in self.services if isinstance(s, EmbeddedS3)), None)
 
     @property
+    def llm(self) -> EmbeddedLLM | None:
+        return next((s for s in self.services if isinstance(s, EmbeddedLLM)), None)
+
+    @property
     def services(self) -> list[Service]:
         """The services this stack embeds: those whose URL the settings leave empty. Slowest first."""
         if self._services is None:
@@ -109,6 +114,20 @@ class Stack:
     def _build(self) -> list[Service]:
         cfg, host = self.settings, self.settings.host
         built: list[Service] = []
+        if not cfg.llm_base_url:
+            key = cfg.llm_api_key.get_secret_value() if cfg.llm_api_key else self.secret("llm_api_key")
+            built.append(
+                EmbeddedLLM(
+                    data_dir=self.data_dir / "llm",
+                    port=cfg.llm_port,
+                    host=host,
+                    api_key=key,
+                    model=cfg.llm_model,
+                    threads=cfg.llm_threads,
+                    parallel=cfg.llm_parallel,
+                    context_tokens=cfg.llm_context_tokens,
+                )
+            )
         if not cfg.s3_endpoint:
             access = cfg.s3_access_key.get_secret_value() if cfg.s3_access_key else self.secret("s3_access_key")
             secret = cfg.s3_secret_key.get_secret_value() if cfg.s3_secret_key else self.secret("s3_secret_key")
@@ -147,6 +166,9 @@ class Stack:
             env["PROTOSTAR_S3_ENDPOINT"] = s3.endpoint
             env["PROTOSTAR_S3_ACCESS_KEY"] = s3.access_key
             env["PROTOSTAR_S3_SECRET_KEY"] = s3.secret_key
+        if (llm := self.llm) is not None:
+            env["PROTOSTAR_LLM_BASE_URL"] = llm.base_url
+            env["PROTOSTAR_LLM_API_KEY"] = llm.api_key
         return env
 
     def pids(self) -> dict[str, int]:

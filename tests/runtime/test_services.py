@@ -51,12 +51,15 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "redis_port": free_port(),
         "postgres_port": free_port(),
         "s3_port": free_port(),
+        "llm_port": free_port(),
         # Explicit, so a PROTOSTAR_* variable in the developer's shell cannot turn the embedded services off.
         "redis_url": None,
         "database_url": None,
         "s3_endpoint": None,
         "s3_access_key": None,
         "s3_secret_key": None,
+        "llm_base_url": None,
+        "llm_api_key": None,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
@@ -160,7 +163,7 @@ def test_services_bind_only_the_configured_host(running: Stack) -> None:
         for conn in proc.net_connections(kind="tcp")
         if conn.status == psutil.CONN_LISTEN
     ]
-    assert len(listening) >= 10  # redis, postgres, and weed's S3, master, volume, filer, admin and their gRPC
+    assert len(listening) >= 11  # redis, postgres, llm, and weed's S3, master, volume, filer, admin and their gRPC
     assert {addr.ip for addr in listening} == {"127.0.0.1"}
 
 
@@ -235,7 +238,12 @@ def test_secrets_are_generated_once_and_kept(base_dir: Path) -> None:
 
 
 def test_only_unconfigured_services_are_embedded(base_dir: Path) -> None:
-    settings = make_settings(base_dir / "data", redis_url="redis://elsewhere:6379/0", s3_endpoint="s3.example:9000")
+    settings = make_settings(
+        base_dir / "data",
+        redis_url="redis://elsewhere:6379/0",
+        s3_endpoint="s3.example:9000",
+        llm_base_url="https://llm.example/v1",
+    )
     stack = Stack(settings)
     assert [service.name for service in stack.services] == ["postgres"]
     assert set(stack.env()) == {"PROTOSTAR_DATABASE_URL"}
@@ -248,7 +256,8 @@ from protostar.runtime.stack import Stack
 from protostar.settings import Settings
 
 settings = Settings(data_dir=Path(sys.argv[1]), redis_port=int(sys.argv[2]), postgres_port=int(sys.argv[3]),
-                    s3_port=int(sys.argv[4]), redis_url=None, database_url=None, s3_endpoint=None)
+                    s3_port=int(sys.argv[4]), llm_port=int(sys.argv[5]), redis_url=None, database_url=None,
+                    s3_endpoint=None, llm_base_url=None)
 stack = Stack(settings)
 stack.start()
 print(json.dumps(stack.pids()), flush=True)
@@ -258,7 +267,7 @@ time.sleep(600)
 
 def test_killing_the_parent_leaves_no_orphan(base_dir: Path) -> None:
     settings = make_settings(base_dir / "data")
-    ports = [str(settings.redis_port), str(settings.postgres_port), str(settings.s3_port)]
+    ports = [str(settings.redis_port), str(settings.postgres_port), str(settings.s3_port), str(settings.llm_port)]
     with (base_dir / "parent.log").open("wb") as log:
         parent = subprocess.Popen(
             [sys.executable, "-c", ORPHAN_SCRIPT, str(settings.data_dir), *ports],
@@ -272,7 +281,7 @@ def test_killing_the_parent_leaves_no_orphan(base_dir: Path) -> None:
         line = parent.stdout.readline() if ready else b""
         assert line, f"the stack did not start: {(base_dir / 'parent.log').read_text()[-2000:]}"
         pids = json.loads(line)
-        assert set(pids) == {"redis", "postgres", "s3"}
+        assert set(pids) == {"redis", "postgres", "s3", "llm"}
         services = psutil.Process(parent.pid).children(recursive=True)
         assert set(pids.values()) <= {p.pid for p in services}
     finally:

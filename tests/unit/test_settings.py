@@ -30,6 +30,7 @@ def test_defaults_are_valid_for_development() -> None:
                 "database_url": "postgresql+psycopg://d",
                 "s3_endpoint": "s3:9000",
                 "flower_password": "x" * 20,
+                "llm_base_url": "http://vllm:8000/v1",
                 "bootstrap_api_key": "short",
             },
             "at least 32",

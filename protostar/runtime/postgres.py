@@ -14,8 +14,7 @@ import ipaddress
 import logging
 import shutil
 import signal
-import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from protostar.errors import ServiceError
 from protostar.runtime import process
+from protostar.runtime.service import EmbeddedService
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +47,17 @@ def _bin_dir() -> Path:
 
 
 @dataclass(kw_only=True)
-class EmbeddedPostgres:
-    data_dir: Path
-    port: int
+class EmbeddedPostgres(EmbeddedService):
+    """SIGINT is PostgreSQL's fast shutdown: roll back sessions, checkpoint, exit."""
+
     password: str
-    host: str = "127.0.0.1"
     user: str = "protostar"
     database: str = "protostar"
-    system_user: str = process.SERVICE_USER  # used only when we run as root
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.data_dir = self.data_dir.resolve()
-
-    @property
-    def name(self) -> str:
-        return "postgres"
+    name = "postgres"
+    title = "postgres"
+    log_name = "postgres.log"
+    stop_signal = signal.SIGINT
 
     @property
     def url(self) -> str:
@@ -79,25 +74,8 @@ class EmbeddedPostgres:
         run = self.data_dir / "run"
         return run if len(str(run / f".s.PGSQL.{self.port}")) <= _SOCKET_PATH_MAX else None
 
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "postgres.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.launch()
-        self.wait_ready(timeout)
-
-    def launch(self) -> None:
-        """Initialise the cluster on first use, then start the postmaster without waiting (``wait_ready``)."""
-        if self.pid is not None:
-            return
-        process.ensure_port_free(self.host, self.port, self.name)
-        owner = process.service_user(self.system_user)
-        process.prepare_dir(self.data_dir, owner=owner)
+    def _command(self, owner: process.ServiceUser | None) -> tuple[list[str], dict[str, str]]:
+        """Initialise the cluster on first use; the postmaster's command line."""
         bin_dir = _bin_dir()
         if not self._marker.exists():
             self._initdb(bin_dir, owner)
@@ -111,34 +89,14 @@ class EmbeddedPostgres:
             logger.warning("%s is too deep for a Unix socket; postgres listens on TCP only", self.data_dir)
         argv = [str(bin_dir / "postgres"), "-D", str(self.pgdata), "-h", self.host, "-p", str(self.port)]
         argv += ["-k", str(socket_dir or ""), "-c", "unix_socket_permissions=0700"]
-        self._proc = process.spawn(
-            argv,
-            name=self.name,
-            log_file=self.log_file,
-            env=_ENV,
-            run_as=owner.name if owner else None,
-            death_signal=signal.SIGINT,
-            cwd=self.data_dir,
-        )
+        return argv, _ENV
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait for connections, then make sure the role, the database and pgvector exist."""
-        process.wait_until(
-            self._accepts_connections,
-            timeout=timeout,
-            what=f"embedded postgres on {self.host}:{self.port}",
-            proc=self._proc,
-            log_file=self.log_file,
-        )
+    def _after_ready(self, deadline: float) -> None:
+        """Make sure the role, the database and pgvector exist."""
         self._bootstrap()
-        logger.info("postgres ready on %s:%d database=%s", self.host, self.port, self.database)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGINT is PostgreSQL's fast shutdown: roll back sessions, checkpoint, exit."""
-        if self._proc is not None:
-            process.stop(self._proc, sig=signal.SIGINT, timeout=timeout)
-            logger.info("postgres stopped (pid=%d)", self._proc.pid)
-            self._proc = None
+    def _ready_detail(self) -> str:
+        return f"{self.host}:{self.port} database={self.database}"
 
     # --- first start ----------------------------------------------------------------------------------
 
@@ -195,7 +153,7 @@ class EmbeddedPostgres:
             return make_conninfo(host=str(socket_dir), port=self.port, user=superuser, dbname=dbname)
         return make_conninfo(host=self.host, port=self.port, user=superuser, password=self.password, dbname=dbname)
 
-    def _accepts_connections(self) -> bool:
+    def _answers(self) -> bool:
         try:
             with psycopg.connect(self._admin_conninfo("postgres"), connect_timeout=2):
                 return True

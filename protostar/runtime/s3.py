@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from minio import Minio
 from minio.error import MinioException
 
 from protostar.runtime import process
+from protostar.runtime.service import EmbeddedService
 
 logger = logging.getLogger(__name__)
 
@@ -34,35 +33,23 @@ _AUX_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_
 
 
 @dataclass(kw_only=True)
-class EmbeddedS3:
-    data_dir: Path
-    port: int
+class EmbeddedS3(EmbeddedService):
+    """Stopped with SIGTERM, then SIGKILL after 5 s: weed can take 30 s to stop on its own."""
+
     access_key: str
     secret_key: str
-    host: str = "127.0.0.1"
     buckets: tuple[str, ...] = ()  # created, if missing, once the store answers
-    system_user: str = process.SERVICE_USER  # used only when we run as root
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _ports: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.data_dir = self.data_dir.resolve()
-
-    @property
-    def name(self) -> str:
-        return "s3"
+    name = "s3"
+    title = "S3 (weed mini)"
+    log_name = "weed.log"
+    stop_timeout = 5.0
+    poll_interval = 0.1
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "weed.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def client(self, *, timeout: float = 30.0, retries: int = 3) -> Minio:
         http = urllib3.PoolManager(
@@ -72,17 +59,7 @@ class EmbeddedS3:
             self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, http_client=http
         )
 
-    def start(self, timeout: float = 30.0) -> None:
-        self.launch()
-        self.wait_ready(timeout)
-
-    def launch(self) -> None:
-        """Start ``weed mini`` without waiting for it (see ``wait_ready``)."""
-        if self.pid is not None:
-            return
-        process.ensure_port_free(self.host, self.port, self.name)
-        owner = process.service_user(self.system_user)
-        process.prepare_dir(self.data_dir, owner=owner)
+    def _command(self, owner: process.ServiceUser | None) -> tuple[list[str], dict[str, str]]:
         (self.data_dir / "data").mkdir(mode=0o700, exist_ok=True)
         if owner is not None:
             process.chown_tree(self.data_dir / "data", owner)
@@ -116,39 +93,15 @@ class EmbeddedS3:
             "-volume.preStopSeconds=0",
         ]
         # A private HOME and cwd: weed reads security.toml and master.toml from both.
-        self._proc = process.spawn(
-            argv,
-            name=self.name,
-            log_file=self.log_file,
-            env={"HOME": str(self.data_dir), "PATH": "/usr/bin:/bin"},
-            run_as=owner.name if owner else None,
-            cwd=self.data_dir,
-        )
+        return argv, {"HOME": str(self.data_dir), "PATH": "/usr/bin:/bin"}
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        process.wait_until(
-            self._answers,
-            timeout=timeout,
-            what=f"embedded S3 (weed mini) on {self.endpoint}",
-            proc=self._proc,
-            log_file=self.log_file,
-            interval=0.1,
-        )
+    def _after_ready(self, deadline: float) -> None:
         client = self.client()
         for bucket in self.buckets:
             if not client.bucket_exists(bucket):
                 client.make_bucket(bucket)
-        logger.info("s3 ready on %s", self.endpoint)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``: weed can take 30 s to stop on its own."""
-        if self._proc is not None:
-            process.stop(self._proc, sig=signal.SIGTERM, timeout=timeout)
-            logger.info("s3 stopped (pid=%d)", self._proc.pid)
-            self._proc = None
-            self._remove_sockets()
-
-    def _remove_sockets(self) -> None:
+    def _after_stop(self) -> None:
         """weed leaves some of its Unix sockets behind, in /tmp for the gRPC ones; ours go once it has exited."""
         ports = self._ports
         if not ports:

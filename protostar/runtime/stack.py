@@ -20,30 +20,19 @@ import secrets
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TypeVar
 
 from protostar.runtime import process
 from protostar.runtime.llm import EmbeddedLLM
 from protostar.runtime.postgres import EmbeddedPostgres
 from protostar.runtime.redis import EmbeddedRedis
 from protostar.runtime.s3 import EmbeddedS3
+from protostar.runtime.service import EmbeddedService
 from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-
-class Service(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def pid(self) -> int | None: ...
-
-    host: str
-    port: int
-
-    def launch(self) -> None: ...
-    def wait_ready(self, timeout: float = ...) -> None: ...
-    def stop(self, timeout: float = ...) -> None: ...
+_S = TypeVar("_S", bound=EmbeddedService)
 
 
 class Stack:
@@ -52,8 +41,8 @@ class Stack:
         self.data_dir = settings.data_dir.resolve()
         self._secrets: dict[str, str] | None = None
         self._lock = threading.Lock()
-        self._services: list[Service] | None = None
-        self._running: list[Service] = []
+        self._services: list[EmbeddedService] | None = None
+        self._running: list[EmbeddedService] = []
 
     # --- secrets --------------------------------------------------------------------------------------
 
@@ -90,30 +79,33 @@ class Stack:
 
     @property
     def redis(self) -> EmbeddedRedis | None:
-        return next((s for s in self.services if isinstance(s, EmbeddedRedis)), None)
+        return self._embedded(EmbeddedRedis)
 
     @property
     def postgres(self) -> EmbeddedPostgres | None:
-        return next((s for s in self.services if isinstance(s, EmbeddedPostgres)), None)
+        return self._embedded(EmbeddedPostgres)
 
     @property
     def s3(self) -> EmbeddedS3 | None:
-        return next((s for s in self.services if isinstance(s, EmbeddedS3)), None)
+        return self._embedded(EmbeddedS3)
 
     @property
     def llm(self) -> EmbeddedLLM | None:
-        return next((s for s in self.services if isinstance(s, EmbeddedLLM)), None)
+        return self._embedded(EmbeddedLLM)
+
+    def _embedded(self, kind: type[_S]) -> _S | None:
+        return next((s for s in self.services if isinstance(s, kind)), None)
 
     @property
-    def services(self) -> list[Service]:
+    def services(self) -> list[EmbeddedService]:
         """The services this stack embeds: those whose URL the settings leave empty. Slowest first."""
         if self._services is None:
             self._services = self._build()
         return self._services
 
-    def _build(self) -> list[Service]:
+    def _build(self) -> list[EmbeddedService]:
         cfg, host = self.settings, self.settings.host
-        built: list[Service] = []
+        built: list[EmbeddedService] = []
         if not cfg.llm_base_url:
             key = cfg.llm_api_key.get_secret_value() if cfg.llm_api_key else self.secret("llm_api_key")
             built.append(

@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import pytest
+from sqlalchemy import Connection, Engine, text
 
 from tests.api.test_auth import create_key
 from tests.api.test_jobs import wait_status
@@ -136,3 +137,36 @@ def test_another_tenant_never_reads_a_session_message_or_job(api_module: httpx.C
         assert other.get(f"/v1/jobs/{accepted['job_id']}").status_code == 404
         assert other.get(f"/v1/jobs/{accepted['job_id']}/events").status_code == 404
     wait_status(api_module, accepted["job_id"], "succeeded", "failed", timeout=120)
+
+
+def test_a_second_delivery_rewrites_the_answer_instead_of_adding_one(api_module: httpx.Client, engine: Engine) -> None:
+    from protostar.chat import repo
+
+    session_id = new_session(api_module)
+    accepted = ask(api_module, session_id, "Hello again.")
+    job = wait_status(api_module, accepted["job_id"], "succeeded", timeout=120)
+    with engine.begin() as conn:
+        question, _ = repo.question_and_history(
+            conn, tenant_id=_tenant(conn, session_id), message_id=uuid.UUID(accepted["message_id"]), limit=0
+        )
+        assert question is not None
+        again = repo.save_answer(
+            conn,
+            question=question,
+            tenant_id=_tenant(conn, session_id),
+            job_id=uuid.UUID(accepted["job_id"]),
+            content="the redelivered answer",
+            status="complete",
+            sources=[],
+            usage={},
+        )
+    messages = api_module.get(f"/v1/sessions/{session_id}").json()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["id"] == str(again) == job["result"]["message_id"]  # type: ignore[index]
+    assert messages[1]["content"] == "the redelivered answer"
+
+
+def _tenant(conn: Connection, session_id: str) -> uuid.UUID:
+    return uuid.UUID(
+        str(conn.execute(text("SELECT tenant_id FROM sessions WHERE id = :id"), {"id": session_id}).scalar())
+    )

@@ -1,4 +1,4 @@
-"""The documents and questions the benchmark uses: ``../shared/corpus`` beside the repository."""
+"""The documents and questions the benchmark uses: ``tests/corpus`` (real documents, see its ABOUT.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.dispatch.__main__ import ROOT
 
-CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS = ROOT / "tests" / "corpus"
 NOT_DOCUMENTS = {"qa.jsonl"}  # the questions
 NOT_PAGES = {"password.pdf", "failure-after-repair.pdf"}  # fail (encrypted) or parse through the fallback
 PAGES_SOURCE = "layout-parser-paper-fast.pdf"  # repeated into the long PDF

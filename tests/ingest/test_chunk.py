@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from protostar.ingest.chunk import Chunk, approx_tokens, chunk
 from protostar.ingest.parse import Element
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # real documents, see tests/corpus/ABOUT.md
 
 WORDS = [
     "the",

@@ -1,4 +1,4 @@
-"""Ingestion and search through HTTP on the live system, with the real documents in ../shared/corpus."""
+"""Ingestion and search through HTTP on the live system, with the real documents in tests/corpus."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.api.test_jobs import wait_status
 from tests.conftest import Live, wait_for
 from tests.sse import read_events
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # real documents, see tests/corpus/ABOUT.md
 EXPECTED_FAILURES = {"password.pdf": "encrypted"}
 SKIP = {"qa.jsonl"}  # the questions, not a document
 

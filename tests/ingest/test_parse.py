@@ -18,7 +18,7 @@ import pytest
 from protostar.errors import InputRejected
 from protostar.ingest.parse import Parsed, decode_text, parse, repair_mojibake, warm
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # real documents, see tests/corpus/ABOUT.md
 logger = logging.getLogger(__name__)
 
 KINDS = {

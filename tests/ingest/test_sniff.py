@@ -13,7 +13,7 @@ import pytest
 from protostar.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from protostar.ingest.sniff import HEAD_BYTES, MAX_UNPACKED_BYTES, FileType, sniff
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # real documents, see tests/corpus/ABOUT.md
 
 EXPECTED = {
     "ABOUT.md": "md",

@@ -72,4 +72,9 @@ beat_schedule = {
         "schedule": _crontab(minute=f"*/{_every}"),
         "options": {"expires": _every * 60 - 5, "queue": _Queue.MAINTENANCE.value},
     },
+    "resummarize-sessions": {
+        "task": _TaskName.RESUMMARIZE.value,
+        "schedule": _crontab(minute="*/1"),
+        "options": {"expires": 55, "queue": _Queue.MAINTENANCE.value},
+    },
 }

@@ -20,13 +20,18 @@ class TaskName(StrEnum):
     PROBE = "protostar.probe"
     INGEST = "protostar.ingest.document"
     CHAT = "protostar.chat.answer"
+    SUMMARY_SESSION = "protostar.summary.session"
+    SUMMARY_DOCUMENT = "protostar.summary.document"
     RECONCILE = "protostar.maintenance.reconcile"
+    RESUMMARIZE = "protostar.maintenance.resummarize"
 
 
 class JobKind(StrEnum):
     PROBE = "probe"
     INGEST = "ingest"
     CHAT = "chat"
+    SUMMARY_SESSION = "summary_session"
+    SUMMARY_DOCUMENT = "summary_document"
 
 
 class JobStatus(StrEnum):
@@ -57,7 +62,10 @@ class EventType(StrEnum):
 TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.INGEST: Queue.INGEST,
     TaskName.CHAT: Queue.CHAT,
+    TaskName.SUMMARY_SESSION: Queue.SUMMARY,
+    TaskName.SUMMARY_DOCUMENT: Queue.SUMMARY,
     TaskName.RECONCILE: Queue.MAINTENANCE,
+    TaskName.RESUMMARIZE: Queue.MAINTENANCE,
 }
 
 # The probe is a synthetic job an operator can send to any queue to check it end to end.

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     llm_tenant_rpm: int = Field(120, ge=1, description="LLM calls started per minute, per tenant")
     llm_wait_timeout: float = Field(30.0, gt=0, description="longest wait for a turn under the limits")
 
+    # --- summaries ------------------------------------------------------------------------------------
+    summary_every: int = Field(6, ge=1, description="unsummarized messages that make a chat answer queue a summary")
+    summary_stale_after: float = Field(600.0, gt=0, description="seconds before beat summarizes left-over messages")
+    summary_batch: int = Field(100, ge=1, description="sessions beat queues a summary for, per run")
+    summary_max_tokens: int = Field(200, ge=16, description="longest summary (and partial summary), in tokens")
+
     ingest_memory_limit_mb: int = Field(
         6144, ge=512, description="address-space cap of an ingest child; a document needing more fails out_of_memory"
     )
@@ -130,6 +136,10 @@ class Settings(BaseSettings):
             raise ValueError("PROTOSTAR_EMBEDDING_BASE_URL is required with PROTOSTAR_EMBEDDING_PROVIDER=openai")
         if self.llm_total_timeout >= self.chat_soft_time_limit:
             raise ValueError("llm_total_timeout must be below chat_soft_time_limit, or answers are cut off")
+        if self.llm_total_timeout >= self.summary_soft_time_limit:
+            raise ValueError("llm_total_timeout must be below summary_soft_time_limit")
+        if self.summary_max_tokens * 3 > self.chat_prompt_tokens:
+            raise ValueError("chat_prompt_tokens must hold three summaries of summary_max_tokens")
         if self.takeover_after >= self.reap_after:
             raise ValueError("takeover_after must be below reap_after")
         if self.environment == "production":

@@ -74,6 +74,20 @@ class Job(Base):
             "dispatched_at",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # At most one summary job in flight per session and per document: a second submit is refused here,
+        # so concurrent triggers (two chat answers, beat, the API) can never queue two.
+        Index(
+            "uq_jobs_summary_session_in_flight",
+            text("(payload->>'session_id')"),
+            unique=True,
+            postgresql_where=text("kind = 'summary_session' AND status IN ('queued', 'running')"),
+        ),
+        Index(
+            "uq_jobs_summary_document_in_flight",
+            text("(payload->>'document_id')"),
+            unique=True,
+            postgresql_where=text("kind = 'summary_document' AND status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -181,4 +195,40 @@ class Message(Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     sources: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
     usage: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Summary(Base):
+    """A version of a session's rolling summary: everything up to message ``covers_seq`` folded into
+    ``content``. Unique per (session, covers_seq), so a redelivered summary job never writes a second one for
+    the same range; the latest is the one with the highest ``covers_seq``. ``tokens_before`` estimates the
+    whole history it replaces (cumulative over versions), ``tokens_after`` the summary itself."""
+
+    __tablename__ = "summaries"
+    __table_args__ = (Index("uq_summaries_session_covers", "session_id", "covers_seq", unique=True),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    version: Mapped[int] = mapped_column(Integer)
+    covers_seq: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[str] = mapped_column(Text)
+    tokens_before: Mapped[int] = mapped_column(Integer)
+    tokens_after: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _now()
+
+
+class DocumentSummary(Base):
+    """The summary of a whole document (map-reduce over its chunks); one per document, replaced by a re-run."""
+
+    __tablename__ = "document_summaries"
+
+    document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    content: Mapped[str] = mapped_column(Text)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    tokens_before: Mapped[int] = mapped_column(Integer)
+    tokens_after: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _now()

@@ -11,6 +11,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from protostar.constants import EventType, JobStatus, Queue
@@ -23,6 +24,9 @@ from protostar.settings import Settings
 logger = logging.getLogger(__name__)
 
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
+
+# Partial unique indexes on ``jobs`` that allow one job in flight per key (see protostar.db.models.Job).
+IN_FLIGHT_INDEXES = frozenset({"uq_jobs_summary_session_in_flight", "uq_jobs_summary_document_in_flight"})
 
 
 def time_limits(settings: Settings, queue: str) -> dict[str, int]:
@@ -70,6 +74,33 @@ class Dispatcher:
         job = repo.create(
             session, tenant_id=tenant_id, kind=kind, task_name=task_name, queue=queue, payload=payload, job_id=job_id
         )
+        return self._commit_and_send(session, job)
+
+    def submit_unique(
+        self,
+        session: Session,
+        *,
+        tenant_id: uuid.UUID,
+        kind: str,
+        task_name: str,
+        queue: str,
+        payload: dict[str, Any],
+    ) -> Job | None:
+        """Like :meth:`submit`, but ``None`` when an equal job is already queued or running: one of the
+        ``IN_FLIGHT_INDEXES`` refused the row, so concurrent callers never queue two."""
+        try:
+            with session.begin_nested():
+                job = repo.create(
+                    session, tenant_id=tenant_id, kind=kind, task_name=task_name, queue=queue, payload=payload
+                )
+        except IntegrityError as exc:
+            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) not in IN_FLIGHT_INDEXES:
+                raise
+            session.commit()  # whatever else the session holds
+            return None
+        return self._commit_and_send(session, job)
+
+    def _commit_and_send(self, session: Session, job: Job) -> Job:
         session.commit()
         try:
             self.send(job)

@@ -21,6 +21,7 @@ TASK_MODULES = (
     "protostar.worker.tasks.probe",
     "protostar.worker.tasks.ingest",
     "protostar.worker.tasks.chat",
+    "protostar.worker.tasks.summary",
     "protostar.worker.tasks.maintenance",
 )
 

@@ -21,6 +21,16 @@ def test_defaults_are_valid_for_development() -> None:
         ({"takeover_after": 400, "reap_after": 300}, "takeover_after"),
         ({"llm_total_timeout": 300}, "llm_total_timeout must be below chat_soft_time_limit"),
         (
+            {
+                "llm_total_timeout": 250,
+                "chat_soft_time_limit": 400,
+                "chat_time_limit": 430,
+                "summary_soft_time_limit": 200,
+            },
+            "llm_total_timeout must be below summary_soft_time_limit",
+        ),
+        ({"summary_max_tokens": 600}, "three summaries"),
+        (
             {"environment": "production", "redis_url": None, "database_url": None, "s3_endpoint": None},
             "PROTOSTAR_REDIS_URL",
         ),

@@ -3,28 +3,54 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import shared_task
+from sqlalchemy.orm import Session
 
 from protostar.constants import TaskName
 from protostar.db.engine import make_sessionmaker
 from protostar.jobs.reconcile import reconcile
+from protostar.summary.submit import resummarize
 from protostar.worker import resources
 
 logger = logging.getLogger(__name__)
 
 LOCK_PREFIX = "protostar:lock:"
 
+T = TypeVar("T")
 
-@shared_task(name=TaskName.RECONCILE.value, acks_late=True, soft_time_limit=50, time_limit=55)
-def reconcile_task() -> dict[str, int] | None:
+
+def single_flight(name: str, run: Callable[[Session, resources.Resources], T]) -> T | None:
+    """Run ``run`` unless another run of ``name`` holds the lock (two beats, or a run that overran)."""
     res = resources.current()
-    lock = res.redis.lock(f"{LOCK_PREFIX}reconcile", timeout=60, blocking=False)
+    lock = res.redis.lock(f"{LOCK_PREFIX}{name}", timeout=60, blocking=False)
     if not lock.acquire():
-        logger.info("reconcile skipped: another run holds the lock")
+        logger.info("%s skipped: another run holds the lock", name)
         return None
     try:
         with make_sessionmaker(res.engine)() as session:
-            return reconcile(session=session, client=res.redis, dispatcher=res.dispatcher).as_dict()
+            return run(session, res)
     finally:
         lock.release()
+
+
+@shared_task(name=TaskName.RECONCILE.value, acks_late=True, soft_time_limit=50, time_limit=55)
+def reconcile_task() -> dict[str, int] | None:
+    return single_flight(
+        "reconcile",
+        lambda session, res: reconcile(session=session, client=res.redis, dispatcher=res.dispatcher).as_dict(),
+    )
+
+
+@shared_task(name=TaskName.RESUMMARIZE.value, acks_late=True, soft_time_limit=50, time_limit=55)
+def resummarize_task() -> dict[str, Any] | None:
+    def run(session: Session, res: resources.Resources) -> dict[str, Any]:
+        settings = res.settings
+        queued = resummarize(
+            session, dispatcher=res.dispatcher, stale_after=settings.summary_stale_after, batch=settings.summary_batch
+        )
+        return {"queued": len(queued)}
+
+    return single_flight("resummarize", run)

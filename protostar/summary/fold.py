@@ -1,0 +1,109 @@
+"""Map-reduce summarization, pure: no I/O, the LLM call is passed in, so it is tested on its own.
+
+Pieces (the previous summary and the new messages, or a document's chunks) are packed in order into groups
+that fit the prompt budget; each group becomes one summary. While more than one summary is left, they are
+packed and summarized again. A single group is one LLM call; every summary is clipped to ``limit`` tokens and
+the budget holds at least two of them, so every round has at most half the pieces of the one before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from protostar.chat.llm import ChatMessage
+from protostar.ingest.chunk import approx_tokens
+
+SESSION = (
+    "You write the memory of a conversation between a user and an assistant. Summarize the text below in a "
+    "few plain sentences: who the user is, what they asked, the facts and answers given, and anything left "
+    "open. Keep names and numbers. Write only the summary."
+)
+DOCUMENT = (
+    "Summarize the text below in a few plain sentences. Keep the main points, names and numbers. "
+    "Write only the summary."
+)
+SEPARATOR = "\n\n"
+MAX_ROUNDS = 20  # halving each round: far more than any input needs
+
+Summarize = Callable[[str], str]  # text of one group -> its summary
+Progress = Callable[[str, int, int], None]  # stage, done, total
+
+
+def messages(instructions: str, text: str) -> list[ChatMessage]:
+    return [{"role": "system", "content": instructions}, {"role": "user", "content": text}]
+
+
+def text_budget(instructions: str, prompt_tokens: int) -> int:
+    """Tokens of text one call may carry: the prompt budget less the instructions and the chat template."""
+    return max(prompt_tokens - approx_tokens(instructions) - 16, 64)
+
+
+def split(text: str, budget: int) -> list[str]:
+    """``text`` cut between words into pieces of at most about ``budget`` tokens."""
+    if approx_tokens(text) <= budget:
+        return [text]
+    pieces: list[str] = []
+    words: list[str] = []
+    used = 0
+    for word in text.split():
+        cost = approx_tokens(word) + 1
+        if words and used + cost > budget:
+            pieces.append(" ".join(words))
+            words, used = [], 0
+        words.append(word)
+        used += cost
+    if words:
+        pieces.append(" ".join(words))
+    return pieces
+
+
+def clip(text: str, limit: int) -> str:
+    return split(text, limit)[0] if approx_tokens(text) > limit else text
+
+
+def pack(pieces: Sequence[str], budget: int) -> list[str]:
+    """Consecutive pieces joined into texts of at most ``budget`` tokens (a piece too long alone is split)."""
+    groups: list[str] = []
+    current: list[str] = []
+    used = 0
+    for piece in pieces:
+        for part in split(piece, budget):
+            cost = approx_tokens(part) + 2
+            if current and used + cost > budget:
+                groups.append(SEPARATOR.join(current))
+                current, used = [], 0
+            current.append(part)
+            used += cost
+    if current:
+        groups.append(SEPARATOR.join(current))
+    return groups
+
+
+def fold(
+    pieces: Sequence[str],
+    *,
+    budget: int,
+    limit: int,
+    summarize: Summarize,
+    progress: Progress | None = None,
+) -> tuple[str, int]:
+    """One summary of ``pieces`` in order, and how many calls it took. ``limit`` caps every summary."""
+    if budget < 2 * (limit + 2):
+        raise ValueError("the budget must hold at least two summaries, or reducing never ends")
+    calls = 0
+    current = [p for p in pieces if p.strip()]
+    for round_ in range(MAX_ROUNDS):
+        groups = pack(current, budget)
+        stage = "summarize" if len(groups) == 1 else ("map" if round_ == 0 else "reduce")
+        outputs: list[str] = []
+        for n, group in enumerate(groups):
+            if progress is not None:
+                progress(stage, n, len(groups))
+            outputs.append(clip(summarize(group).strip(), limit))
+            calls += 1
+        if progress is not None:
+            progress(stage, len(groups), len(groups))
+        if len(outputs) <= 1:
+            return (outputs[0] if outputs else ""), calls
+        current = outputs
+    raise AssertionError("unreachable: every round packs at least two summaries into one call")  # pragma: no cover

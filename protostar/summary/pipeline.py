@@ -1,0 +1,185 @@
+"""Summary jobs: a session's rolling summary, and a whole document's summary. Plain and Celery-free: the task
+shells call :func:`summarize_session` and :func:`summarize_document` with a :class:`JobContext`.
+
+A session summary folds the previous summary and the messages since (up to the latest answer) into a new
+version that covers up to the last of those messages. Its write is guarded twice: the job must still belong to
+this delivery, and ``(session_id, covers_seq)`` is unique, so a redelivered job never writes a second summary
+for the same range. A job that fails writes nothing: the previous summary stays in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from protostar.chat.llm import Generation
+from protostar.db.models import ChatSession
+from protostar.errors import Cancelled, InputRejected, LLMFailed
+from protostar.ingest.chunk import approx_tokens
+from protostar.jobs import repo as jobs_repo
+from protostar.summary import fold, repo
+from protostar.worker.shell import JobContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    session_id: uuid.UUID
+    tenant_id: uuid.UUID
+    version: int
+    covers_seq: int
+    content: str
+    tokens_before: int  # the whole history this version replaces (cumulative over versions)
+    tokens_after: int
+
+
+def summarize_session(ctx: JobContext) -> dict[str, Any]:
+    res = ctx.resources
+    session_id = uuid.UUID(ctx.payload["session_id"])
+    with res.engine.connect() as conn:
+        owner = conn.execute(select(ChatSession.tenant_id).where(ChatSession.id == session_id)).scalar()
+        if owner != ctx.tenant_id:
+            raise InputRejected(f"session {session_id} no longer exists")
+        previous = repo.latest(conn, session_id=session_id)
+        lines = repo.unsummarized(conn, session_id=session_id, after_seq=previous.covers_seq if previous else 0)
+    if not lines:
+        return {
+            "session_id": str(session_id),
+            "summary": previous.content if previous else None,
+            "version": previous.version if previous else 0,
+            "covers_seq": previous.covers_seq if previous else 0,
+            "tokens_before": previous.tokens_before if previous else 0,
+            "tokens_after": previous.tokens_after if previous else 0,
+            "messages": 0,
+            "written": False,
+        }
+    turns = [f"{'User' if line.role == 'user' else 'Assistant'}: {line.content}" for line in lines]
+    earlier = [f"Summary of the conversation so far: {previous.content}"] if previous else []
+    content, calls, usage = _fold(ctx, earlier + turns, fold.SESSION)
+    summary = SessionSummary(
+        session_id=session_id,
+        tenant_id=ctx.tenant_id,
+        version=(previous.version if previous else 0) + 1,
+        covers_seq=lines[-1].seq,
+        content=content,
+        tokens_before=(previous.tokens_before if previous else 0) + sum(approx_tokens(t) for t in turns),
+        tokens_after=approx_tokens(content),
+    )
+    written = save_session_summary(res.engine, job_id=ctx.job_id, attempt=ctx.attempt, summary=summary)
+    logger.info(
+        "job_id=%s session_id=%s summary v%d covers_seq=%d tokens %d -> %d in %d calls (written=%s)",
+        ctx.job_id,
+        session_id,
+        summary.version,
+        summary.covers_seq,
+        summary.tokens_before,
+        summary.tokens_after,
+        calls,
+        written,
+    )
+    result = {k: v for k, v in asdict(summary).items() if k not in ("session_id", "tenant_id", "content")}
+    return {
+        "session_id": str(session_id),
+        "summary": content,
+        **result,
+        "input_tokens": sum(approx_tokens(p) for p in earlier + turns),
+        "messages": len(lines),
+        "llm_calls": calls,
+        "usage": usage,
+        "written": written,
+    }
+
+
+def save_session_summary(engine: Engine, *, job_id: uuid.UUID, attempt: int, summary: SessionSummary) -> bool:
+    """Write the version if this delivery still owns the job; ``False`` when this range has a summary already."""
+    with engine.begin() as conn:
+        if not jobs_repo.lock_owned(conn, job_id=job_id, attempt=attempt):
+            raise Cancelled("another delivery owns this job now")
+        return repo.save(conn, **asdict(summary), job_id=job_id)
+
+
+def summarize_document(ctx: JobContext) -> dict[str, Any]:
+    res = ctx.resources
+    document_id = uuid.UUID(ctx.payload["document_id"])
+    with res.engine.connect() as conn:
+        chunks = repo.chunk_texts(conn, document_id=document_id, tenant_id=ctx.tenant_id)
+    if not chunks:
+        raise InputRejected(f"document {document_id} has no ingested text to summarize")
+    content, calls, usage = _fold(ctx, [text for text, _ in chunks], fold.DOCUMENT)
+    tokens_before = sum(count for _, count in chunks)
+    tokens_after = approx_tokens(content)
+    with res.engine.begin() as conn:
+        if not jobs_repo.lock_owned(conn, job_id=ctx.job_id, attempt=ctx.attempt):
+            raise Cancelled("another delivery owns this job now")
+        repo.save_document(
+            conn,
+            document_id=document_id,
+            tenant_id=ctx.tenant_id,
+            content=content,
+            chunk_count=len(chunks),
+            tokens_before=tokens_before,
+            tokens_after=tokens_after,
+            job_id=ctx.job_id,
+        )
+    logger.info(
+        "job_id=%s document_id=%s summarized %d chunks, tokens %d -> %d in %d calls",
+        ctx.job_id,
+        document_id,
+        len(chunks),
+        tokens_before,
+        tokens_after,
+        calls,
+    )
+    return {
+        "document_id": str(document_id),
+        "summary": content,
+        "tokens_before": tokens_before,
+        "tokens_after": tokens_after,
+        "chunks": len(chunks),
+        "llm_calls": calls,
+        "usage": usage,
+    }
+
+
+def _fold(ctx: JobContext, pieces: list[str], instructions: str) -> tuple[str, int, dict[str, int]]:
+    """Map-reduce ``pieces`` into one summary through the LLM (within the shared LLM limits)."""
+    res, settings = ctx.resources, ctx.resources.settings
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    def summarize(text: str) -> str:
+        ctx.check_cancelled()
+        generation = Generation()
+        forget = ctx.on_cancel(generation.close)
+        try:
+            with res.llm_limiter.turn(ctx.tenant_id, stop=ctx.cancelled):
+                res.llm.generate(
+                    fold.messages(instructions, text),
+                    generation,
+                    max_tokens=settings.summary_max_tokens,
+                    on_text=_ignore,
+                )
+        finally:
+            forget()
+        for key, value in generation.usage.items():
+            usage[key] += value
+        if not generation.text.strip():
+            raise LLMFailed("the LLM returned an empty summary")
+        return generation.text
+
+    content, calls = fold.fold(
+        pieces,
+        budget=fold.text_budget(instructions, settings.chat_prompt_tokens),
+        limit=settings.summary_max_tokens,
+        summarize=summarize,
+        progress=ctx.progress,
+    )
+    return content, calls, usage
+
+
+def _ignore(_: str) -> None:
+    """Summaries publish progress, not tokens."""

@@ -1,0 +1,67 @@
+"""Map-reduce folding, pure: packing in order within the budget, rounds until one summary is left."""
+
+from __future__ import annotations
+
+import pytest
+
+from protostar.ingest.chunk import approx_tokens
+from protostar.summary.fold import clip, fold, pack, split
+
+
+def test_split_cuts_between_words_within_the_budget() -> None:
+    text = " ".join(f"word{n}" for n in range(500))
+    pieces = split(text, 50)
+    assert len(pieces) > 1
+    assert all(approx_tokens(p) <= 55 for p in pieces)
+    assert " ".join(pieces) == text
+
+
+def test_pack_keeps_the_order_and_fills_groups_up_to_the_budget() -> None:
+    pieces = [f"message {n} " + "x " * 20 for n in range(30)]
+    groups = pack(pieces, 120)
+    assert len(groups) > 1
+    assert all(approx_tokens(g) <= 130 for g in groups)
+    joined = "\n\n".join(groups)
+    assert [joined.index(f"message {n} ") for n in range(30)] == sorted(
+        joined.index(f"message {n} ") for n in range(30)
+    )
+
+
+def test_text_that_fits_is_one_call() -> None:
+    calls: list[str] = []
+
+    def summarize(text: str) -> str:
+        calls.append(text)
+        return "S"
+
+    assert fold(["User: hi", "Assistant: hello"], budget=500, limit=50, summarize=summarize) == ("S", 1)
+    assert calls == ["User: hi\n\nAssistant: hello"]
+
+
+def test_long_text_is_mapped_then_reduced_to_one_summary() -> None:
+    seen: list[str] = []
+    stages: list[str] = []
+
+    def summarize(text: str) -> str:
+        seen.append(text)
+        return f"summary of {len(text)} chars " + "y " * 40
+
+    pieces = [f"Turn {n}: " + "lorem ipsum " * 30 for n in range(40)]
+    summary, count = fold(
+        pieces, budget=300, limit=60, summarize=summarize, progress=lambda stage, done, total: stages.append(stage)
+    )
+    assert summary.startswith("summary of")
+    assert count == len(seen) > 2
+    assert stages[0] == "map" and stages[-1] == "summarize"  # the last round is a single call
+    assert all(approx_tokens(t) <= 310 for t in seen)  # no call over the budget
+
+
+def test_every_summary_is_clipped_to_the_limit() -> None:
+    summary, _ = fold(["a b c"], budget=500, limit=20, summarize=lambda _: "word " * 200)
+    assert approx_tokens(summary) <= 20
+    assert clip("short", 20) == "short"
+
+
+def test_a_budget_that_cannot_hold_two_summaries_is_refused() -> None:
+    with pytest.raises(ValueError, match="two summaries"):
+        fold(["x"], budget=100, limit=60, summarize=lambda t: t)

@@ -189,12 +189,13 @@ class SessionOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, session: ChatSession, messages: list[Message]) -> SessionOut:
+    def of(cls, session: ChatSession, messages: list[Message], summary: str | None = None) -> SessionOut:
         return cls(
             id=session.id,
             title=session.title,
             metadata=session.metadata_,
             messages=[MessageOut.of(m) for m in messages],
+            summary=summary,
             created_at=session.created_at,
             updated_at=session.updated_at,
         )

@@ -65,27 +65,38 @@ class Question:
     seq: int
 
 
-def question_and_history(
-    conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID, limit: int
-) -> tuple[Question | None, list[Turn]]:
-    """The user's message, and up to ``limit`` messages of its session before it (oldest first)."""
+def question(conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID) -> Question | None:
+    """The user's message to answer, or ``None`` when it is gone (its session was deleted)."""
     row = conn.execute(
         select(Message.id, Message.session_id, Message.content, Message.seq).where(
             Message.id == message_id, Message.tenant_id == tenant_id, Message.role == "user"
         )
     ).first()
-    if row is None:
-        return None, []
-    question = Question(row.id, row.session_id, row.content, row.seq)
+    return Question(row.id, row.session_id, row.content, row.seq) if row is not None else None
+
+
+def history(conn: Connection, *, question: Question, limit: int, after_seq: int | None = None) -> list[Turn]:
+    """Up to ``limit`` messages of the question's session before it, oldest first; only those after
+    ``after_seq`` (what the session's summary covers) when given."""
     if limit <= 0:
-        return question, []
-    earlier = conn.execute(
-        select(Message.role, Message.content)
-        .where(Message.session_id == question.session_id, Message.seq < question.seq, Message.content != "")
-        .order_by(Message.seq.desc())
-        .limit(limit)
-    ).all()
-    return question, [Turn(r.role, r.content) for r in reversed(earlier)]
+        return []
+    stmt = select(Message.role, Message.content).where(
+        Message.session_id == question.session_id, Message.seq < question.seq, Message.content != ""
+    )
+    if after_seq is not None:
+        stmt = stmt.where(Message.seq > after_seq)
+    earlier = conn.execute(stmt.order_by(Message.seq.desc()).limit(limit)).all()
+    return [Turn(r.role, r.content) for r in reversed(earlier)]
+
+
+def question_and_history(
+    conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID, limit: int, after_seq: int | None = None
+) -> tuple[Question | None, list[Turn]]:
+    """The user's message, and up to ``limit`` messages of its session before it (after ``after_seq``)."""
+    found = question(conn, tenant_id=tenant_id, message_id=message_id)
+    if found is None:
+        return None, []
+    return found, history(conn, question=found, limit=limit, after_seq=after_seq)
 
 
 def answer_id(question_id: uuid.UUID) -> uuid.UUID:

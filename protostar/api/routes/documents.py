@@ -14,14 +14,16 @@ from starlette.datastructures import UploadFile
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import events_url
-from protostar.api.schemas import DocumentOut, DocumentPage, HitOut, SearchIn, SearchOut, UploadOut
+from protostar.api.schemas import Accepted, DocumentOut, DocumentPage, HitOut, SearchIn, SearchOut, UploadOut
 from protostar.api.state import AppState
 from protostar.auth import Principal
+from protostar.constants import JobKind, JobStatus
 from protostar.documents import repo
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
-from protostar.errors import PayloadTooLarge, ValidationFailed
+from protostar.errors import Conflict, PayloadTooLarge, ValidationFailed
 from protostar.search import retrieve
+from protostar.summary import submit
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,24 @@ def remove_document(document_id: uuid.UUID, principal: PrincipalDep, session: Se
     """Removes the stored file, every chunk and the row; a running ingestion of it is cancelled."""
     delete_document(session, state=state, tenant_id=principal.tenant_id, document_id=document_id)
     return Response(status_code=204)
+
+
+@router.post("/documents/{document_id}/summarize", status_code=202, response_model=Accepted)
+def summarize_document(
+    document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep
+) -> Accepted:
+    """Queue a summary of the whole document (map-reduce over its chunks); the job's result carries it."""
+    document = repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id)
+    if document.status != repo.DocumentStatus.READY:
+        raise Conflict(f"document {document_id} is {document.status}; it can be summarized once it is ready")
+    job = submit.submit(
+        session,
+        dispatcher=state.dispatcher,
+        kind=JobKind.SUMMARY_DOCUMENT,
+        tenant_id=principal.tenant_id,
+        target_id=document.id,
+    )
+    return Accepted(job_id=job.id, status=JobStatus(job.status), events_url=events_url(state, job.id))
 
 
 @router.post("/search", response_model=SearchOut)

@@ -8,11 +8,13 @@ from fastapi import APIRouter
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import events_url
-from protostar.api.schemas import MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
+from protostar.api.schemas import Accepted, MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
 from protostar.chat import repo
-from protostar.constants import JobKind, Queue, TaskName
+from protostar.constants import JobKind, JobStatus, Queue, TaskName
 from protostar.db.models import Message
 from protostar.errors import BrokerUnavailable
+from protostar.summary import repo as summary_repo
+from protostar.summary import submit
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -28,7 +30,22 @@ def create_session(principal: PrincipalDep, session: SessionDep, body: SessionIn
 @router.get("/sessions/{session_id}", response_model=SessionOut)
 def get_session(session_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> SessionOut:
     row = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
-    return SessionOut.of(row, repo.messages(session, session_id=row.id))
+    summary = summary_repo.latest(session, session_id=row.id)
+    return SessionOut.of(row, repo.messages(session, session_id=row.id), summary.content if summary else None)
+
+
+@router.post("/sessions/{session_id}/summarize", status_code=202, response_model=Accepted)
+def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> Accepted:
+    """Queue a summary of the session now; when one is queued or running already, that job is the answer."""
+    chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
+    job = submit.submit(
+        session,
+        dispatcher=state.dispatcher,
+        kind=JobKind.SUMMARY_SESSION,
+        tenant_id=principal.tenant_id,
+        target_id=chat.id,
+    )
+    return Accepted(job_id=job.id, status=JobStatus(job.status), events_url=events_url(state, job.id))
 
 
 @router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted)

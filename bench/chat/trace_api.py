@@ -1,0 +1,96 @@
+"""Protostar's API, unchanged, with a timestamp at each hop of ``POST /v1/sessions/{id}/messages`` and of the
+SSE relay: ``uvicorn bench.chat.trace_api:create_app --factory`` (the argv of ``commands.api``).
+
+Wraps, at import, the functions the message route and the event stream pass through, noting ``time.time()``
+in this process's memory; ``GET /bench/trace`` hands the notes over (and forgets them). Stamps per job:
+``route`` (the route body starts: key checked, before the session lookup), ``submit`` (the message row is
+added, the job row is next), ``send`` / ``sent`` (``send_task``), ``submitted`` (the ``queued`` event and
+``dispatched_at`` written: the route returns), ``follow`` (the SSE route starts reading the Redis stream)
+and ``tokens`` (each ``token`` event as it comes off XREAD, before it is written to the socket).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from protostar.api.app import create_app as protostar_app
+from protostar.chat import repo as chat_repo
+from protostar.jobs import events
+from protostar.jobs.dispatch import Dispatcher
+
+_traces: dict[str, dict[str, Any]] = {}
+_local = threading.local()
+
+
+def _install() -> None:
+    get_session = chat_repo.get_session
+
+    @functools.wraps(get_session)
+    def timed_get_session(*args: Any, **kwargs: Any) -> Any:
+        _local.stamps = {"route": time.time()}
+        return get_session(*args, **kwargs)
+
+    chat_repo.get_session = timed_get_session
+
+    submit = Dispatcher.submit
+
+    @functools.wraps(submit)
+    def timed_submit(self: Dispatcher, *args: Any, **kwargs: Any) -> Any:
+        stamps = getattr(_local, "stamps", None) or {}
+        _local.stamps = stamps
+        stamps["submit"] = time.time()
+        job = submit(self, *args, **kwargs)
+        stamps["submitted"] = time.time()
+        _traces.setdefault(str(job.id), {}).update(stamps)
+        _local.stamps = None
+        return job
+
+    Dispatcher.submit = timed_submit  # type: ignore[method-assign]
+
+    send = Dispatcher.send
+
+    @functools.wraps(send)
+    def timed_send(self: Dispatcher, job: Any) -> None:
+        stamps = getattr(_local, "stamps", None)
+        if stamps is not None:
+            stamps["send"] = time.time()
+        send(self, job)
+        if stamps is not None:
+            stamps["sent"] = time.time()
+
+    Dispatcher.send = timed_send  # type: ignore[method-assign]
+
+    follow = events.follow
+
+    async def timed_follow(client: Any, job_id: Any, **kwargs: Any) -> AsyncIterator[events.Event | None]:
+        trace = _traces.setdefault(str(job_id), {})
+        trace["follow"] = time.time()
+        tokens: list[float] = trace.setdefault("tokens", [])
+        async for event in follow(client, job_id, **kwargs):
+            if event is not None and event.type == "token":
+                tokens.append(time.time())
+            yield event
+
+    events.follow = timed_follow
+
+
+def create_app() -> FastAPI:
+    app = protostar_app()
+
+    @app.get("/bench/trace", include_in_schema=False)
+    def take_traces() -> dict[str, dict[str, Any]]:
+        taken = dict(_traces)
+        for job_id in taken:
+            _traces.pop(job_id, None)
+        return taken
+
+    return app
+
+
+_install()

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 AUTH_TTL = 30.0  # seconds a resolved key is trusted without asking the database (revocation delay)
 
 
+STREAM_READ_TIMEOUT = 30.0  # seconds; must exceed protostar.api.sse.IDLE_MS
+
+
 @dataclass
 class AuthCache:
     ttl: float = AUTH_TTL
@@ -93,6 +96,8 @@ class AppState:
         aclient = aioredis.Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=timeout,
+            # Above the SSE relay's blocking XREAD (10 s): redis-py's default (5 s) cut quiet streams.
+            socket_timeout=STREAM_READ_TIMEOUT,
             retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )

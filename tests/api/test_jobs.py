@@ -125,3 +125,11 @@ def test_unknown_job_is_404(api: httpx.Client) -> None:
     response = api.get("/v1/jobs/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.slow
+def test_a_stream_stays_open_through_a_long_silence(api: httpx.Client) -> None:
+    """No event for longer than the relay's blocking read and the Redis client's socket timeout together."""
+    job_id = submit(api, queue="chat", steps=1, sleep=25)
+    events = list(read_events(api, job_id, timeout=90))
+    assert events[-1].event == "done" and events[-1].data["status"] == "succeeded"

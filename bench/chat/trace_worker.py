@@ -30,7 +30,6 @@ from celery.signals import task_postrun, task_prerun, task_received
 
 from bench.chat import TRACE_PREFIX
 from protostar.chat import pipeline
-from protostar.chat import repo as chat_repo
 from protostar.chat.limits import LLMLimiter
 from protostar.chat.llm import ChatLLM
 from protostar.constants import EventType
@@ -113,10 +112,7 @@ def _install() -> None:
     _wrap(repo, "claim", "claim_start", "claim_end", span="claim (row UPDATE)")
     _wrap(repo, "progress", "progress_start", "progress_end", span="progress (row UPDATE)")
     context = "question, summary, history (SELECTs)"
-    if hasattr(pipeline, "load_context"):
-        _wrap(pipeline, "load_context", "question_start", "question_end", span=context)
-    else:  # before session summaries
-        _wrap(chat_repo, "question_and_history", "question_start", "question_end", span=context)
+    _wrap(pipeline, "load_context", "question_start", "question_end", span=context)
     _wrap(LLMLimiter, "_acquire", "acquire_start", "acquire_end", span="LLM limiter (Redis script)")
     _wrap(ChatLLM, "_stream_once", "llm_request", "llm_stream_end")
 

@@ -78,7 +78,6 @@ class ChatLLM:
         max_retries: int = 3,
         max_backoff: float = 8.0,
         http_client: httpx2.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url
         self.model = model
@@ -89,7 +88,6 @@ class ChatLLM:
         self.max_backoff = max_backoff
         self._api_key = api_key
         self._http_client = http_client
-        self._sleep = sleep
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
 

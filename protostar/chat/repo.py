@@ -89,16 +89,6 @@ def history(conn: Connection, *, question: Question, limit: int, after_seq: int 
     return [Turn(r.role, r.content) for r in reversed(earlier)]
 
 
-def question_and_history(
-    conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID, limit: int, after_seq: int | None = None
-) -> tuple[Question | None, list[Turn]]:
-    """The user's message, and up to ``limit`` messages of its session before it (after ``after_seq``)."""
-    found = question(conn, tenant_id=tenant_id, message_id=message_id)
-    if found is None:
-        return None, []
-    return found, history(conn, question=found, limit=limit, after_seq=after_seq)
-
-
 def answer_id(question_id: uuid.UUID) -> uuid.UUID:
     """The answer's id follows from the question's, so every delivery of a chat job writes the same row."""
     return uuid.uuid5(question_id, "answer")

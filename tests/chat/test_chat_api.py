@@ -146,8 +146,8 @@ def test_a_second_delivery_rewrites_the_answer_instead_of_adding_one(api_module:
     accepted = ask(api_module, session_id, "Hello again.")
     job = wait_status(api_module, accepted["job_id"], "succeeded", timeout=120)
     with engine.begin() as conn:
-        question, _ = repo.question_and_history(
-            conn, tenant_id=_tenant(conn, session_id), message_id=uuid.UUID(accepted["message_id"]), limit=0
+        question = repo.question(
+            conn, tenant_id=_tenant(conn, session_id), message_id=uuid.UUID(accepted["message_id"])
         )
         assert question is not None
         again = repo.save_answer(

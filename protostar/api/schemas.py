@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from protostar.constants import PROBE_QUEUES, JobStatus, Queue
-from protostar.db.models import ChatSession, Document, Job, Message
+from protostar.db.models import ChatSession, Document, DocumentSummary, Job, Message
 
 
 class Progress(BaseModel):
@@ -93,6 +93,39 @@ class DocumentOut(BaseModel):
             metadata=document.metadata_,
             job_id=document.job_id,
             created_at=document.created_at,
+        )
+
+
+class DocumentSummaryOut(BaseModel):
+    content: str
+    tokens_before: int = Field(description="the document's chunks, in tokens")
+    tokens_after: int = Field(description="the summary, in tokens")
+    chunk_count: int = Field(description="chunks the summary was made of")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, summary: DocumentSummary) -> DocumentSummaryOut:
+        return cls(
+            content=summary.content,
+            tokens_before=summary.tokens_before,
+            tokens_after=summary.tokens_after,
+            chunk_count=summary.chunk_count,
+            created_at=summary.created_at,
+        )
+
+
+class DocumentDetail(DocumentOut):
+    """One document, with its summary (the list leaves summaries out)."""
+
+    summary: DocumentSummaryOut | None = Field(
+        None, description="the latest summary of the whole document (POST /v1/documents/{id}/summarize), if any"
+    )
+
+    @classmethod
+    def with_summary(cls, document: Document, summary: DocumentSummary | None) -> DocumentDetail:
+        return cls(
+            **DocumentOut.of(document).model_dump(),
+            summary=DocumentSummaryOut.of(summary) if summary is not None else None,
         )
 
 

@@ -1,4 +1,5 @@
-"""All SQL on the ``documents`` table."""
+"""All SQL on the ``documents`` table (a document is read with its summary, from ``document_summaries``, in one
+query)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from protostar.db.models import Document
+from protostar.db.models import Document, DocumentSummary
 from protostar.errors import NotFound, ValidationFailed
 
 
@@ -26,6 +27,20 @@ def get_for_tenant(session: Session, *, tenant_id: uuid.UUID, document_id: uuid.
     if document is None or document.tenant_id != tenant_id:
         raise NotFound(f"document {document_id} not found")
     return document
+
+
+def get_with_summary(
+    session: Session, *, tenant_id: uuid.UUID, document_id: uuid.UUID
+) -> tuple[Document, DocumentSummary | None]:
+    """The document and its summary (``None`` until one is made)."""
+    row = session.execute(
+        select(Document, DocumentSummary)
+        .outerjoin(DocumentSummary, DocumentSummary.document_id == Document.id)
+        .where(Document.id == document_id, Document.tenant_id == tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"document {document_id} not found")
+    return row[0], row[1]
 
 
 def by_sha256(session: Session, *, tenant_id: uuid.UUID, sha256: str) -> Document | None:

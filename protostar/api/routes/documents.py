@@ -14,7 +14,16 @@ from starlette.datastructures import UploadFile
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import events_url
-from protostar.api.schemas import Accepted, DocumentOut, DocumentPage, HitOut, SearchIn, SearchOut, UploadOut
+from protostar.api.schemas import (
+    Accepted,
+    DocumentDetail,
+    DocumentOut,
+    DocumentPage,
+    HitOut,
+    SearchIn,
+    SearchOut,
+    UploadOut,
+)
 from protostar.api.state import AppState
 from protostar.auth import Principal
 from protostar.constants import JobKind, JobStatus
@@ -94,9 +103,11 @@ def _store(state: AppState, principal: Principal, file: UploadFile, metadata: di
         return out, uploaded.created or uploaded.requeued
 
 
-@router.get("/documents/{document_id}", response_model=DocumentOut)
-def get_document(document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> DocumentOut:
-    return DocumentOut.of(repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id))
+@router.get("/documents/{document_id}", response_model=DocumentDetail)
+def get_document(document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> DocumentDetail:
+    """The document, with its latest summary once one was made."""
+    document, summary = repo.get_with_summary(session, tenant_id=principal.tenant_id, document_id=document_id)
+    return DocumentDetail.with_summary(document, summary)
 
 
 @router.get("/documents", response_model=DocumentPage)

@@ -94,7 +94,8 @@ def fold(
     current = [p for p in pieces if p.strip()]
     for round_ in range(MAX_ROUNDS):
         groups = pack(current, budget)
-        stage = "summarize" if len(groups) == 1 else ("map" if round_ == 0 else "reduce")
+        # One call for the whole input is ``summarize``; otherwise ``map`` first, then ``reduce`` to the end.
+        stage = ("summarize" if len(groups) == 1 else "map") if round_ == 0 else "reduce"
         outputs: list[str] = []
         for n, group in enumerate(groups):
             if progress is not None:

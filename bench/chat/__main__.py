@@ -47,16 +47,12 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -66,7 +62,7 @@ from bench.chat.phases import Meter, Phase
 from bench.chat.report import Report
 from bench.chat.streams import Target
 from bench.dispatch.__main__ import ROOT, MachineShare, wait_idle
-from bench.ingest.harness import System, bench_env
+from bench.ingest.harness import System, bench_env, launched
 
 RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "chat.log"
@@ -94,18 +90,6 @@ def chat_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
         "PROTOSTAR_LLM_FIRST_TOKEN_TIMEOUT": "120",
     }
     return env
-
-
-def wait_ready(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout} s (see {LOG})")
 
 
 def warm_up(target: Target, system: System, parallel: int, *, timeout: float = 180) -> None:
@@ -277,41 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     os.chdir(ROOT)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="protostar-bench-"))
-    data_dir.chmod(0o755)  # the embedded PostgreSQL runs as a system user when we run as root
-    os.environ.update(chat_env(data_dir, args))
-    for var in ("PROTOSTAR_REDIS_URL", "PROTOSTAR_DATABASE_URL", "PROTOSTAR_S3_ENDPOINT", "PROTOSTAR_API_URL"):
-        os.environ.pop(var, None)
-    for var in ("PROTOSTAR_LLM_BASE_URL", "PROTOSTAR_LLM_API_KEY"):
-        os.environ.pop(var, None)
     from protostar import commands
-    from protostar.cli import prestart
-    from protostar.runtime.stack import Stack
-    from protostar.settings import get_settings
-    from protostar.supervisor import Supervisor
 
-    get_settings.cache_clear()
-    stack = Stack(get_settings())
-    supervisor: Any = None
-    log = LOG.open("w")
-    logging.basicConfig(stream=log, level=logging.INFO, format="bench | %(name)s %(levelname)s %(message)s")
-    try:
-        print("starting embedded services (with llama-server), the API and one chat worker...", flush=True)
-        stack.start()
-        os.environ.update(stack.env())
-        get_settings.cache_clear()
-        settings = get_settings()
-        prestart(settings)
-        supervisor = Supervisor(env=dict(os.environ), out=log)
-        api, worker = commands.api(settings), commands.worker(settings, WORKER)
+    api_factory = None if args.plain else "bench.chat.trace_api:create_app"
+    print("starting embedded services (with llama-server), the API and one chat worker...", flush=True)
+    with launched(lambda data_dir: chat_env(data_dir, args), LOG, api_factory=api_factory) as system:
+        settings, stack = system.settings, system.stack
+        worker = commands.worker(settings, WORKER)
         if not args.plain:
-            api[api.index("protostar.api.app:create_app")] = "bench.chat.trace_api:create_app"
             worker[worker.index(commands.CELERY_APP)] = "bench.chat.trace_worker"
-        supervisor.start("api", api)
-        supervisor.start(f"worker-{WORKER}", worker)
-        wait_ready(f"{settings.public_api_url}/readyz", 60)
-        assert settings.bootstrap_api_key is not None  # bench_env sets it
-        system = System(settings, stack, supervisor, settings.bootstrap_api_key.get_secret_value())
+        system.supervisor.start(f"worker-{WORKER}", worker)
         key, _ = system.tenant_key("bench-chat")
         llm = stack.llm
         assert llm is not None  # chat_env leaves PROTOSTAR_LLM_BASE_URL empty
@@ -344,15 +303,6 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         print(f"written to {RESULTS / 'chat.md'}; process output in {LOG}")
         return 0
-    finally:
-        if supervisor is not None:
-            supervisor.stop_all()
-        llm_log = stack.llm.log_file if stack.llm is not None else None
-        stack.stop()
-        if llm_log is not None and llm_log.exists():
-            log.write(f"\n--- llama-server log ({llm_log}) ---\n{llm_log.read_text(errors='replace')}")
-        log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -30,20 +30,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from bench.dispatch.__main__ import ROOT, MachineShare, Row, wait_idle
 from bench.ingest import corpus, e2e, embedding, latency, retrieval
-from bench.ingest.harness import INGEST_WORKER, BareParser, MemorySampler, System, bench_env
+from bench.ingest.harness import INGEST_WORKER, BareParser, MemorySampler, System, bench_env, launched
 
 RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "ingest.log"
@@ -245,20 +243,6 @@ def report_latency(report: Report, result: latency.Latency, noise: float) -> Non
     )
 
 
-def wait_ready(url: str, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout} s (see {LOG})")
-
-
 def run_phases(args: argparse.Namespace, system: System, report: Report, log: IO[str]) -> None:
     """Phase 1 and the corpus ingestion while the worker runs (its child's memory sampled), then 3, 2, 4."""
     sampler = MemorySampler(system.pid(f"worker-{INGEST_WORKER}") or 0)
@@ -350,41 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     os.chdir(ROOT)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="protostar-bench-"))
-    data_dir.chmod(0o755)  # the embedded PostgreSQL runs as a system user when we run as root
-    os.environ.update(bench_env(data_dir, args.log_level))
-    for var in ("PROTOSTAR_REDIS_URL", "PROTOSTAR_DATABASE_URL", "PROTOSTAR_S3_ENDPOINT", "PROTOSTAR_API_URL"):
-        os.environ.pop(var, None)
-    from protostar import commands
-    from protostar.cli import prestart
-    from protostar.runtime.stack import Stack
-    from protostar.settings import get_settings
-    from protostar.supervisor import Supervisor
-
-    get_settings.cache_clear()
-    stack = Stack(get_settings())
-    supervisor: Any = None
-    log = LOG.open("w")
-    logging.basicConfig(stream=log, level=logging.INFO, format="bench | %(name)s %(levelname)s %(message)s")
-    try:
-        print("starting embedded services, the API and one ingest worker...", flush=True)
-        stack.start()
-        os.environ.update(stack.env())
-        get_settings.cache_clear()
-        settings = get_settings()
-        prestart(settings)
-        supervisor = Supervisor(env=dict(os.environ), out=log)
-        supervisor.start("api", commands.api(settings))
-        wait_ready(f"{settings.public_api_url}/readyz", 60)
-        assert settings.bootstrap_api_key is not None  # bench_env sets it
-        key = settings.bootstrap_api_key.get_secret_value()
-        system = System(settings, stack, supervisor, key)
+    print("starting embedded services, the API and one ingest worker...", flush=True)
+    with launched(lambda data_dir: bench_env(data_dir, args.log_level), LOG) as system:
+        assert system.log is not None
         system.start_ingest_worker()
         wait_idle(system.pid("api"), "the API")
 
         machine = MachineShare()
         report = Report()
-        run_phases(args, system, report, log)
+        run_phases(args, system, report, system.log)
         report.notes.append(machine.describe())
 
         text = report.render(args, time.perf_counter() - started)
@@ -393,12 +351,6 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         print(f"written to {RESULTS / 'ingest.md'}; process output in {LOG}")
         return 0
-    finally:
-        if supervisor is not None:
-            supervisor.stop_all()
-        stack.stop()
-        log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

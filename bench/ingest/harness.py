@@ -6,16 +6,21 @@ the baseline parser process, and a sampler of the ingest worker's pool children'
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -75,6 +80,7 @@ class System:
     stack: Any
     supervisor: Any
     admin_key: str
+    log: IO[str] | None = None  # where the processes' output goes
     engine: Any = None
     redis: Any = None
     host: str = field(default_factory=socket.gethostname)
@@ -95,12 +101,16 @@ class System:
                 return int(proc.pid)
         return None
 
+    def start_worker(self, name: str) -> None:
+        """One worker as ``protostar up`` runs it (``commands.worker``), named ``worker-<name>``."""
+        from protostar import commands
+
+        self.supervisor.start(f"worker-{name}", commands.worker(self.settings, name))
+
     def start_ingest_worker(self, timeout: float = 180) -> None:
         """One ingest worker (``commands.worker``: prefork, concurrency from the settings), waited for until a
         probe on the ingest queue succeeds: its pool child has loaded the parsers and the model by then."""
-        from protostar import commands
-
-        self.supervisor.start(f"worker-{INGEST_WORKER}", commands.worker(self.settings, INGEST_WORKER))
+        self.start_worker(INGEST_WORKER)
         with self.client(self.admin_key) as api:
             job_id = api.post("/v1/probes", json={"queue": "ingest", "steps": 1}).json()["job_id"]
             run = self.wait(job_id, submitted=time.time(), api=api, timeout=timeout)
@@ -155,7 +165,8 @@ class System:
                     if kind == "done":
                         job = api.get(f"/v1/jobs/{job_id}").json()
                         return JobRun(job, submitted, events)
-        raise RuntimeError(f"job {job_id} did not finish within {timeout} s (see bench/results/ingest.log)")
+        where = getattr(self.log, "name", "the processes' log")
+        raise RuntimeError(f"job {job_id} did not finish within {timeout} s (see {where})")
 
 
 class BareParser:
@@ -281,3 +292,67 @@ def bench_env(data_dir: Path, log_level: str) -> dict[str, str]:
         "UNSTRUCTURED_DISABLE_NOTICE": "1",
         "HF_HUB_OFFLINE": "1",
     }
+
+
+def wait_ready(url: str, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout} s (see {log})")
+
+
+@contextlib.contextmanager
+def launched(
+    env: Callable[[Path], dict[str, str]], log_path: Path, *, api_factory: str | None = None
+) -> Iterator[System]:
+    """Embedded services (llama-server too unless ``env`` names an LLM), migrations, the API, all in a temp
+    dir with the environment ``env(data_dir)``; the :class:`System`, stopped and removed on exit, with
+    llama-server's log appended to ``log_path``. ``api_factory`` ("module:function") serves a variant of the
+    API (a traced one) with the same command."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="protostar-bench-"))
+    data_dir.chmod(0o755)  # the embedded PostgreSQL runs as a system user when we run as root
+    for var in ("PROTOSTAR_REDIS_URL", "PROTOSTAR_DATABASE_URL", "PROTOSTAR_S3_ENDPOINT", "PROTOSTAR_API_URL"):
+        os.environ.pop(var, None)
+    for var in ("PROTOSTAR_LLM_BASE_URL", "PROTOSTAR_LLM_API_KEY"):
+        os.environ.pop(var, None)
+    os.environ.update(env(data_dir))
+    from protostar import commands
+    from protostar.cli import prestart
+    from protostar.runtime.stack import Stack
+    from protostar.settings import get_settings
+    from protostar.supervisor import Supervisor
+
+    get_settings.cache_clear()
+    stack = Stack(get_settings())
+    supervisor: Any = None
+    log = log_path.open("w")
+    logging.basicConfig(stream=log, level=logging.INFO, format="bench | %(name)s %(levelname)s %(message)s")
+    try:
+        stack.start()
+        os.environ.update(stack.env())
+        get_settings.cache_clear()
+        settings = get_settings()
+        prestart(settings)
+        supervisor = Supervisor(env=dict(os.environ), out=log)
+        api = commands.api(settings)
+        if api_factory is not None:
+            api[api.index("protostar.api.app:create_app")] = api_factory
+        supervisor.start("api", api)
+        wait_ready(f"{settings.public_api_url}/readyz", 60, log_path)
+        assert settings.bootstrap_api_key is not None  # bench_env sets it
+        yield System(settings, stack, supervisor, settings.bootstrap_api_key.get_secret_value(), log=log)
+    finally:
+        if supervisor is not None:
+            supervisor.stop_all()
+        llm_log = stack.llm.log_file if stack.llm is not None else None
+        stack.stop()
+        if llm_log is not None and llm_log.exists():
+            log.write(f"\n--- llama-server log ({llm_log}) ---\n{llm_log.read_text(errors='replace')}")
+        log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)

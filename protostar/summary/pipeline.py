@@ -58,9 +58,9 @@ def summarize_session(ctx: JobContext) -> dict[str, Any]:
             "messages": 0,
             "written": False,
         }
-    turns = [f"{'User' if line.role == 'user' else 'Assistant'}: {line.content}" for line in lines]
-    earlier = [f"Summary of the conversation so far: {previous.content}"] if previous else []
-    content, calls, usage = _fold(ctx, earlier + turns, fold.SESSION)
+    pieces = session_pieces(previous, lines)
+    turns = pieces[1:] if previous else pieces
+    content, calls, usage = _fold(ctx, pieces, fold.SESSION)
     summary = SessionSummary(
         session_id=session_id,
         tenant_id=ctx.tenant_id,
@@ -87,12 +87,19 @@ def summarize_session(ctx: JobContext) -> dict[str, Any]:
         "session_id": str(session_id),
         "summary": content,
         **result,
-        "input_tokens": sum(approx_tokens(p) for p in earlier + turns),
+        "input_tokens": sum(approx_tokens(p) for p in pieces),
         "messages": len(lines),
         "llm_calls": calls,
         "usage": usage,
         "written": written,
     }
+
+
+def session_pieces(previous: repo.Latest | None, lines: list[repo.Line]) -> list[str]:
+    """What a session summary folds: the previous summary, then each message since as ``User: ...`` or
+    ``Assistant: ...``."""
+    earlier = [f"Summary of the conversation so far: {previous.content}"] if previous else []
+    return earlier + [f"{'User' if line.role == 'user' else 'Assistant'}: {line.content}" for line in lines]
 
 
 def save_session_summary(engine: Engine, *, job_id: uuid.UUID, attempt: int, summary: SessionSummary) -> bool:

@@ -12,8 +12,7 @@ from tokenizers import Tokenizer
 
 from protostar.ingest.chunk import Chunk, approx_tokens, chunk
 from protostar.ingest.parse import Element
-
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # real documents, see tests/corpus/ABOUT.md
+from tests.corpus_files import CORPUS
 
 WORDS = [
     "the",

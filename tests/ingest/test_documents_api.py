@@ -17,9 +17,9 @@ from sqlalchemy import Engine, text
 from tests.api.test_auth import create_key
 from tests.api.test_jobs import wait_status
 from tests.conftest import Live, wait_for
+from tests.corpus_files import CORPUS
 from tests.sse import read_events
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # real documents, see tests/corpus/ABOUT.md
 EXPECTED_FAILURES = {"password.pdf": "encrypted"}
 SKIP = {"qa.jsonl"}  # the questions, not a document
 

@@ -5,43 +5,13 @@ from __future__ import annotations
 import io
 import random
 import zipfile
-from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
 from protostar.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from protostar.ingest.sniff import HEAD_BYTES, MAX_UNPACKED_BYTES, FileType, sniff
-
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # real documents, see tests/corpus/ABOUT.md
-
-EXPECTED = {
-    "ABOUT.md": "md",
-    "LICENSE-unstructured-example-docs.md": "md",
-    "README.md": "md",
-    "docx-tables.docx": "docx",
-    "embedded-images-tables.pdf": "pdf",
-    "example-10k.html": "html",
-    "failure-after-repair.pdf": "pdf",
-    "fake-doc.rtf": "rtf",
-    "fake-email-attachment.eml": "eml",
-    "fake-email.msg": "msg",
-    "fake-power-point.pptx": "pptx",
-    "fake.odt": "odt",
-    "family-day.eml": "eml",
-    "handbook-872p.docx": "docx",
-    "korean-text-with-tables.pdf": "pdf",
-    "layout-parser-paper-fast.pdf": "pdf",
-    "multi-column-2p.pdf": "pdf",
-    "norwich-city.txt": "txt",
-    "password.pdf": "pdf",
-    "reliance.pdf": "pdf",
-    "sample-presentation.pptx": "pptx",
-    "stanley-cups.csv": "csv",
-    "umlauts-non-utf8.md": "md",
-    "vodafone.xlsx": "xlsx",
-    "winter-sports.epub": "epub",
-}
+from tests.corpus_files import CORPUS, KINDS
 
 
 def sniff_bytes(data: bytes, filename: str | None = None) -> FileType:
@@ -49,10 +19,10 @@ def sniff_bytes(data: bytes, filename: str | None = None) -> FileType:
 
 
 def test_every_corpus_file_is_covered() -> None:
-    assert set(EXPECTED) | {"qa.jsonl"} == {path.name for path in CORPUS.iterdir()}
+    assert set(KINDS) | {"qa.jsonl"} == {path.name for path in CORPUS.iterdir()}
 
 
-@pytest.mark.parametrize(("name", "kind"), sorted(EXPECTED.items()))
+@pytest.mark.parametrize(("name", "kind"), sorted(KINDS.items()))
 def test_corpus_file_kind(name: str, kind: str) -> None:
     with (CORPUS / name).open("rb") as file:
         assert sniff(file, name).kind == kind
@@ -66,7 +36,7 @@ def test_json_lines_are_unsupported() -> None:
 @pytest.mark.parametrize("name", ["layout-parser-paper-fast.pdf", "vodafone.xlsx", "fake-email.msg", "fake.odt"])
 @pytest.mark.parametrize("fake_name", ["notes.txt", "data.csv", "page.html", None])
 def test_binary_kinds_ignore_the_name(name: str, fake_name: str | None) -> None:
-    assert sniff_bytes((CORPUS / name).read_bytes(), fake_name).kind == EXPECTED[name]
+    assert sniff_bytes((CORPUS / name).read_bytes(), fake_name).kind == KINDS[name]
 
 
 def test_a_named_pdf_that_is_text_is_text() -> None:

@@ -14,7 +14,8 @@ from sqlalchemy import Engine, text
 from protostar.summary import fold
 from tests.api.test_jobs import wait_status
 from tests.conftest import Live
-from tests.ingest.test_documents_api import CORPUS, upload
+from tests.corpus_files import CORPUS
+from tests.ingest.test_documents_api import upload
 from tests.sse import read_events
 
 # 15 chunks, about 1,670 tokens: two groups for a 1,500-token prompt, so two map calls and one reduce. The

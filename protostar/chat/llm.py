@@ -12,7 +12,6 @@ upstream stream at once. Every failure ends as :class:`~protostar.errors.LLMFail
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protostar.errors import Cancelled, LLMFailed
+from protostar.llm_http import LazyClient, backoff, retryable_status
 from protostar.settings import Settings
 
 if TYPE_CHECKING:
@@ -86,10 +86,13 @@ class ChatLLM:
         self.total_timeout = total_timeout
         self.max_retries = max_retries
         self.max_backoff = max_backoff
-        self._api_key = api_key
-        self._http_client = http_client
-        self._client: openai.OpenAI | None = None
-        self._lock = threading.Lock()
+        # The read timeout is the longest wait for the first token, and for each chunk after it.
+        self._client = LazyClient(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=lambda: _timeout(first_token_timeout, connect_timeout),
+            http_client=http_client,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, base_url: str | None = None) -> ChatLLM:
@@ -128,7 +131,7 @@ class ChatLLM:
                 except _Retryable as exc:
                     if generation.chunks or attempt == self.max_retries:
                         raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
-                    delay = random.uniform(0, min(self.max_backoff, 0.5 * 2 ** (attempt + 1)))  # noqa: S311
+                    delay = backoff(attempt + 1, self.max_backoff)
                     if time.monotonic() + delay >= deadline:
                         raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
                     logger.warning("LLM call failed (%s); retry %d in %.2f s", exc.reason, attempt + 1, delay)
@@ -151,7 +154,7 @@ class ChatLLM:
         if generation._stop.is_set():
             self._raise_stopped(generation)
         try:
-            stream = self._openai().chat.completions.create(  # type: ignore[call-overload]
+            stream = self._client.get().chat.completions.create(  # type: ignore[call-overload]
                 model=self.model,
                 messages=list(messages),
                 max_tokens=max_tokens,
@@ -160,7 +163,7 @@ class ChatLLM:
             )
         except openai.APIStatusError as exc:
             status = exc.status_code
-            if status in (408, 409, 429) or status >= 500:
+            if retryable_status(status):
                 raise _Retryable(f"HTTP {status}") from exc
             raise LLMFailed(f"the LLM refused the request: HTTP {status}: {_detail(exc)}") from exc
         except openai.APIConnectionError as exc:  # includes timeouts
@@ -217,20 +220,11 @@ class ChatLLM:
         tries = f" after {attempt} retries" if attempt else ""
         return f"the LLM at {self.base_url} did not answer{tries}: {reason}"
 
-    def _openai(self) -> openai.OpenAI:
-        with self._lock:
-            if self._client is None:
-                import openai
 
-                # Retries are ours (jittered, capped, never after the first token), so the client's are off.
-                self._client = openai.OpenAI(
-                    base_url=self.base_url,
-                    api_key=self._api_key or "unused",
-                    timeout=openai.Timeout(self.first_token_timeout, connect=self.connect_timeout),
-                    max_retries=0,
-                    http_client=self._http_client,
-                )
-            return self._client
+def _timeout(read: float, connect: float) -> openai.Timeout:
+    import openai
+
+    return openai.Timeout(read, connect=connect)
 
 
 class _Retryable(Exception):

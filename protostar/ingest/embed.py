@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from protostar.errors import InputRejected, ServiceError, Transient
+from protostar.llm_http import LazyClient, backoff, retryable_status
 from protostar.settings import Settings
 
 if TYPE_CHECKING:
@@ -127,11 +127,8 @@ class OpenAIEmbedder:
         self.timeout = timeout
         self.max_tries = max_tries
         self.max_backoff = max_backoff
-        self._api_key = api_key
-        self._http_client = http_client
         self._sleep = sleep
-        self._client: openai.OpenAI | None = None
-        self._lock = threading.Lock()
+        self._client = LazyClient(base_url=base_url, api_key=api_key, timeout=timeout, http_client=http_client)
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
@@ -144,14 +141,14 @@ class OpenAIEmbedder:
 
         for attempt in range(1, self.max_tries + 1):
             try:
-                response = self._openai().embeddings.create(
+                response = self._client.get().embeddings.create(
                     model=self.model, input=list(texts), encoding_format="float"
                 )
             except (openai.APIConnectionError, openai.APIStatusError) as exc:
                 reason = self._retryable(exc)
                 if attempt == self.max_tries:
                     raise Transient(f"embedding endpoint failed {attempt} times: {reason}") from exc
-                delay = random.uniform(0, min(self.max_backoff, 0.5 * 2**attempt))  # noqa: S311 (jitter)
+                delay = backoff(attempt, self.max_backoff)
                 logger.warning(
                     "embedding batch of %d failed (try %d/%d, %s); retrying in %.2f s",
                     len(texts),
@@ -172,7 +169,7 @@ class OpenAIEmbedder:
         if isinstance(exc, openai.APIConnectionError):  # includes timeouts
             return type(exc).__name__
         status = exc.status_code
-        if status in (408, 429) or status >= 500:
+        if retryable_status(status):
             return f"HTTP {status}"
         if status in (400, 413, 422):
             raise InputRejected(f"the embedding endpoint refused the input: HTTP {status}") from exc
@@ -189,21 +186,6 @@ class OpenAIEmbedder:
                 f"{self.dim}; fix the setting (a new dimension needs its own model name and index)"
             )
         return np.asarray([row.embedding for row in rows], dtype=np.float32)
-
-    def _openai(self) -> openai.OpenAI:
-        with self._lock:
-            if self._client is None:
-                import openai
-
-                # Retries are ours (jittered, capped, mapped to Transient), so the client's are off.
-                self._client = openai.OpenAI(
-                    base_url=self.base_url,
-                    api_key=self._api_key or "unused",  # local servers often need none; the client insists
-                    timeout=self.timeout,
-                    max_retries=0,
-                    http_client=self._http_client,
-                )
-            return self._client
 
 
 def make_embedder(settings: Settings, *, threads: int | None = None) -> Embedder:

@@ -1,0 +1,46 @@
+"""What the two ``openai`` clients (chat completions, embeddings) share: one client per instance, built on first
+use (so a prefork child builds its own after fork) with the library's retries off, because ours are jittered,
+capped and classified; which HTTP statuses are worth another try; and the backoff between tries."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import openai
+
+
+def retryable_status(status: int) -> bool:
+    """Timeouts, conflicts, rate limits and server errors pass; the rest would fail the same way again."""
+    return status in (408, 409, 429) or status >= 500
+
+
+def backoff(attempt: int, cap: float) -> float:
+    """Seconds before try ``attempt + 1`` (``attempt`` counts from 1): full jitter up to 0.5 s doubling, capped."""
+    return random.uniform(0, min(cap, 0.5 * 2**attempt))  # noqa: S311 (jitter, not secrets)
+
+
+class LazyClient:
+    """An ``openai.OpenAI`` made on first use and then shared by the instance's threads."""
+
+    def __init__(self, *, base_url: str, api_key: str | None, timeout: Any, http_client: Any = None) -> None:
+        self.base_url = base_url
+        self._api_key, self._timeout, self._http_client = api_key, timeout, http_client
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self._api_key or "unused",  # local servers often need none; the client insists
+                    timeout=self._timeout() if callable(self._timeout) else self._timeout,
+                    max_retries=0,
+                    http_client=self._http_client,
+                )
+            return self._client

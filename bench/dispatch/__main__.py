@@ -26,15 +26,11 @@ import datetime as dt
 import json
 import os
 import platform
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,19 +133,6 @@ class RawHttp:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # a local URL we built
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout} s (see {RESULTS / 'dispatch.log'})")
 
 
 def wait_idle(pid: int | None, name: str, *, below: float = 0.05, window: float = 0.5, timeout: float = 90) -> None:
@@ -965,52 +948,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     os.chdir(ROOT)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from protostar.runtime.process import free_port
+    from bench.ingest.harness import bench_env, launched  # imports this module: not at the top
 
-    data_dir = Path(tempfile.mkdtemp(prefix="protostar-bench-"))
-    data_dir.chmod(0o755)  # the embedded PostgreSQL runs as a system user when we run as root
-    os.environ.update(
-        {
-            "PROTOSTAR_LOG_LEVEL": args.log_level,
-            "PROTOSTAR_DATA_DIR": str(data_dir),
-            "PROTOSTAR_REDIS_PORT": str(free_port()),
-            "PROTOSTAR_POSTGRES_PORT": str(free_port()),
-            "PROTOSTAR_S3_PORT": str(free_port()),
-            "PROTOSTAR_API_PORT": str(free_port()),
-            "PROTOSTAR_BOOTSTRAP_API_KEY": "ps_bench_" + secrets.token_urlsafe(24),
-            "PROTOSTAR_INGEST_CONCURRENCY": "2",
-            # No LLM here: an address where nothing listens keeps the stack from starting llama-server.
-            "PROTOSTAR_LLM_BASE_URL": "http://127.0.0.1:9/v1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
-    )
-    for var in ("PROTOSTAR_REDIS_URL", "PROTOSTAR_DATABASE_URL", "PROTOSTAR_S3_ENDPOINT", "PROTOSTAR_API_URL"):
-        os.environ.pop(var, None)
-    from protostar import commands
-    from protostar.cli import prestart
-    from protostar.runtime.stack import Stack
-    from protostar.settings import get_settings
-    from protostar.supervisor import Supervisor
+    def env(data_dir: Path) -> dict[str, str]:
+        return bench_env(data_dir, args.log_level) | {"PROTOSTAR_INGEST_CONCURRENCY": "2"}
 
-    get_settings.cache_clear()
-    stack = Stack(get_settings())
-    supervisor: Supervisor | None = None
-    log = (RESULTS / "dispatch.log").open("w")
-    try:
-        print("starting embedded services...", flush=True)
-        stack.start()
-        os.environ.update(stack.env())
-        get_settings.cache_clear()
-        settings = get_settings()
-        prestart(settings)
-        supervisor = Supervisor(env=dict(os.environ), out=log)
-        api_argv = commands.api(settings)
-        if args.api_factory:  # try a variant of the API with the same harness
-            api_argv[api_argv.index("protostar.api.app:create_app")] = args.api_factory
-        supervisor.start("api", api_argv)
-        wait_http(f"{settings.public_api_url}/readyz", 60)
-        key = settings.bootstrap_api_key.get_secret_value()
-        bench = Bench(args, settings, stack, supervisor, key)
+    print("starting embedded services...", flush=True)
+    with launched(env, RESULTS / "dispatch.log", api_factory=args.api_factory) as system:
+        bench = Bench(args, system.settings, system.stack, system.supervisor, system.admin_key)
         wait_idle(bench.pid("api"), "the API")
         bench.log_pg_connections()
 
@@ -1034,12 +979,6 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         print(f"written to {RESULTS / 'dispatch.md'}; process output in {RESULTS / 'dispatch.log'}")
         return 0
-    finally:
-        if supervisor is not None:
-            supervisor.stop_all()
-        stack.stop()
-        log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

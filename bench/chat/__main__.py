@@ -45,11 +45,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,7 +58,7 @@ from bench.chat.hops import Traces
 from bench.chat.phases import Meter, Phase
 from bench.chat.report import Report
 from bench.chat.streams import Target
-from bench.dispatch.__main__ import ROOT, MachineShare, wait_idle
+from bench.dispatch.__main__ import ROOT, MachineShare, markdown, wait_idle
 from bench.ingest.harness import System, bench_env, launched
 
 RESULTS = ROOT / "bench" / "results"
@@ -219,26 +216,15 @@ def build_report(args: argparse.Namespace, done: list[Phase], bursts: list[Phase
 
 
 def render(args: argparse.Namespace, report: Report, elapsed: float) -> str:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT)
-    lines = [
-        f"# Chat benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
-        "",
-        f"`.venv/bin/python -m bench.chat` · git {rev.stdout.strip() or '?'} (+ working tree) · "
-        f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {elapsed:.0f} s run · "
+    run = (
         f"{args.samples} single rounds (path, direct, ChatLLM) · {args.streams} streams x {args.rounds} rounds · "
         f"max_tokens {args.max_tokens} · llama-server --parallel {args.parallel}"
         + (f" then {args.high_parallel}" if args.high_parallel else "")
-        + (" · plain processes (no hop stamps)" if args.plain else " · traced API and worker"),
-        "",
-        "| figure | Protostar | baseline (same run) | difference / ratio | goal |",
-        "| --- | --- | --- | --- | --- |",
-        *[f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} | {r.goal} |" for r in report.rows],
-    ]
-    if report.extra:
-        lines += ["", *report.extra]
-    if report.notes:
-        lines += ["", *[f"- {n}" for n in report.notes]]
-    return "\n".join(lines) + "\n"
+        + (" · plain processes (no hop stamps)" if args.plain else " · traced API and worker")
+    )
+    return markdown(
+        "chat", run, elapsed, report.rows, ratio="difference / ratio", extra=report.extra, notes=report.notes
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

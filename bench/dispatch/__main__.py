@@ -161,6 +161,36 @@ class Row:
     goal: str = ""
 
 
+def markdown(
+    name: str,
+    run: str,
+    elapsed: float,
+    rows: list[Row],
+    *,
+    ratio: str = "ratio",
+    extra: list[str] | None = None,
+    notes: list[str] | None = None,
+) -> str:
+    """A benchmark's report: title, what ran (``run``, after the command, commit and machine), the table of
+    ``rows``, then ``extra`` lines and ``notes`` as a list."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT)
+    lines = [
+        f"# {name.capitalize()} benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
+        "",
+        f"`.venv/bin/python -m bench.{name}` · git {rev.stdout.strip() or '?'} (+ working tree) · "
+        f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {elapsed:.0f} s run · {run}",
+        "",
+        f"| figure | Protostar | baseline (same run) | {ratio} | goal |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} | {r.goal} |" for r in rows],
+    ]
+    if extra:
+        lines += ["", *extra]
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -841,33 +871,19 @@ class Bench:
 
     def report(self, elapsed: float) -> str:
         a, s = self.args, self.settings
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT
-        )
-        lines = [
-            f"# Dispatch benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
-            "",
-            f"`.venv/bin/python -m bench.dispatch` · git {rev.stdout.strip() or '?'} (+ working tree) · "
-            f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {elapsed:.0f} s run · "
+        run = (
             f"duration {a.duration} s x {a.rounds} rounds, {a.conns} conns · {a.samples} latency samples · "
             f"{a.tasks} tasks · log level {s.log_level}"
-            + (f" · API factory {a.api_factory} (EXP={os.environ.get('EXP', '')})" if a.api_factory else ""),
-            "",
-            "| metric | Protostar | baseline (same run) | ratio / added | goal |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        lines += [f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} | {r.goal} |" for r in self.rows]
-        lines += [
-            "",
+            + (f" · API factory {a.api_factory} (EXP={os.environ.get('EXP', '')})" if a.api_factory else "")
+        )
+        breakdown = [
             "Submit path, sequential, no load (ms):",
             "",
             "| step | time | baseline | added |",
             "| --- | --- | --- | --- |",
+            *[f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} |" for r in self.breakdown],
         ]
-        lines += [f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} |" for r in self.breakdown]
-        if self.notes:
-            lines += ["", *[f"- {n}" for n in self.notes]]
-        return "\n".join(lines) + "\n"
+        return markdown("dispatch", run, elapsed, self.rows, ratio="ratio / added", extra=breakdown, notes=self.notes)
 
 
 class MachineShare:

@@ -29,17 +29,14 @@ Results: a markdown table on stdout and in ``bench/results/ingest.md``; process 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import IO
 
-from bench.dispatch.__main__ import ROOT, MachineShare, Row, wait_idle
+from bench.dispatch.__main__ import ROOT, MachineShare, Row, markdown, wait_idle
 from bench.ingest import corpus, e2e, embedding, latency, retrieval
 from bench.ingest.harness import INGEST_WORKER, BareParser, MemorySampler, System, bench_env, launched
 
@@ -65,26 +62,11 @@ class Report:
         return [row for _, row in sorted(self.figures, key=lambda fr: fr[0])]
 
     def render(self, args: argparse.Namespace, elapsed: float) -> str:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT
-        )
-        lines = [
-            f"# Ingest benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
-            "",
-            f"`.venv/bin/python -m bench.ingest` · git {rev.stdout.strip() or '?'} (+ working tree) · "
-            f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {elapsed:.0f} s run · "
+        run = (
             f"phases {args.phases} · {args.pages}-page PDF · {args.embed_texts} texts x {args.embed_rounds} rounds · "
-            f"{args.rows:,} rows · {args.search_reps} search rounds",
-            "",
-            "| figure | Protostar | baseline (same run) | ratio | goal |",
-            "| --- | --- | --- | --- | --- |",
-            *[f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} | {r.goal} |" for r in self.rows],
-        ]
-        if self.extra:
-            lines += ["", *self.extra]
-        if self.notes:
-            lines += ["", *[f"- {n}" for n in self.notes]]
-        return "\n".join(lines) + "\n"
+            f"{args.rows:,} rows · {args.search_reps} search rounds"
+        )
+        return markdown("ingest", run, elapsed, self.rows, extra=self.extra, notes=self.notes)
 
 
 def report_pages(report: Report, runs: list[e2e.FileRun]) -> None:

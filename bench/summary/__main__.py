@@ -35,15 +35,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.dispatch.__main__ import ROOT, MachineShare, Row, pct, wait_idle
+from bench.dispatch.__main__ import ROOT, MachineShare, Row, markdown, pct, wait_idle
 from bench.ingest.harness import INGEST_WORKER, System, bench_env, launched
 from bench.summary import beat, document, session
 from bench.summary.llm import Direct
@@ -266,26 +264,13 @@ class Report:
         ]
 
     def render(self, args: argparse.Namespace, elapsed: float) -> str:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT
-        )
-        lines = [
-            f"# Summary benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
-            "",
-            f"`.venv/bin/python -m bench.summary` · git {rev.stdout.strip() or '?'} (+ working tree) · "
-            f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {elapsed:.0f} s run · "
+        run = (
             f"{args.turns} turns · answers ≤ {args.max_tokens} tokens · {args.stale} stale sessions, "
-            f"{args.beat_minutes:g} min of beat",
-            "",
-            "| figure | Protostar | baseline (same run) | difference / ratio | goal |",
-            "| --- | --- | --- | --- | --- |",
-            *[f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} | {r.goal} |" for r in self.rows],
-        ]
-        if self.extra:
-            lines += ["", *self.extra]
-        if self.notes:
-            lines += ["", *[f"- {n}" for n in self.notes]]
-        return "\n".join(lines) + "\n"
+            f"{args.beat_minutes:g} min of beat"
+        )
+        return markdown(
+            "summary", run, elapsed, self.rows, ratio="difference / ratio", extra=self.extra, notes=self.notes
+        )
 
 
 def run_phases(args: argparse.Namespace, system: System, report: Report) -> None:

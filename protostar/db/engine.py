@@ -9,13 +9,15 @@ from protostar.errors import ServiceError
 from protostar.settings import Settings
 
 
-def make_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
+def make_engine(settings: Settings, *, pool_size: int = 5, max_overflow: int | None = None) -> Engine:
+    """``pool_size`` connections are kept; up to ``max_overflow`` (default: as many) more are opened when all are
+    busy and closed on return, so a pool smaller than its users' concurrency opens a connection per burst."""
     if not settings.database_url:
         raise ServiceError("PROTOSTAR_DATABASE_URL is not set; start the stack with `protostar up`")
     return create_engine(
         settings.database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "options": "-c statement_timeout=30000"},

@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import Any
 
-from celery.signals import celeryd_init, worker_process_init, worker_ready
+from celery.signals import celeryd_after_setup, celeryd_init, worker_process_init, worker_ready
 
 from protostar.celery_app import create_celery
 from protostar.constants import Queue
@@ -40,6 +40,15 @@ def _remember_queues(options: dict[str, Any] | None = None, **_: Any) -> None:
     """In the worker's main process, before any fork: which queues this worker serves."""
     queues = (options or {}).get("queues") or []
     _consumes.update(queues.split(",") if isinstance(queues, str) else queues)
+
+
+@celeryd_after_setup.connect
+def _remember_threads(instance: Any = None, **_: Any) -> None:
+    """Once the worker has settled its pool: how many threads share this process's resources (its database
+    pool is sized to them), when the pool is ``threads``."""
+    pool = getattr(instance, "pool_cls", None)  # e.g. celery.concurrency.thread.TaskPool
+    if "thread" in (getattr(pool, "__module__", None) or str(pool)):
+        resources.current().threads = int(getattr(instance, "concurrency", 0) or 1)
 
 
 @worker_process_init.connect

@@ -31,13 +31,25 @@ _HEAVY = threading.Lock()  # thread-pool workers: build a model once even when m
 logger = logging.getLogger(__name__)
 
 
+# A thread-pool worker keeps a database connection per thread up to this many; more threads wait for one.
+MAX_THREAD_CONNECTIONS = 10
+
+
 @dataclass
 class Resources:
     settings: Settings
     celery: Celery
+    threads: int = 0  # a thread-pool worker's concurrency (0: prefork, one task at a time per process)
 
     @cached_property
     def engine(self) -> Engine:
+        if self.threads:
+            # Kept open: with 50 chat threads, a pool of 2 (+ 2 opened and closed on demand) opened a connection
+            # for most bursts of work (bench.chat). Two more for the jobs' heartbeat and cancel watchers, and
+            # for the few places that hold a session while writing through the engine.
+            size = min(self.threads, MAX_THREAD_CONNECTIONS) + 2
+            logger.info("database pool: %d connections for %d threads", size, self.threads)
+            return make_engine(self.settings, pool_size=size, max_overflow=2)
         return make_engine(self.settings, pool_size=2)
 
     @cached_property

@@ -40,11 +40,12 @@ def answer(ctx: JobContext) -> dict[str, Any]:
             conn, tenant_id=ctx.tenant_id, message_id=message_id, limit=settings.chat_history_messages
         )
 
-    ctx.progress("retrieve", 0, 1)
+    # Before the first token, progress goes to the event stream only: each row write is on the path to it.
+    ctx.progress("retrieve", 0, 1, persist=False)
     hits = retrieve(
         res.engine, res.embedder, tenant_id=ctx.tenant_id, query=question.content, top_k=settings.chat_top_k
     )
-    ctx.progress("retrieve", 1, 1)
+    ctx.progress("retrieve", 1, 1, persist=False)
     prompt = build(
         question=question.content,
         hits=hits,
@@ -62,7 +63,7 @@ def answer(ctx: JobContext) -> dict[str, Any]:
 
     generation = Generation()
     forget = ctx.on_cancel(generation.close)
-    ctx.progress("generate", 0, settings.llm_max_tokens)
+    ctx.progress("generate", 0, settings.llm_max_tokens, persist=False)
     started = time.monotonic()
     try:
         with res.llm_limiter.turn(ctx.tenant_id, stop=ctx.cancelled) as waited:

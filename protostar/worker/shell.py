@@ -71,15 +71,18 @@ class JobContext:
     def emit(self, type_: EventType, data: dict[str, Any]) -> str:
         return self.events.publish(self.job_id, type_, data)
 
-    def progress(self, stage: str, done: int, total: int | None = None) -> None:
+    def progress(self, stage: str, done: int, total: int | None = None, *, persist: bool = True) -> None:
+        """A ``progress`` event, and the job row's stage and counts (throttled). ``persist=False``: the event
+        only, for stages too brief to be worth a database write (the row keeps its last stage)."""
         last_stage, last_at = self._last_progress
         now = time.monotonic()
         if stage == last_stage and now - last_at < PROGRESS_EVERY and done != total:
             return
         self._last_progress = (stage, now)
-        repo.progress(
-            self.resources.engine, job_id=self.job_id, attempt=self.attempt, stage=stage, done=done, total=total
-        )
+        if persist:
+            repo.progress(
+                self.resources.engine, job_id=self.job_id, attempt=self.attempt, stage=stage, done=done, total=total
+            )
         self.emit(EventType.PROGRESS, {"stage": stage, "done": done, "total": total})
 
     def check_cancelled(self) -> None:

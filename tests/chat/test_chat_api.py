@@ -56,8 +56,13 @@ def test_tokens_stream_and_join_to_the_persisted_answer_with_sources(
     assert kinds[-1] == "done" and events[-1].data["status"] == "succeeded", events[-3:]
     streamed = "".join(e.data["text"] for e in events if e.event == "token")
     assert kinds.count("token") > 1 and streamed.strip()
+    # Progress before the first token is on the event stream only; the row has the stage the answer ended in.
+    stages = [(e.data["stage"], e.data["done"]) for e in events if e.event == "progress"]
+    assert stages[:3] == [("retrieve", 0), ("retrieve", 1), ("generate", 0)], stages
+    assert stages[-1][0] == "generate" and stages[-1][1] > 0
 
     job = wait_status(api_module, accepted["job_id"], "succeeded")
+    assert job["progress"]["stage"] == "generate", job["progress"]  # type: ignore[index]
     result = job["result"]
     assert result["answer"] == streamed  # type: ignore[index]
     assert result["usage"]["completion_tokens"] > 0  # type: ignore[index]

@@ -25,9 +25,20 @@ def backoff(attempt: int, cap: float) -> float:
 class LazyClient:
     """An ``openai.OpenAI`` made on first use and then shared by the instance's threads."""
 
-    def __init__(self, *, base_url: str, api_key: str | None, timeout: Any, http_client: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        connect_timeout: float | None = None,
+        http_client: Any = None,
+    ) -> None:
+        """``timeout``: the longest wait for any read (a chat stream's first token, and each chunk after it);
+        ``connect_timeout``: for connecting, when it should differ (else ``timeout``)."""
         self.base_url = base_url
-        self._api_key, self._timeout, self._http_client = api_key, timeout, http_client
+        self._api_key, self._http_client = api_key, http_client
+        self._timeout, self._connect_timeout = timeout, connect_timeout
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
 
@@ -39,7 +50,7 @@ class LazyClient:
                 self._client = openai.OpenAI(
                     base_url=self.base_url,
                     api_key=self._api_key or "unused",  # local servers often need none; the client insists
-                    timeout=self._timeout() if callable(self._timeout) else self._timeout,
+                    timeout=openai.Timeout(self._timeout, connect=self._connect_timeout or self._timeout),
                     max_retries=0,
                     http_client=self._http_client,
                 )

@@ -86,11 +86,11 @@ class ChatLLM:
         self.total_timeout = total_timeout
         self.max_retries = max_retries
         self.max_backoff = max_backoff
-        # The read timeout is the longest wait for the first token, and for each chunk after it.
         self._client = LazyClient(
             base_url=base_url,
             api_key=api_key,
-            timeout=lambda: _timeout(first_token_timeout, connect_timeout),
+            timeout=first_token_timeout,
+            connect_timeout=connect_timeout,
             http_client=http_client,
         )
 
@@ -219,12 +219,6 @@ class ChatLLM:
             return f"the LLM's stream broke after {generation.chunks} tokens: {reason}"
         tries = f" after {attempt} retries" if attempt else ""
         return f"the LLM at {self.base_url} did not answer{tries}: {reason}"
-
-
-def _timeout(read: float, connect: float) -> openai.Timeout:
-    import openai
-
-    return openai.Timeout(read, connect=connect)
 
 
 class _Retryable(Exception):

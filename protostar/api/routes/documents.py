@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
-from protostar.api.routes.jobs import events_url
+from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import (
     Accepted,
     DocumentDetail,
@@ -26,7 +26,7 @@ from protostar.api.schemas import (
 )
 from protostar.api.state import AppState
 from protostar.auth import Principal
-from protostar.constants import JobKind, JobStatus
+from protostar.constants import JobKind
 from protostar.documents import repo
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
@@ -144,7 +144,7 @@ def summarize_document(
         tenant_id=principal.tenant_id,
         target_id=document.id,
     )
-    return Accepted(job_id=job.id, status=JobStatus(job.status), events_url=events_url(state, job.id))
+    return accepted(state, job)
 
 
 @router.post("/search", response_model=SearchOut)

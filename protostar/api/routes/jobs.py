@@ -12,6 +12,7 @@ from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
 from protostar.api.schemas import Accepted, JobOut, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import PROBE_QUEUES, JobKind, JobStatus, TaskName
+from protostar.db.models import Job
 from protostar.errors import ValidationFailed
 from protostar.jobs import repo
 from protostar.jobs.cancel import cancel
@@ -59,8 +60,13 @@ def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: S
         queue=body.queue.value,
         payload=body.model_dump(mode="json", exclude={"queue"}),
     )
-    return Accepted(job_id=job.id, status=JobStatus.QUEUED, events_url=events_url(state, job.id))
+    return accepted(state, job)
 
 
 def events_url(state: StateDep, job_id: uuid.UUID) -> str:
     return f"{state.settings.public_api_url}/v1/jobs/{job_id}/events"
+
+
+def accepted(state: StateDep, job: Job) -> Accepted:
+    """The ``202`` answer for a job just queued (or the one already in flight)."""
+    return Accepted(job_id=job.id, status=JobStatus(job.status), events_url=events_url(state, job.id))

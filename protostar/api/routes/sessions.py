@@ -7,10 +7,10 @@ import uuid
 from fastapi import APIRouter
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
-from protostar.api.routes.jobs import events_url
+from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import Accepted, MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
 from protostar.chat import repo
-from protostar.constants import JobKind, JobStatus, Queue, TaskName
+from protostar.constants import JobKind, Queue, TaskName
 from protostar.db.models import Message
 from protostar.errors import BrokerUnavailable
 from protostar.summary import repo as summary_repo
@@ -45,7 +45,7 @@ def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, session: S
         tenant_id=principal.tenant_id,
         target_id=chat.id,
     )
-    return Accepted(job_id=job.id, status=JobStatus(job.status), events_url=events_url(state, job.id))
+    return accepted(state, job)
 
 
 @router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted)

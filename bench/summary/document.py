@@ -22,7 +22,7 @@ class DocumentRun:
     direct: FoldRun
 
 
-def summarize(system: System, key: str, path: Path, direct: Direct) -> DocumentRun:
+def summarize(system: System, key: str, tenant_id: uuid.UUID, path: Path, direct: Direct) -> DocumentRun:
     from protostar.summary import fold
     from protostar.summary.repo import chunk_texts
 
@@ -39,7 +39,6 @@ def summarize(system: System, key: str, path: Path, direct: Direct) -> DocumentR
         if run.job["status"] != "succeeded":
             raise RuntimeError(f"the summary of {path.name} ended {run.job['status']}: {run.job.get('error')}")
     with system.engine.connect() as conn:
-        tenant = conn.exec_driver_sql("SELECT tenant_id FROM documents WHERE id = %s", (document_id,)).scalar_one()
-        chunks = chunk_texts(conn, document_id=uuid.UUID(document_id), tenant_id=tenant)
+        chunks = chunk_texts(conn, document_id=uuid.UUID(document_id), tenant_id=tenant_id)
     again = run_fold(direct, system.settings, [t for t, _ in chunks], fold.DOCUMENT)
     return DocumentRun(path.name, len(chunks), sum(n for _, n in chunks), run, again)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protostar.chat.llm import ChatMessage
-from protostar.ingest.chunk import approx_tokens
+from protostar.llm.stream import ChatMessage
+from protostar.llm.tokens import ELLIPSIS, clip, estimate
 from protostar.search import Hit
 
 SYSTEM = (
@@ -43,22 +43,22 @@ def build(
     summary: str | None = None,
     budget: int,
 ) -> Prompt:
-    fixed = approx_tokens(SYSTEM) + approx_tokens(question) + 16
+    fixed = estimate(SYSTEM) + estimate(question) + 16
     if summary:
-        fixed += approx_tokens(summary) + 8
+        fixed += estimate(summary) + 8
     left = max(budget - fixed, 0)
 
     sources: list[tuple[Hit, str]] = []
     for hit in hits:
         if left < MIN_SOURCE_TOKENS:
             break
-        text = _clip(hit.text, left - 8)
+        text = clip(hit.text, left - 8, mark=ELLIPSIS)
         sources.append((hit, text))
-        left -= approx_tokens(text) + 8
+        left -= estimate(text) + 8
 
     turns: list[Turn] = []
     for turn in reversed(history):
-        cost = approx_tokens(turn.content) + 4
+        cost = estimate(turn.content) + 4
         if cost > left:
             break
         turns.insert(0, turn)
@@ -78,18 +78,3 @@ def build(
 
 def _where(hit: Hit) -> str:
     return f"{hit.filename}, page {hit.page}" if hit.page else hit.filename
-
-
-def _clip(text: str, tokens: int) -> str:
-    """``text`` cut between words to about ``tokens`` tokens (with "…" when cut)."""
-    if approx_tokens(text) <= tokens:
-        return text
-    words = text.split()
-    low, high = 0, len(words)
-    while low < high:  # the most words that fit
-        mid = (low + high + 1) // 2
-        if approx_tokens(" ".join(words[:mid])) <= tokens - 1:
-            low = mid
-        else:
-            high = mid - 1
-    return " ".join(words[:low]) + " …"

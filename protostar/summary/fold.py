@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from protostar.chat.llm import ChatMessage
-from protostar.ingest.chunk import approx_tokens
+from protostar.llm.stream import ChatMessage
+from protostar.llm.tokens import clip, estimate, split
 
 SESSION = (
     "You write the memory of a conversation between a user and an assistant. Summarize the text below in a "
@@ -35,30 +35,7 @@ def messages(instructions: str, text: str) -> list[ChatMessage]:
 
 def text_budget(instructions: str, prompt_tokens: int) -> int:
     """Tokens of text one call may carry: the prompt budget less the instructions and the chat template."""
-    return max(prompt_tokens - approx_tokens(instructions) - 16, 64)
-
-
-def split(text: str, budget: int) -> list[str]:
-    """``text`` cut between words into pieces of at most about ``budget`` tokens."""
-    if approx_tokens(text) <= budget:
-        return [text]
-    pieces: list[str] = []
-    words: list[str] = []
-    used = 0
-    for word in text.split():
-        cost = approx_tokens(word) + 1
-        if words and used + cost > budget:
-            pieces.append(" ".join(words))
-            words, used = [], 0
-        words.append(word)
-        used += cost
-    if words:
-        pieces.append(" ".join(words))
-    return pieces
-
-
-def clip(text: str, limit: int) -> str:
-    return split(text, limit)[0] if approx_tokens(text) > limit else text
+    return max(prompt_tokens - estimate(instructions) - 16, 64)
 
 
 def pack(pieces: Sequence[str], budget: int) -> list[str]:
@@ -68,7 +45,7 @@ def pack(pieces: Sequence[str], budget: int) -> list[str]:
     used = 0
     for piece in pieces:
         for part in split(piece, budget):
-            cost = approx_tokens(part) + 2
+            cost = estimate(part) + 2
             if current and used + cost > budget:
                 groups.append(SEPARATOR.join(current))
                 current, used = [], 0

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from protostar.ingest.chunk import approx_tokens
-from protostar.summary.fold import clip, fold, pack, split
+from protostar.llm.tokens import clip, estimate, split
+from protostar.summary.fold import fold, pack
 
 
 def test_split_cuts_between_words_within_the_budget() -> None:
     text = " ".join(f"word{n}" for n in range(500))
     pieces = split(text, 50)
     assert len(pieces) > 1
-    assert all(approx_tokens(p) <= 55 for p in pieces)
+    assert all(estimate(p) <= 55 for p in pieces)
     assert " ".join(pieces) == text
 
 
@@ -20,7 +20,7 @@ def test_pack_keeps_the_order_and_fills_groups_up_to_the_budget() -> None:
     pieces = [f"message {n} " + "x " * 20 for n in range(30)]
     groups = pack(pieces, 120)
     assert len(groups) > 1
-    assert all(approx_tokens(g) <= 130 for g in groups)
+    assert all(estimate(g) <= 130 for g in groups)
     joined = "\n\n".join(groups)
     assert [joined.index(f"message {n} ") for n in range(30)] == sorted(
         joined.index(f"message {n} ") for n in range(30)
@@ -53,12 +53,12 @@ def test_long_text_is_mapped_then_reduced_to_one_summary() -> None:
     assert summary.startswith("summary of")
     assert count == len(seen) > 2
     assert stages[0] == "map" and stages[-1] == "reduce" and "summarize" not in stages
-    assert all(approx_tokens(t) <= 310 for t in seen)  # no call over the budget
+    assert all(estimate(t) <= 310 for t in seen)  # no call over the budget
 
 
 def test_every_summary_is_clipped_to_the_limit() -> None:
     summary, _ = fold(["a b c"], budget=500, limit=20, summarize=lambda _: "word " * 200)
-    assert approx_tokens(summary) <= 20
+    assert estimate(summary) <= 20
     assert clip("short", 20) == "short"
 
 

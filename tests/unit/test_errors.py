@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protostar import errors
-from protostar.worker.shell import backoff
+from protostar.backoff import delay as backoff
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from protostar.chat.limits import PREFIX, Limits, LLMLimiter
 from protostar.errors import Cancelled, Transient
+from protostar.llm.limits import PREFIX, Limits, LLMLimiter
 from protostar.settings import Settings
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import httpx2
 import pytest
 
-from protostar.chat.llm import ChatLLM, Generation
 from protostar.errors import Cancelled, LLMFailed
+from protostar.llm.stream import ChatLLM, Generation
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -1,10 +1,10 @@
 """What the two ``openai`` clients (chat completions, embeddings) share: one client per instance, built on first
 use (so a prefork child builds its own after fork) with the library's retries off, because ours are jittered,
-capped and classified; which HTTP statuses are worth another try; and the backoff between tries."""
+capped and classified; and which HTTP statuses are worth another try. Backoff between tries is
+:func:`protostar.backoff.delay`."""
 
 from __future__ import annotations
 
-import random
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +15,6 @@ if TYPE_CHECKING:
 def retryable_status(status: int) -> bool:
     """Timeouts, conflicts, rate limits and server errors pass; the rest would fail the same way again."""
     return status in (408, 409, 429) or status >= 500
-
-
-def backoff(attempt: int, cap: float) -> float:
-    """Seconds before try ``attempt + 1`` (``attempt`` counts from 1): full jitter up to 0.5 s doubling, capped."""
-    return random.uniform(0, min(cap, 0.5 * 2**attempt))  # noqa: S311 (jitter, not secrets)
 
 
 class LazyClient:

@@ -11,7 +11,6 @@ script checks and takes all four at once, so two workers never both take the las
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import threading
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
+from protostar import backoff
 from protostar.errors import Cancelled, Transient
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class LLMLimiter:
     def _acquire(self, tenant_id: uuid.UUID, stop: threading.Event | None) -> tuple[str, float]:
         limits, started = self.limits, time.monotonic()
         member = secrets.token_hex(8)
-        delay = 0.05
+        tries = 0
         while True:
             now = time.time()
             minute = int(now // 60)
@@ -120,12 +120,12 @@ class LLMLimiter:
                 raise Transient(
                     f"waited {waited:.0f} s for a turn at the LLM (limit reached: {_REASONS[verdict]}); retrying later"
                 )
-            pause = min(random.uniform(delay / 2, delay), limits.wait_timeout - waited)  # noqa: S311 (jitter)
+            pause = min(backoff.delay(tries, base=0.05, cap=1.0), limits.wait_timeout - waited)
+            tries += 1
             if stop is not None and stop.wait(pause):
                 raise Cancelled("cancelled by request")
             if stop is None:
                 time.sleep(pause)
-            delay = min(delay * 2, 1.0)
 
     @staticmethod
     def _inflight(tenant_id: uuid.UUID | None) -> str:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from protostar import backoff
 from protostar.errors import Cancelled, LLMFailed
-from protostar.llm_http import LazyClient, backoff, retryable_status
+from protostar.llm.http import LazyClient, retryable_status
 from protostar.settings import Settings
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class ChatLLM:
                 except _Retryable as exc:
                     if generation.chunks or attempt == self.max_retries:
                         raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
-                    delay = backoff(attempt + 1, self.max_backoff)
+                    delay = backoff.delay(attempt + 1, base=0.5, cap=self.max_backoff)
                     if time.monotonic() + delay >= deadline:
                         raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
                     logger.warning("LLM call failed (%s); retry %d in %.2f s", exc.reason, attempt + 1, delay)

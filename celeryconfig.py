@@ -10,9 +10,9 @@ from celery.schedules import crontab as _crontab
 from kombu.entity import Exchange as _Exchange
 from kombu.entity import Queue as _KombuQueue
 
-from protostar.constants import TASK_QUEUES as _TASK_QUEUES
 from protostar.constants import Queue as _Queue
 from protostar.constants import TaskName as _TaskName
+from protostar.jobs.kinds import task_routes as _task_routes
 from protostar.settings import get_settings as _get_settings
 
 # Every public name here becomes a Celery setting (and shows in Flower), so helpers are imported as _names.
@@ -26,7 +26,7 @@ result_backend = broker_url
 task_queues = tuple(_KombuQueue(q.value, _Exchange(q.value), routing_key=q.value) for q in _Queue)
 task_default_queue = _Queue.MAINTENANCE.value
 task_create_missing_queues = False
-task_routes = {name.value: {"queue": queue.value} for name, queue in _TASK_QUEUES.items()}
+task_routes = _task_routes()
 
 # --- delivery: a task is acknowledged only after it ran; a dead child's task goes back to the queue --------
 task_acks_late = True

@@ -36,10 +36,12 @@ def _resolved(settings: Settings, env: dict[str, str]) -> Settings:
 def prestart(settings: Settings) -> None:
     """Migrations and the bucket: what must exist before any process serves."""
     from protostar.db.migrate import upgrade
+    from protostar.embeddings.index import ensure_configured_index
     from protostar.storage import ensure_bucket, make_minio
 
     assert settings.database_url
     upgrade(settings.database_url)
+    ensure_configured_index(settings)
     ensure_bucket(make_minio(settings), settings.s3_bucket)
 
 
@@ -61,7 +63,7 @@ def _wait_http(url: str, timeout: float, *, ok: tuple[int, ...] = (200,)) -> boo
 
 def _wait_workers(settings: Settings, names: list[str], timeout: float) -> bool:
     """Until every worker answers a ping, so Flower's first look finds them all."""
-    from protostar.celery_app import create_celery
+    from protostar.jobs.broker import create_celery
 
     control = create_celery(settings, role="api").control
     deadline = time.monotonic() + timeout

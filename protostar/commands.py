@@ -1,37 +1,20 @@
 """The command line of every Protostar process, in one place.
 
 ``protostar up``, the ``Procfile`` (``protostar api``, ``protostar worker chat``...) and the Docker image
-all run these, so the pool, concurrency, limits and queues of a worker are decided here and nowhere else.
+all run these. A worker's queues and pool come from the job-kind table (``jobs.kinds.WORKERS``), its
+concurrency from ``Settings.worker_concurrency``.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
-from protostar.constants import Queue
+from protostar.jobs.kinds import WORKERS
 from protostar.settings import Settings
 
 CELERY_APP = "protostar.worker.app"
 
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    queues: tuple[Queue, ...]
-    pool: str
-    why: str
-
-
-# The chat and summary workers spend their time waiting on the LLM's HTTP stream, so a thread pool serves
-# many at once without monkey-patching (gevent would have to patch psycopg, redis and httpx alike); the
-# ingest worker parses documents, CPU-bound work that needs processes to use every core.
-WORKERS: dict[str, WorkerSpec] = {
-    "ingest": WorkerSpec((Queue.INGEST,), "prefork", "CPU-bound parsing and embedding: one process per core"),
-    "chat": WorkerSpec((Queue.CHAT,), "threads", "streaming I/O to the LLM: many concurrent answers"),
-    "summary": WorkerSpec(
-        (Queue.SUMMARY, Queue.MAINTENANCE), "threads", "LLM calls and beat's maintenance jobs: I/O-bound"
-    ),
-}
+__all__ = ["WORKERS", "api", "beat", "flower", "flower_env", "worker"]  # WORKERS: the processes `up` runs
 
 
 def _celery(command: str) -> list[str]:
@@ -58,11 +41,7 @@ def api(settings: Settings) -> list[str]:
 
 def worker(settings: Settings, name: str) -> list[str]:
     spec = WORKERS[name]
-    concurrency = {
-        "ingest": settings.ingest_concurrency,
-        "chat": settings.chat_concurrency,
-        "summary": settings.summary_concurrency,
-    }[name]
+    concurrency = settings.worker_concurrency[name]
     argv = [
         *_celery("worker"),
         "--hostname",

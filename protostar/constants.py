@@ -49,24 +49,23 @@ class JobStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class DocumentStatus(StrEnum):
+    """A document's status is its latest ingest job's, read through a join (see ``documents.repo``)."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class MessageStatus(StrEnum):
+    COMPLETE = "complete"
+    PARTIAL = "partial"  # generation was cancelled or broke after some tokens
+
+
 class EventType(StrEnum):
     STATUS = "status"
     PROGRESS = "progress"
     TOKEN = "token"  # noqa: S105 (an event name)
     ERROR = "error"
     DONE = "done"
-
-
-# Which queue runs which task. ``celeryconfig.task_routes`` is built from this table and the API looks up
-# the queue of a job's task here, so a task can never be sent to a queue nobody consumes.
-TASK_QUEUES: dict[TaskName, Queue] = {
-    TaskName.INGEST: Queue.INGEST,
-    TaskName.CHAT: Queue.CHAT,
-    TaskName.SUMMARY_SESSION: Queue.SUMMARY,
-    TaskName.SUMMARY_DOCUMENT: Queue.SUMMARY,
-    TaskName.RECONCILE: Queue.MAINTENANCE,
-    TaskName.RESUMMARIZE: Queue.MAINTENANCE,
-}
-
-# The probe is a synthetic job an operator can send to any queue to check it end to end.
-PROBE_QUEUES = (Queue.INGEST, Queue.CHAT, Queue.SUMMARY)

@@ -32,10 +32,10 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
-from protostar.ingest.store import clean_text, vector_literal
+from protostar.db.values import clean_text, vector_literal
 
 if TYPE_CHECKING:
-    from protostar.ingest.embed import Embedder
+    from protostar.embeddings.embed import Embedder
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protostar.constants import Queue
+
+# Beat's maintenance tasks are short and fixed: a scan of the jobs table, a batch of sends.
+MAINTENANCE_TIME_LIMITS = (50, 55)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROTOSTAR_", env_file=None, extra="ignore")
@@ -120,11 +125,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        limits = [
-            (self.ingest_soft_time_limit, self.ingest_time_limit),
-            (self.chat_soft_time_limit, self.chat_time_limit),
-            (self.summary_soft_time_limit, self.summary_time_limit),
-        ]
+        limits = list(self.time_limits.values())
         for soft, hard in limits:
             if soft >= hard:
                 raise ValueError("each soft time limit must be below its hard time limit")
@@ -154,6 +155,21 @@ class Settings(BaseSettings):
             if key is not None and len(key.get_secret_value()) < 32:
                 raise ValueError("PROTOSTAR_BOOTSTRAP_API_KEY must be at least 32 characters in production")
         return self
+
+    @property
+    def time_limits(self) -> dict[Queue, tuple[int, int]]:
+        """(soft, hard) seconds for a task of each queue: what every send carries and the checks above read."""
+        return {
+            Queue.INGEST: (self.ingest_soft_time_limit, self.ingest_time_limit),
+            Queue.CHAT: (self.chat_soft_time_limit, self.chat_time_limit),
+            Queue.SUMMARY: (self.summary_soft_time_limit, self.summary_time_limit),
+            Queue.MAINTENANCE: MAINTENANCE_TIME_LIMITS,
+        }
+
+    @property
+    def worker_concurrency(self) -> dict[str, int]:
+        """Processes or threads of each worker (by the worker's name, see ``jobs.kinds.WORKERS``)."""
+        return {"ingest": self.ingest_concurrency, "chat": self.chat_concurrency, "summary": self.summary_concurrency}
 
     @property
     def public_api_url(self) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import BinaryIO
+
 import urllib3
 from minio import Minio
 
@@ -29,3 +32,31 @@ def make_minio(settings: Settings) -> Minio:
 def ensure_bucket(client: Minio, bucket: str) -> None:
     if not client.bucket_exists(bucket):
         client.make_bucket(bucket)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The one bucket Protostar keeps its objects in: what the API and the workers do with it."""
+
+    client: Minio
+    name: str
+
+    def put(
+        self,
+        key: str,
+        file: BinaryIO,
+        size: int,
+        *,
+        content_type: str,
+        metadata: dict[str, str | list[str] | tuple[str]],
+    ) -> None:
+        self.client.put_object(self.name, key, file, size, content_type=content_type, metadata=metadata)
+
+    def download(self, key: str, path: str) -> None:
+        self.client.fget_object(self.name, key, path)
+
+    def remove(self, key: str) -> None:
+        self.client.remove_object(self.name, key)
+
+    def ready(self) -> bool:
+        return bool(self.client.bucket_exists(self.name))

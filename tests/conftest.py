@@ -18,11 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import Engine
 
 from protostar import commands
 from protostar.cli import prestart
 from protostar.db.engine import make_engine
+from protostar.jobs.broker import create_celery
+from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs.events import EventLog
 from protostar.runtime.process import free_port
 from protostar.runtime.stack import Stack
 from protostar.settings import Settings, get_settings
@@ -155,3 +159,20 @@ def engine(stack: Stack, settings: Settings) -> Iterator[Engine]:
 def api(live: Live) -> Iterator[httpx.Client]:
     with live.client() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def client(live: Live) -> Iterator[redis.Redis]:
+    """A Redis client on the live broker."""
+    assert live.settings.redis_url
+    client = redis.Redis.from_url(live.settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def dispatcher(live: Live, engine: Engine, client: redis.Redis) -> Dispatcher:
+    """A dispatcher as the API builds one, on the live stack."""
+    settings = live.settings
+    events = EventLog(client, ttl=settings.events_ttl, maxlen=settings.events_maxlen)
+    return Dispatcher(celery=create_celery(settings, role="api"), engine=engine, events=events, settings=settings)

@@ -7,6 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -15,6 +16,7 @@ from protostar.api import errors
 from protostar.api.metrics import BacklogCollector, RequestMetrics
 from protostar.api.routes import documents, health, jobs, sessions
 from protostar.api.state import AppState
+from protostar.embeddings.index import ensure_configured_index
 from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
 
@@ -27,7 +29,7 @@ Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Beare
 
 def _warm(state: AppState) -> None:
     try:
-        state.embedder()
+        state.clients.embedder.embed(["warm-up"])
     except Exception:  # boundary: a failed warm-up is retried by the first search, which reports it
         logger.exception("could not load the query embedder")
 
@@ -40,7 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AppState.build(settings)
-        registry.register(BacklogCollector(state.redis, state.engine))
+        await to_thread.run_sync(ensure_configured_index, settings)  # searches need the model's index
+        registry.register(BacklogCollector(state.clients.redis, state.clients.engine))
         state.metrics = registry
         app.state.protostar = state
         threading.Thread(target=_warm, args=(state,), name="warm-embedder", daemon=True).start()

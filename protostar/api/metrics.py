@@ -10,10 +10,11 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protostar.constants import Queue
+from protostar.jobs import repo
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,7 @@ class BacklogCollector(Collector):
             for q, n in zip(Queue, pipe.execute(), strict=True):
                 depth.add_metric([q.value], float(n))
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    text("SELECT kind, status, count(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY 1, 2")
-                )
-                for kind, status, count in rows:
+                for kind, status, count in repo.open_counts(conn):
                     jobs.add_metric([kind, status], float(count))
         except (redis.RedisError, OSError) as exc:
             logger.warning("metrics: backlog unavailable: %s", exc)

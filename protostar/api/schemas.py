@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from protostar.constants import PROBE_QUEUES, JobStatus, Queue
+from protostar.constants import JobStatus, Queue
 from protostar.db.models import ChatSession, Document, DocumentSummary, Job, Message
+from protostar.jobs.kinds import PROBE_QUEUES
 
 
 class Progress(BaseModel):

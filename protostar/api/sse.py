@@ -23,6 +23,7 @@ from protostar.constants import JobStatus
 from protostar.db.models import Job
 from protostar.errors import ValidationFailed
 from protostar.jobs import events, repo
+from protostar.jobs.ending import final_events
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def format_event(event: events.Event) -> bytes:
 def _synthetic_end(job: Job, after: str) -> list[events.Event]:
     """The closing events of a finished job, told from its row, with ids after every real one."""
     stamp = int(job.finished_at.timestamp() * 1000) if job.finished_at else 0
-    closing = events.final_events(JobStatus(job.status), job.error_code, job.error_message)
+    closing = final_events(JobStatus(job.status), job.error_code, job.error_message)
     out = [events.Event(id=f"{stamp}-{1_000_000 + i}", type=t.value, data=d) for i, (t, d) in enumerate(closing)]
     return [e for e in out if _after(e.id, after)]
 
@@ -62,11 +63,11 @@ async def event_stream(
 
     async def body() -> AsyncIterator[bytes]:
         nonlocal after
-        if JobStatus(job.status).terminal and not await events.exists(state.aredis, job_id):
+        if JobStatus(job.status).terminal and not await events.exists(state.clients.aredis, job_id):
             for closing in _synthetic_end(job, after):
                 yield format_event(closing)
             return
-        async for event in events.follow(state.aredis, job_id, after=after, block_ms=IDLE_MS):
+        async for event in events.follow(state.clients.aredis, job_id, after=after, block_ms=IDLE_MS):
             if event is not None:
                 after = event.id
                 yield format_event(event)

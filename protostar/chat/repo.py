@@ -6,18 +6,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from protostar.chat.prompt import Turn
+from protostar.constants import MessageStatus
 from protostar.db.models import ChatSession, Message
 from protostar.errors import NotFound
-
-
-class MessageStatus:
-    COMPLETE = "complete"
-    PARTIAL = "partial"  # generation was cancelled or broke after some tokens
 
 
 def create_session(
@@ -53,8 +49,12 @@ def add_user_message(
         job_id=job_id,
     )
     session.add(row)
-    session.execute(text("UPDATE sessions SET updated_at = now() WHERE id = :id"), {"id": session_id})
+    session.execute(update(ChatSession).where(ChatSession.id == session_id).values(updated_at=text("now()")))
     return row
+
+
+def remove_message(session: Session, *, message_id: uuid.UUID) -> None:
+    session.execute(delete(Message).where(Message.id == message_id))
 
 
 @dataclass(frozen=True)
@@ -125,5 +125,5 @@ def save_answer(
             set_={k: statement.excluded[k] for k in ("content", "status", "job_id", "sources", "usage")},
         )
     )
-    conn.execute(text("UPDATE sessions SET updated_at = now() WHERE id = :id"), {"id": question.session_id})
+    conn.execute(update(ChatSession).where(ChatSession.id == question.session_id).values(updated_at=text("now()")))
     return answer_id(question.id)

@@ -18,11 +18,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    case,
     func,
+    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -129,14 +131,32 @@ class Document(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     object_key: Mapped[str] = mapped_column(String(512))
-    status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
     chunk_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     page_count: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict, server_default=text("'{}'"))
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+    # Not stored: the status and error of the document's latest ingest job (``job_id``), the one truth.
+    status: Mapped[str] = column_property(
+        select(
+            case(
+                (Job.status == "running", "processing"),
+                (Job.status == "succeeded", "ready"),
+                (Job.status.in_(("failed", "cancelled")), "failed"),
+                else_="queued",
+            )
+        )
+        .where(Job.id == job_id)
+        .correlate_except(Job)
+        .scalar_subquery()
+    )
+    error: Mapped[str | None] = column_property(
+        select(case((Job.status.in_(("failed", "cancelled")), Job.error_message), else_=None))
+        .where(Job.id == job_id)
+        .correlate_except(Job)
+        .scalar_subquery()
+    )
 
 
 class Chunk(Base):

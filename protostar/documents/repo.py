@@ -1,25 +1,18 @@
 """All SQL on the ``documents`` table (a document is read with its summary, from ``document_summaries``, in one
-query)."""
+query). A document's ``status`` and ``error`` are not stored: they are its latest ingest job's (see
+``db.models.Document``), so every way a job ends shows on its document."""
 
 from __future__ import annotations
 
 import base64
 import uuid
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from protostar.db.models import Document, DocumentSummary
 from protostar.errors import NotFound, ValidationFailed
-
-
-class DocumentStatus:
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    READY = "ready"
-    FAILED = "failed"
 
 
 def get_for_tenant(session: Session, *, tenant_id: uuid.UUID, document_id: uuid.UUID) -> Document:
@@ -76,10 +69,39 @@ def page(
     return rows, (encode_cursor(rows[-1]) if more and rows else None)
 
 
-def set_status(engine: Engine, *, document_id: uuid.UUID, status: str, error: str | None = None, **values: Any) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(Document)
-            .where(Document.id == document_id)
-            .values(status=status, error=error, updated_at=text("now()"), **values)
-        )
+def add(session: Session, document: Document) -> None:
+    """A new document, written with the session's next flush (its ingest job's commit)."""
+    session.add(document)
+
+
+def locked(session: Session, *, document_id: uuid.UUID) -> Document | None:
+    """The document, its row locked for the rest of the transaction, read afresh (status included)."""
+    return session.get(Document, document_id, with_for_update=True, populate_existing=True)
+
+
+def set_job(session: Session, *, document_id: uuid.UUID, job_id: uuid.UUID) -> None:
+    """Point the document at a new ingest job: its status follows that job from now on."""
+    session.execute(update(Document).where(Document.id == document_id).values(job_id=job_id, updated_at=text("now()")))
+
+
+def remove(session: Session, *, document_id: uuid.UUID) -> None:
+    """Delete the row; its chunks and summary go with it (ON DELETE CASCADE)."""
+    session.execute(delete(Document).where(Document.id == document_id))
+
+
+def load(engine: Engine, *, document_id: uuid.UUID) -> Document | None:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(Document, document_id)
+
+
+def lock_for_write(conn: Connection, *, document_id: uuid.UUID) -> bool:
+    """Lock the row for an ingest's final write; False when the document was deleted meanwhile."""
+    return conn.execute(select(Document.id).where(Document.id == document_id).with_for_update()).first() is not None
+
+
+def mark_ingested(conn: Connection, *, document_id: uuid.UUID, chunk_count: int, page_count: int | None) -> None:
+    conn.execute(
+        update(Document)
+        .where(Document.id == document_id)
+        .values(chunk_count=chunk_count, page_count=page_count, updated_at=text("now()"))
+    )

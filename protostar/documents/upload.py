@@ -12,16 +12,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from minio import Minio
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from protostar.constants import JobKind, Queue, TaskName
+from protostar.constants import DocumentStatus, JobKind
 from protostar.db.models import Document
 from protostar.documents import repo
+from protostar.documents.sniff import sniff
 from protostar.errors import BrokerUnavailable, PayloadTooLarge, ValidationFailed
-from protostar.ingest.sniff import sniff
 from protostar.jobs.dispatch import Dispatcher
+from protostar.storage import Bucket
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ READ_BLOCK = 1024 * 1024
 class Uploaded:
     document: Document
     created: bool  # False: the same content was already here
-    requeued: bool = False  # it had failed, and uploading it again queued a new ingest
+    requeued: bool = False  # its last ingest ended without success, and uploading it again queued a new one
 
 
 def object_key(tenant_id: uuid.UUID, sha256: str) -> str:
@@ -57,8 +57,7 @@ def measure(file: BinaryIO, *, limit: int) -> tuple[int, str]:
 def upload(
     session: Session,
     *,
-    minio: Minio,
-    bucket: str,
+    bucket: Bucket,
     dispatcher: Dispatcher,
     tenant_id: uuid.UUID,
     file: BinaryIO,
@@ -69,14 +68,15 @@ def upload(
     size, sha256 = measure(file, limit=limit)
     existing = repo.by_sha256(session, tenant_id=tenant_id, sha256=sha256)
     if existing is not None:
-        if existing.status == repo.DocumentStatus.FAILED:
+        if existing.status == DocumentStatus.FAILED:
             return _ingest_again(session, existing, dispatcher=dispatcher, kind=sniff(file, filename).kind)
         return Uploaded(existing, created=False)
     kind = sniff(file, filename)
     key = object_key(tenant_id, sha256)
-    minio.put_object(bucket, key, file, size, content_type=kind.content_type, metadata={"sha256": sha256})
+    bucket.put(key, file, size, content_type=kind.content_type, metadata={"sha256": sha256})
     document_id, job_id = uuid.uuid4(), uuid.uuid4()
-    session.add(
+    repo.add(
+        session,
         Document(
             id=document_id,
             tenant_id=tenant_id,
@@ -85,22 +85,13 @@ def upload(
             size=size,
             sha256=sha256,
             object_key=key,
-            status=repo.DocumentStatus.QUEUED,
             chunk_count=0,
             metadata_={**metadata, "kind": kind.kind} if "kind" not in metadata else metadata,
             job_id=job_id,
-        )
+        ),
     )
     try:
-        dispatcher.submit(
-            session,
-            tenant_id=tenant_id,
-            kind=JobKind.INGEST.value,
-            task_name=TaskName.INGEST.value,
-            queue=Queue.INGEST.value,
-            payload={"document_id": str(document_id), "kind": kind.kind},
-            job_id=job_id,
-        )
+        _submit(session, dispatcher, tenant_id=tenant_id, document_id=document_id, kind=kind.kind, job_id=job_id)
     except IntegrityError:
         # The same content arrived concurrently and its row won: answer with that one.
         session.rollback()
@@ -109,36 +100,46 @@ def upload(
         return Uploaded(winner, created=False)
     except BrokerUnavailable:
         # Nothing was queued, so nothing is kept: the caller retries the upload.
-        session.query(Document).filter(Document.id == document_id).delete()
+        repo.remove(session, document_id=document_id)
         session.commit()
         raise
-    document = session.get(Document, document_id)
+    document = repo.locked(session, document_id=document_id)
+    session.commit()
     assert document is not None
     logger.info("document_id=%s job_id=%s uploaded kind=%s size=%d", document_id, job_id, kind.kind, size)
     return Uploaded(document, created=True)
 
 
 def _ingest_again(session: Session, document: Document, *, dispatcher: Dispatcher, kind: str) -> Uploaded:
-    """The same content was uploaded before and failed: try again (the failure may have been ours)."""
-    locked = session.get(Document, document.id, with_for_update=True, populate_existing=True)
-    if locked is None or locked.status != repo.DocumentStatus.FAILED:  # deleted, or another upload won
+    """The same content was uploaded before and its ingest failed, expired or was cancelled: try again (the
+    failure may have been ours)."""
+    locked = repo.locked(session, document_id=document.id)
+    if locked is None or locked.status != DocumentStatus.FAILED:  # deleted, or another upload won
         session.rollback()
         return Uploaded(locked or document, created=False)
     job_id = uuid.uuid4()
-    locked.status, locked.error, locked.job_id = repo.DocumentStatus.QUEUED, None, job_id
-    try:
-        dispatcher.submit(
-            session,
-            tenant_id=locked.tenant_id,
-            kind=JobKind.INGEST.value,
-            task_name=TaskName.INGEST.value,
-            queue=Queue.INGEST.value,
-            payload={"document_id": str(locked.id), "kind": kind},
-            job_id=job_id,
-        )
-    except BrokerUnavailable as exc:
-        repo.set_status(dispatcher.engine, document_id=locked.id, status=repo.DocumentStatus.FAILED, error=exc.message)
-        raise
-    session.refresh(locked)
-    logger.info("document_id=%s job_id=%s queued again after a failure", locked.id, job_id)
-    return Uploaded(locked, created=False, requeued=True)
+    repo.set_job(session, document_id=locked.id, job_id=job_id)
+    _submit(session, dispatcher, tenant_id=locked.tenant_id, document_id=locked.id, kind=kind, job_id=job_id)
+    again = repo.locked(session, document_id=locked.id)
+    session.commit()
+    assert again is not None
+    logger.info("document_id=%s job_id=%s queued again after its ingest ended without success", locked.id, job_id)
+    return Uploaded(again, created=False, requeued=True)
+
+
+def _submit(
+    session: Session,
+    dispatcher: Dispatcher,
+    *,
+    tenant_id: uuid.UUID,
+    document_id: uuid.UUID,
+    kind: str,
+    job_id: uuid.UUID,
+) -> None:
+    dispatcher.submit(
+        session,
+        kind=JobKind.INGEST,
+        tenant_id=tenant_id,
+        payload={"document_id": str(document_id), "kind": kind},
+        job_id=job_id,
+    )

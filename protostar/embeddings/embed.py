@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from protostar import backoff
 from protostar.errors import InputRejected, ServiceError, Transient
-from protostar.llm_http import LazyClient, backoff, retryable_status
+from protostar.llm.http import LazyClient, retryable_status
 from protostar.settings import Settings
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class OpenAIEmbedder:
                 reason = self._retryable(exc)
                 if attempt == self.max_tries:
                     raise Transient(f"embedding endpoint failed {attempt} times: {reason}") from exc
-                delay = backoff(attempt, self.max_backoff)
+                delay = backoff.delay(attempt, base=0.5, cap=self.max_backoff)
                 logger.warning(
                     "embedding batch of %d failed (try %d/%d, %s); retrying in %.2f s",
                     len(texts),

@@ -121,7 +121,7 @@ def _partitioners() -> dict[str, _Partitioner]:
 
 
 def parse(path: Path, kind: str, *, max_pages: int) -> Parsed:
-    """Parse the document at ``path`` of a kind :func:`~protostar.ingest.sniff.sniff` returned."""
+    """Parse the document at ``path`` of a kind :func:`~protostar.documents.sniff.sniff` returned."""
     if kind not in _LABELS:
         raise InputRejected(f"documents of type {kind!r} are not supported")
     if not path.is_file():

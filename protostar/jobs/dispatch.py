@@ -1,4 +1,10 @@
-"""Commit the row, then send the task: the one path by which work enters a queue."""
+"""Commit the row, then send the task: the one path by which work enters a queue.
+
+``submit(kind, …)`` reads the job-kind table for the task, the queue and whether one job may be in flight per
+target. If the broker cannot take the message, the row decides what happened: still ``queued`` means nothing
+was sent, so the job ends ``failed`` and the caller gets ``503``; anything else means a worker already has the
+message (the send went through and only its reply was late), so the job stands.
+"""
 
 from __future__ import annotations
 
@@ -14,29 +20,28 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from protostar.constants import EventType, JobStatus, Queue
+from protostar.constants import EventType, JobKind, JobStatus, Queue
 from protostar.db.models import Job
-from protostar.errors import BrokerUnavailable
+from protostar.errors import BrokerUnavailable, ValidationFailed
 from protostar.jobs import repo
+from protostar.jobs.ending import Ending
 from protostar.jobs.events import EventLog
+from protostar.jobs.kinds import KINDS, PROBE_QUEUES, send_options
 from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
+NOT_QUEUED = "the task queue is unavailable; nothing was queued, try again"
 
 # Partial unique indexes on ``jobs`` that allow one job in flight per key (see protostar.db.models.Job).
 IN_FLIGHT_INDEXES = frozenset({"uq_jobs_summary_session_in_flight", "uq_jobs_summary_document_in_flight"})
 
 
-def time_limits(settings: Settings, queue: str) -> dict[str, int]:
-    limits = {
-        Queue.INGEST.value: (settings.ingest_soft_time_limit, settings.ingest_time_limit),
-        Queue.CHAT.value: (settings.chat_soft_time_limit, settings.chat_time_limit),
-        Queue.SUMMARY.value: (settings.summary_soft_time_limit, settings.summary_time_limit),
-    }
-    soft, hard = limits.get(queue, (60, 90))
-    return {"soft_time_limit": soft, "time_limit": hard}
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool  # False: a job of this kind for the same target was in flight already, and is the answer
 
 
 @dataclass
@@ -53,52 +58,57 @@ class Dispatcher:
             kwargs={"job_id": str(job.id)},
             task_id=str(job.id),
             queue=job.queue,
-            expires=self.settings.task_expires,
             retry=False,
             ignore_result=True,  # results live in the jobs table: no result-channel subscription per send
-            **time_limits(self.settings, job.queue),
+            **send_options(self.settings, job.queue),
         )
 
     def submit(
         self,
         session: Session,
         *,
+        kind: JobKind,
         tenant_id: uuid.UUID,
-        kind: str,
-        task_name: str,
-        queue: str,
         payload: dict[str, Any],
         job_id: uuid.UUID | None = None,
-    ) -> Job:
-        """Commit the job (with whatever else ``session`` holds), then send it."""
-        job = repo.create(
-            session, tenant_id=tenant_id, kind=kind, task_name=task_name, queue=queue, payload=payload, job_id=job_id
-        )
-        return self._commit_and_send(session, job)
+        queue: Queue | None = None,
+    ) -> Submitted:
+        """Commit the job (with whatever else ``session`` holds), then send it. For a kind with one job in flight
+        per target, the job already queued or running for that target is the answer (``created=False``)."""
+        spec = KINDS[kind]
+        target_queue = spec.queue or queue
+        if target_queue is None or (spec.queue is None and target_queue not in PROBE_QUEUES):
+            raise ValidationFailed(f"queue must be one of {', '.join(q.value for q in PROBE_QUEUES)}")
 
-    def submit_unique(
-        self,
-        session: Session,
-        *,
-        tenant_id: uuid.UUID,
-        kind: str,
-        task_name: str,
-        queue: str,
-        payload: dict[str, Any],
-    ) -> Job | None:
-        """Like :meth:`submit`, but ``None`` when an equal job is already queued or running: one of the
-        ``IN_FLIGHT_INDEXES`` refused the row, so concurrent callers never queue two."""
-        try:
-            with session.begin_nested():
-                job = repo.create(
-                    session, tenant_id=tenant_id, kind=kind, task_name=task_name, queue=queue, payload=payload
-                )
-        except IntegrityError as exc:
-            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) not in IN_FLIGHT_INDEXES:
-                raise
-            session.commit()  # whatever else the session holds
-            return None
-        return self._commit_and_send(session, job)
+        def create() -> Job:
+            return repo.create(
+                session,
+                tenant_id=tenant_id,
+                kind=kind.value,
+                task_name=spec.task.value,
+                queue=target_queue.value,
+                payload=payload,
+                job_id=job_id,
+            )
+
+        if spec.one_in_flight is None:
+            job = create()
+            return Submitted(self._commit_and_send(session, job), created=True)
+        key = spec.one_in_flight
+        for _ in range(3):  # the job in flight may end between our insert and our look-up: then insert again
+            try:
+                with session.begin_nested():
+                    job = create()
+            except IntegrityError as exc:
+                if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) not in IN_FLIGHT_INDEXES:
+                    raise
+                session.commit()  # whatever else the session holds
+                existing = repo.in_flight(session, kind=kind.value, key=key, value=str(payload[key]))
+                if existing is not None:
+                    return Submitted(existing, created=False)
+                continue
+            return Submitted(self._commit_and_send(session, job), created=True)
+        raise AssertionError(f"no {kind.value} job for {payload[key]} after three tries")  # pragma: no cover
 
     def _commit_and_send(self, session: Session, job: Job) -> Job:
         session.commit()
@@ -107,8 +117,11 @@ class Dispatcher:
             self.events.publish(job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value})
         except BROKER_ERRORS as exc:
             logger.warning("job_id=%s could not be sent: %s", job.id, exc)
-            repo.fail_queued(session, job_id=job.id, code=BrokerUnavailable.code, message=str(exc))
-            session.commit()
-            raise BrokerUnavailable("the task queue is unavailable; nothing was queued, try again") from exc
+            failed = Ending(JobStatus.FAILED, BrokerUnavailable.code, NOT_QUEUED)
+            with self.engine.begin() as conn:
+                if repo.finish(conn, job_id=job.id, ending=failed, only_from=(JobStatus.QUEUED,)):
+                    raise BrokerUnavailable(NOT_QUEUED) from exc
+            logger.warning("job_id=%s left the queued state meanwhile: the send went through", job.id)
+            return job
         repo.mark_dispatched(self.engine, job_id=job.id)
         return job

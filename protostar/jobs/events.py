@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from protostar.constants import EventType, JobStatus
+from protostar.constants import EventType
 
 PREFIX = "protostar:events:"
 CANCEL_PREFIX = "protostar:cancel:"
@@ -61,17 +61,6 @@ class EventLog:
         pipe.expire(key, self.ttl)
         replies = pipe.execute()
         return [_text(r) for r in replies[: len(events)]]
-
-
-def final_events(
-    status: JobStatus, code: str | None = None, message: str | None = None
-) -> list[tuple[EventType, dict[str, Any]]]:
-    """The events that close a job's stream: its last status, an ``error`` when it failed, then ``done``."""
-    events: list[tuple[EventType, dict[str, Any]]] = [(EventType.STATUS, {"status": status.value})]
-    if code and status == JobStatus.FAILED:
-        events.append((EventType.ERROR, {"code": code, "message": message}))
-    events.append((EventType.DONE, {"status": status.value}))
-    return events
 
 
 def _text(value: bytes | str) -> str:

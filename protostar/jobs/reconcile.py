@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from protostar.constants import EventType, JobStatus
@@ -26,7 +27,7 @@ from protostar.db.models import Job
 from protostar.errors import WorkerLost
 from protostar.jobs import repo
 from protostar.jobs.dispatch import Dispatcher
-from protostar.jobs.events import final_events
+from protostar.jobs.ending import Ending
 
 logger = logging.getLogger(__name__)
 
@@ -79,26 +80,27 @@ def in_broker(client: redis.Redis, queue: str, job_ids: set[str]) -> set[str]:
 def reconcile(*, session: Session, client: redis.Redis, dispatcher: Dispatcher, batch: int = 500) -> Report:
     settings = dispatcher.settings
     report = Report()
+    ended: list[tuple[Job, Ending]] = []
     with session.begin():
+        conn = session.connection()
         now = repo.db_now(session)
         for job in repo.unsent(session, older_than=repo.ago(now, settings.unsent_grace), limit=batch):
             dispatcher.send(job)
-            job.dispatched_at = now
+            repo.mark_sent(conn, job_id=job.id)
             report.resent_unsent += 1
         for job in repo.silent(session, heartbeat_before=repo.ago(now, settings.reap_after), limit=batch):
-            _reap_silent(job, dispatcher, report, now=now)
+            ending = _reap_silent(conn, job, dispatcher, report, now=now)
+            if ending is not None:
+                ended.append((job, ending))
         by_queue: dict[str, list[Job]] = defaultdict(list)
         for job in repo.long_queued(session, dispatched_before=repo.ago(now, settings.reap_after), limit=batch):
             if job.created_at < repo.ago(now, settings.task_expires):
-                _end(
-                    job,
-                    dispatcher,
-                    JobStatus.FAILED,
-                    "expired",
-                    f"not started within {settings.task_expires} s of being queued",
-                    now=now,
+                expired = Ending(
+                    JobStatus.FAILED, "expired", f"not started within {settings.task_expires} s of being queued"
                 )
-                report.expired += 1
+                if repo.finish(conn, job_id=job.id, ending=expired, only_from=(JobStatus.QUEUED,)):
+                    ended.append((job, expired))
+                    report.expired += 1
             else:
                 by_queue[job.queue].append(job)
         for queue, jobs in by_queue.items():
@@ -109,38 +111,37 @@ def reconcile(*, session: Session, client: redis.Redis, dispatcher: Dispatcher, 
                     continue
                 logger.warning("job_id=%s queue=%s lost its message; sending again", job.id, queue)
                 dispatcher.send(job)
-                job.dispatched_at = now
+                repo.mark_sent(conn, job_id=job.id)
                 report.resent_lost += 1
+    for job, ending in ended:  # after the commit: a follower that sees ``done`` finds the row ended
+        dispatcher.events.publish_many(job.id, ending.events())
     if any(report.as_dict().values()):
         logger.info("reconciled: %s", report.as_dict())
     return report
 
 
-def _reap_silent(job: Job, dispatcher: Dispatcher, report: Report, *, now: Any) -> None:
+def _reap_silent(conn: Connection, job: Job, dispatcher: Dispatcher, report: Report, *, now: Any) -> Ending | None:
+    """A running job whose heartbeat stopped: re-queued while attempts remain, else ended (the ending)."""
     settings = dispatcher.settings
     silent_for = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else settings.reap_after
     if job.cancel_requested:
-        _end(job, dispatcher, JobStatus.CANCELLED, "cancelled", "cancelled; its worker stopped answering", now=now)
+        ending = Ending(JobStatus.CANCELLED, "cancelled", "cancelled; its worker stopped answering")
         report.cancelled_silent += 1
     elif job.attempts < settings.max_attempts:
         worker = job.worker
         logger.warning("job_id=%s worker=%s silent for %.0f s; re-queued", job.id, worker, silent_for)
-        job.status, job.stage, job.worker, job.heartbeat_at = JobStatus.QUEUED.value, "requeued", None, None
-        job.dispatched_at = now
+        repo.requeue(conn, job_id=job.id)
         dispatcher.send(job)
         dispatcher.events.publish(
             job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value, "reason": f"worker {worker} stopped answering"}
         )
         report.requeued_silent += 1
+        return None
     else:
         message = (
             f"worker {job.worker} sent no heartbeat for {silent_for:.0f} s "
             f"(attempt {job.attempts} of {settings.max_attempts}); giving up"
         )
-        _end(job, dispatcher, JobStatus.FAILED, WorkerLost.code, message, now=now)
+        ending = Ending(JobStatus.FAILED, WorkerLost.code, message)
         report.failed_silent += 1
-
-
-def _end(job: Job, dispatcher: Dispatcher, status: JobStatus, code: str, message: str, *, now: Any) -> None:
-    job.status, job.error_code, job.error_message, job.finished_at = status.value, code, message, now
-    dispatcher.events.publish_many(job.id, final_events(status, code, message))
+    return ending if repo.finish(conn, job_id=job.id, ending=ending, only_from=(JobStatus.RUNNING,)) else None

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from protostar.constants import JobStatus
 from protostar.db.models import Job
 from protostar.errors import NotFound
+from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
@@ -48,6 +49,10 @@ def create(
     return job
 
 
+def get(session: Session, *, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id)
+
+
 def get_for_tenant(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.tenant_id != tenant_id:
@@ -62,40 +67,20 @@ def mark_dispatched(engine: Engine, *, job_id: uuid.UUID) -> None:
         conn.execute(update(Job).where(Job.id == job_id).values(dispatched_at=text("now()")))
 
 
-def fail_queued(session: Session, *, job_id: uuid.UUID, code: str, message: str) -> Job | None:
-    """End a job that never started (send failed, expired, cancelled while queued)."""
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED)
-        .values(status=JobStatus.FAILED.value, error_code=code, error_message=message, finished_at=text("now()"))
-        .returning(Job)
-    ).scalar_one_or_none()
-    return row
-
-
-def request_cancel(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    """A queued job ends ``cancelled`` at once; a running one is flagged and its worker stops it."""
+def request_cancel(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> tuple[Job, bool]:
+    """A queued job ends ``cancelled`` at once (answers True: it ended here); a running one is flagged and its
+    worker stops it."""
     job = get_for_tenant(session, tenant_id=tenant_id, job_id=job_id)
     if job.status == QUEUED:
-        cancelled = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == QUEUED)
-            .values(
-                status=JobStatus.CANCELLED.value,
-                cancel_requested=True,
-                error_code="cancelled",
-                error_message="cancelled before it started",
-                finished_at=text("now()"),
-            )
-            .returning(Job)
-        ).scalar_one_or_none()
-        if cancelled is not None:
-            return cancelled
+        ended = Ending(JobStatus.CANCELLED, "cancelled", "cancelled before it started")
+        if finish(session.connection(), job_id=job_id, ending=ended, only_from=(JobStatus.QUEUED,)):
+            session.refresh(job)
+            return job, True
         session.refresh(job)
     if job.status == RUNNING:
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
         session.refresh(job)
-    return job
+    return job, False
 
 
 # --- worker side ---------------------------------------------------------------------------------------
@@ -146,7 +131,7 @@ def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: flo
         return Claim(current, "busy")
 
 
-def _owned(job_id: uuid.UUID, attempt: int) -> Any:
+def _owned(job_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
     return and_(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt)
 
 
@@ -178,30 +163,31 @@ def progress(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str, don
 
 
 def finish(
-    engine: Engine,
+    conn: Connection,
     *,
     job_id: uuid.UUID,
-    attempt: int,
-    status: JobStatus,
-    result: dict[str, Any] | None = None,
-    error_code: str | None = None,
-    error_message: str | None = None,
+    ending: Ending,
+    attempt: int | None = None,
+    only_from: tuple[JobStatus, ...] = (JobStatus.RUNNING,),
 ) -> bool:
-    """Record the end of an owned job; False when another delivery owns it now."""
-    with engine.begin() as conn:
-        row = conn.execute(
-            update(Job)
-            .where(_owned(job_id, attempt))
-            .values(
-                status=status.value,
-                result=result,
-                error_code=error_code,
-                error_message=error_message,
-                finished_at=text("now()"),
-            )
-            .returning(Job.id)
-        ).first()
-    return row is not None
+    """Record the end of a job in the caller's transaction; False when it was not ours to end.
+
+    Every path that ends a job comes here: the worker's shell (success, failure, cancel) with its ``attempt``,
+    so a delivery that lost its job never ends it; the reconciler (expired, worker lost, a silent job whose
+    cancel was pending) and the cancel of a queued job or a send that failed, from the statuses ``only_from``.
+    A document's status needs no write here: it is read from its latest ingest job (``documents.repo``).
+    """
+    guard = _owned(job_id, attempt) if attempt is not None else and_(Job.id == job_id, Job.status.in_(only_from))
+    values: dict[str, Any] = {
+        "status": ending.status.value,
+        "result": ending.result,
+        "error_code": ending.code,
+        "error_message": ending.message,
+        "finished_at": text("now()"),
+    }
+    if ending.status == JobStatus.CANCELLED:
+        values["cancel_requested"] = True
+    return conn.execute(update(Job).where(guard).values(**values).returning(Job.id)).first() is not None
 
 
 def release(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str) -> bool:
@@ -214,6 +200,20 @@ def release(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str) -> b
             .returning(Job.id)
         ).first()
     return row is not None
+
+
+def requeue(conn: Connection, *, job_id: uuid.UUID) -> None:
+    """Put a running job whose worker went silent back to ``queued`` (the reconciler sends it again)."""
+    conn.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == RUNNING)
+        .values(status=QUEUED, stage="requeued", worker=None, heartbeat_at=None, dispatched_at=text("now()"))
+    )
+
+
+def mark_sent(conn: Connection, *, job_id: uuid.UUID) -> None:
+    """Record a send made by the reconciler, in its transaction."""
+    conn.execute(update(Job).where(Job.id == job_id).values(dispatched_at=text("now()")))
 
 
 # --- reconciler side -----------------------------------------------------------------------------------
@@ -258,3 +258,19 @@ def db_now(session: Session) -> datetime:
 
 def ago(now: datetime, seconds: float) -> datetime:
     return now - timedelta(seconds=seconds)
+
+
+def open_counts(conn: Connection) -> list[tuple[str, str, int]]:
+    """(kind, status, count) of the jobs queued or running, for the metrics endpoint."""
+    rows = conn.execute(
+        select(Job.kind, Job.status, func.count())
+        .where(Job.status.in_((QUEUED, RUNNING)))
+        .group_by(Job.kind, Job.status)
+    ).all()
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
+def in_flight(session: Session, *, kind: str, key: str, value: str) -> Job | None:
+    """The queued or running job of ``kind`` whose payload ``key`` is ``value`` (kinds with one in flight)."""
+    stmt = select(Job).where(Job.kind == kind, Job.status.in_((QUEUED, RUNNING)), Job.payload[key].astext == value)
+    return session.scalars(stmt).first()

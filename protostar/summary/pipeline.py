@@ -1,5 +1,6 @@
 """Summary jobs: a session's rolling summary, and a whole document's summary. Plain and Celery-free: the task
-shells call :func:`summarize_session` and :func:`summarize_document` with a :class:`JobContext`.
+shells call :func:`summarize_session` and :func:`summarize_document` with the job's context and the clients
+they use.
 
 A session summary folds the previous summary and the messages since (up to the latest answer) into a new
 version that covers up to the last of those messages. Its write is guarded twice: the job must still belong to
@@ -14,15 +15,15 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from protostar.chat.llm import Generation
-from protostar.db.models import ChatSession
-from protostar.errors import Cancelled, InputRejected, LLMFailed
-from protostar.ingest.chunk import approx_tokens
-from protostar.jobs import repo as jobs_repo
+from protostar.errors import InputRejected, LLMFailed
+from protostar.jobs.context import JobContext
+from protostar.llm.call import LLM
+from protostar.llm.stream import Generation
+from protostar.llm.tokens import estimate
+from protostar.settings import Settings
 from protostar.summary import fold, repo
-from protostar.worker.shell import JobContext
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,10 @@ class SessionSummary:
     tokens_after: int
 
 
-def summarize_session(ctx: JobContext) -> dict[str, Any]:
-    res = ctx.resources
+def summarize_session(ctx: JobContext, *, engine: Engine, llm: LLM, settings: Settings) -> dict[str, Any]:
     session_id = uuid.UUID(ctx.payload["session_id"])
-    with res.engine.connect() as conn:
-        owner = conn.execute(select(ChatSession.tenant_id).where(ChatSession.id == session_id)).scalar()
-        if owner != ctx.tenant_id:
+    with engine.connect() as conn:
+        if repo.session_owner(conn, session_id=session_id) != ctx.tenant_id:
             raise InputRejected(f"session {session_id} no longer exists")
         previous = repo.latest(conn, session_id=session_id)
         lines = repo.unsummarized(conn, session_id=session_id, after_seq=previous.covers_seq if previous else 0)
@@ -60,17 +59,17 @@ def summarize_session(ctx: JobContext) -> dict[str, Any]:
         }
     pieces = session_pieces(previous, lines)
     turns = pieces[1:] if previous else pieces
-    content, calls, usage = _fold(ctx, pieces, fold.SESSION)
+    content, calls, usage = _fold(ctx, pieces, fold.SESSION, llm=llm, settings=settings)
     summary = SessionSummary(
         session_id=session_id,
         tenant_id=ctx.tenant_id,
         version=(previous.version if previous else 0) + 1,
         covers_seq=lines[-1].seq,
         content=content,
-        tokens_before=(previous.tokens_before if previous else 0) + sum(approx_tokens(t) for t in turns),
-        tokens_after=approx_tokens(content),
+        tokens_before=(previous.tokens_before if previous else 0) + sum(estimate(t) for t in turns),
+        tokens_after=estimate(content),
     )
-    written = save_session_summary(res.engine, job_id=ctx.job_id, attempt=ctx.attempt, summary=summary)
+    written = save_session_summary(ctx, summary)
     logger.info(
         "job_id=%s session_id=%s summary v%d covers_seq=%d tokens %d -> %d in %d calls (written=%s)",
         ctx.job_id,
@@ -87,7 +86,7 @@ def summarize_session(ctx: JobContext) -> dict[str, Any]:
         "session_id": str(session_id),
         "summary": content,
         **result,
-        "input_tokens": sum(approx_tokens(p) for p in pieces),
+        "input_tokens": sum(estimate(p) for p in pieces),
         "messages": len(lines),
         "llm_calls": calls,
         "usage": usage,
@@ -102,27 +101,22 @@ def session_pieces(previous: repo.Latest | None, lines: list[repo.Line]) -> list
     return earlier + [f"{'User' if line.role == 'user' else 'Assistant'}: {line.content}" for line in lines]
 
 
-def save_session_summary(engine: Engine, *, job_id: uuid.UUID, attempt: int, summary: SessionSummary) -> bool:
+def save_session_summary(ctx: JobContext, summary: SessionSummary) -> bool:
     """Write the version if this delivery still owns the job; ``False`` when this range has a summary already."""
-    with engine.begin() as conn:
-        if not jobs_repo.lock_owned(conn, job_id=job_id, attempt=attempt):
-            raise Cancelled("another delivery owns this job now")
-        return repo.save(conn, **asdict(summary), job_id=job_id)
+    with ctx.owned() as conn:
+        return repo.save(conn, **asdict(summary), job_id=ctx.job_id)
 
 
-def summarize_document(ctx: JobContext) -> dict[str, Any]:
-    res = ctx.resources
+def summarize_document(ctx: JobContext, *, engine: Engine, llm: LLM, settings: Settings) -> dict[str, Any]:
     document_id = uuid.UUID(ctx.payload["document_id"])
-    with res.engine.connect() as conn:
+    with engine.connect() as conn:
         chunks = repo.chunk_texts(conn, document_id=document_id, tenant_id=ctx.tenant_id)
     if not chunks:
         raise InputRejected(f"document {document_id} has no ingested text to summarize")
-    content, calls, usage = _fold(ctx, [text for text, _ in chunks], fold.DOCUMENT)
-    tokens_before = sum(count for _, count in chunks)
-    tokens_after = approx_tokens(content)
-    with res.engine.begin() as conn:
-        if not jobs_repo.lock_owned(conn, job_id=ctx.job_id, attempt=ctx.attempt):
-            raise Cancelled("another delivery owns this job now")
+    content, calls, usage = _fold(ctx, [text for text, _ in chunks], fold.DOCUMENT, llm=llm, settings=settings)
+    tokens_before = sum(estimate(text) for text, _ in chunks)
+    tokens_after = estimate(content)
+    with ctx.owned() as conn:
         repo.save_document(
             conn,
             document_id=document_id,
@@ -153,25 +147,22 @@ def summarize_document(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _fold(ctx: JobContext, pieces: list[str], instructions: str) -> tuple[str, int, dict[str, int]]:
+def _fold(
+    ctx: JobContext, pieces: list[str], instructions: str, *, llm: LLM, settings: Settings
+) -> tuple[str, int, dict[str, int]]:
     """Map-reduce ``pieces`` into one summary through the LLM (within the shared LLM limits)."""
-    res, settings = ctx.resources, ctx.resources.settings
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
     def summarize(text: str) -> str:
         ctx.check_cancelled()
         generation = Generation()
-        forget = ctx.on_cancel(generation.close)
-        try:
-            with res.llm_limiter.turn(ctx.tenant_id, stop=ctx.cancelled):
-                res.llm.generate(
-                    fold.messages(instructions, text),
-                    generation,
-                    max_tokens=settings.summary_max_tokens,
-                    on_text=_ignore,
-                )
-        finally:
-            forget()
+        llm.stream(
+            fold.messages(instructions, text),
+            tenant_id=ctx.tenant_id,
+            job=ctx,
+            max_tokens=settings.summary_max_tokens,
+            into=generation,
+        )
         for key, value in generation.usage.items():
             usage[key] += value
         if not generation.text.strip():
@@ -186,7 +177,3 @@ def _fold(ctx: JobContext, pieces: list[str], instructions: str) -> tuple[str, i
         progress=ctx.progress,
     )
     return content, calls, usage
-
-
-def _ignore(_: str) -> None:
-    """Summaries publish progress, not tokens."""

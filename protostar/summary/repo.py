@@ -11,9 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from protostar.constants import JobKind
-from protostar.db.models import Chunk, DocumentSummary, Job, Message, Summary
-
-IN_FLIGHT = ("queued", "running")
+from protostar.db.models import ChatSession, Chunk, DocumentSummary, Message, Summary
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,12 @@ def latest(db: Connection | Session, *, session_id: uuid.UUID, before_seq: int |
         stmt = stmt.where(Summary.covers_seq < before_seq)
     row = db.execute(stmt.order_by(Summary.covers_seq.desc()).limit(1)).first()
     return Latest(*row) if row is not None else None
+
+
+def session_owner(conn: Connection, *, session_id: uuid.UUID) -> uuid.UUID | None:
+    """The tenant of the session, or ``None`` when it no longer exists."""
+    owner: uuid.UUID | None = conn.execute(select(ChatSession.tenant_id).where(ChatSession.id == session_id)).scalar()
+    return owner
 
 
 def unsummarized(conn: Connection, *, session_id: uuid.UUID, after_seq: int) -> list[Line]:
@@ -101,12 +105,6 @@ def save(
         statement.on_conflict_do_nothing(index_elements=[Summary.session_id, Summary.covers_seq]).returning(Summary.id)
     ).first()
     return inserted is not None
-
-
-def in_flight_job(session: Session, *, kind: JobKind, key: str, value: uuid.UUID) -> Job | None:
-    """The queued or running summary job of this session or document, if any."""
-    stmt = select(Job).where(Job.kind == kind.value, Job.status.in_(IN_FLIGHT), Job.payload[key].astext == str(value))
-    return session.scalars(stmt).first()
 
 
 def chunk_texts(conn: Connection, *, document_id: uuid.UUID, tenant_id: uuid.UUID) -> list[tuple[str, int]]:

@@ -9,43 +9,23 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from protostar.constants import TASK_QUEUES, JobKind, TaskName
+from protostar.constants import JobKind
 from protostar.db.models import Job
-from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs import repo as jobs_repo
+from protostar.jobs.dispatch import Dispatcher, Submitted
+from protostar.jobs.kinds import KINDS
 from protostar.summary import repo
 
 logger = logging.getLogger(__name__)
 
-_TASKS = {JobKind.SUMMARY_SESSION: TaskName.SUMMARY_SESSION, JobKind.SUMMARY_DOCUMENT: TaskName.SUMMARY_DOCUMENT}
-_KEYS = {JobKind.SUMMARY_SESSION: "session_id", JobKind.SUMMARY_DOCUMENT: "document_id"}
-
-
-def try_submit(
-    session: Session, *, dispatcher: Dispatcher, kind: JobKind, tenant_id: uuid.UUID, target_id: uuid.UUID
-) -> Job | None:
-    """Queue a summary of ``target_id`` (a session or a document); ``None`` when one is in flight already."""
-    task = _TASKS[kind]
-    return dispatcher.submit_unique(
-        session,
-        tenant_id=tenant_id,
-        kind=kind.value,
-        task_name=task.value,
-        queue=TASK_QUEUES[task].value,
-        payload={_KEYS[kind]: str(target_id)},
-    )
-
 
 def submit(
     session: Session, *, dispatcher: Dispatcher, kind: JobKind, tenant_id: uuid.UUID, target_id: uuid.UUID
-) -> Job:
-    """The summary job of ``target_id``: a new one, or the one already queued or running."""
-    for _ in range(3):  # the job in flight may end between our insert and our look-up: then insert again
-        job = try_submit(session, dispatcher=dispatcher, kind=kind, tenant_id=tenant_id, target_id=target_id)
-        if job is None:
-            job = repo.in_flight_job(session, kind=kind, key=_KEYS[kind], value=target_id)
-        if job is not None:
-            return job
-    raise AssertionError(f"no summary job for {target_id} after three tries")  # pragma: no cover
+) -> Submitted:
+    """The summary job of ``target_id`` (a session or a document): a new one, or the one already in flight."""
+    key = KINDS[kind].one_in_flight
+    assert key is not None, f"{kind} is not a summary kind"
+    return dispatcher.submit(session, kind=kind, tenant_id=tenant_id, payload={key: str(target_id)})
 
 
 def after_answer(
@@ -55,14 +35,15 @@ def after_answer(
     unsummarized = repo.count_after(session, session_id=session_id)
     if unsummarized < every:
         return None
-    if repo.in_flight_job(session, kind=JobKind.SUMMARY_SESSION, key="session_id", value=session_id) is not None:
+    if jobs_repo.in_flight(session, kind=JobKind.SUMMARY_SESSION.value, key="session_id", value=str(session_id)):
         return None  # cheap check first; the unique index is what decides
-    job = try_submit(
+    submitted = submit(
         session, dispatcher=dispatcher, kind=JobKind.SUMMARY_SESSION, tenant_id=tenant_id, target_id=session_id
     )
-    if job is not None:
-        logger.info("job_id=%s session_id=%s summary queued (%d unsummarized)", job.id, session_id, unsummarized)
-    return job
+    if not submitted.created:
+        return None
+    logger.info("job_id=%s session_id=%s summary queued (%d unsummarized)", submitted.job.id, session_id, unsummarized)
+    return submitted.job
 
 
 def resummarize(session: Session, *, dispatcher: Dispatcher, stale_after: float, batch: int) -> list[uuid.UUID]:
@@ -72,9 +53,10 @@ def resummarize(session: Session, *, dispatcher: Dispatcher, stale_after: float,
     session.commit()
     queued = []
     for session_id, tenant_id in stale:
-        if try_submit(
+        submitted = submit(
             session, dispatcher=dispatcher, kind=JobKind.SUMMARY_SESSION, tenant_id=tenant_id, target_id=session_id
-        ):
+        )
+        if submitted.created:
             queued.append(session_id)
     if stale:
         logger.info("resummarize: %d stale sessions, %d queued", len(stale), len(queued))

@@ -12,8 +12,9 @@ from typing import Any
 
 from celery.signals import celeryd_after_setup, celeryd_init, worker_process_init, worker_ready
 
-from protostar.celery_app import create_celery
 from protostar.constants import Queue
+from protostar.embeddings.index import ensure_configured_index
+from protostar.jobs.broker import create_celery
 from protostar.settings import get_settings
 from protostar.worker import limits, resources
 
@@ -49,6 +50,8 @@ def _remember_threads(instance: Any = None, **_: Any) -> None:
     pool = getattr(instance, "pool_cls", None)  # e.g. celery.concurrency.thread.TaskPool
     if "thread" in (getattr(pool, "__module__", None) or str(pool)):
         resources.current().threads = int(getattr(instance, "concurrency", 0) or 1)
+    if _consumes & {Queue.INGEST.value, Queue.CHAT.value}:  # these store or search vectors
+        ensure_configured_index(resources.current().settings)
 
 
 @worker_process_init.connect

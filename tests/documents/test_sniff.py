@@ -9,8 +9,8 @@ from typing import BinaryIO
 
 import pytest
 
+from protostar.documents.sniff import HEAD_BYTES, MAX_UNPACKED_BYTES, FileType, sniff
 from protostar.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from protostar.ingest.sniff import HEAD_BYTES, MAX_UNPACKED_BYTES, FileType, sniff
 from tests.corpus_files import CORPUS, KINDS
 
 

@@ -9,8 +9,8 @@ import httpx2
 import numpy as np
 import pytest
 
+from protostar.embeddings.embed import LocalEmbedder, OpenAIEmbedder, make_embedder
 from protostar.errors import InputRejected, ServiceError, Transient
-from protostar.ingest.embed import LocalEmbedder, OpenAIEmbedder, make_embedder
 from protostar.settings import Settings
 
 

@@ -14,15 +14,11 @@ import pytest
 from sqlalchemy import Connection, Engine, insert, text
 
 from protostar.db.models import Document, Tenant
-from protostar.ingest.embed import LocalEmbedder
-from protostar.ingest.store import (
-    delete_document_chunks,
-    ensure_vector_index,
-    hashed_index_name,
-    index_name,
-    replace_chunks,
-)
+from protostar.embeddings.embed import LocalEmbedder
+from protostar.embeddings.index import ensure_configured_index, ensure_vector_index, hashed_index_name, index_name
+from protostar.ingest.store import delete_document_chunks, replace_chunks
 from protostar.search import Hit, loose_query, search, search_statement
+from protostar.settings import Settings
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -64,7 +60,6 @@ class Corpus:
                     size=1,
                     sha256=hashlib.sha256(document_id.bytes).hexdigest(),
                     object_key=f"test/{document_id}",
-                    status="ready",
                 )
             )
         return document_id
@@ -324,6 +319,34 @@ def test_the_default_model_search_uses_its_hnsw_index(engine: Engine, corpus: Co
         )
         plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, params))
     assert "ix_chunks_hnsw_all_minilm_l6_v2" in plan, plan
+
+
+def test_a_switch_of_model_gets_its_index_at_start_up_and_search_uses_it(
+    engine: Engine, corpus: Corpus, settings: Settings
+) -> None:
+    """After PROTOSTAR_EMBEDDING_MODEL changes, what `protostar migrate`, the API and each worker run at start-up
+    makes the new model's HNSW index, and the search's plan walks it."""
+    model = "test-switch-16d"
+    switched = settings.model_copy(
+        update={
+            "embedding_provider": "openai",
+            "embedding_base_url": "http://127.0.0.1:9/v1",
+            "embedding_model": model,
+            "embedding_dim": 16,
+        }
+    )
+    ensure_configured_index(switched)
+    tenant = corpus.tenant()
+    doc = corpus.document(tenant)
+    corpus.store(tenant, doc, [f"switched chunk number {i}" for i in range(3000)], unit(3000, 16, 12), model=model)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE chunks"))
+    with engine.connect() as conn:
+        statement, params = search_statement(
+            conn, tenant_id=tenant, query="switched", vector=unit(1, 16, 13)[0], model=model, top_k=5, candidates=50
+        )
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, params))
+    assert index_name(model) in plan, plan
 
 
 def test_concurrent_index_builds_for_one_model_make_one_valid_index(engine: Engine) -> None:

@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
 import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from protostar.auth import DEFAULT_TENANT, ensure_tenant
-from protostar.celery_app import create_celery
 from protostar.constants import JobKind, TaskName
 from protostar.db.models import Job
 from protostar.jobs import repo
 from protostar.jobs.dispatch import Dispatcher
-from protostar.jobs.events import EventLog
 from protostar.jobs.reconcile import in_broker, reconcile
 from protostar.settings import Settings
 from tests.api.test_jobs import wait_status
 from tests.conftest import Live
-
-
-@pytest.fixture(scope="module")
-def client(live: Live) -> Iterator[redis.Redis]:
-    assert live.settings.redis_url
-    client = redis.Redis.from_url(live.settings.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def dispatcher(live: Live, engine: Engine, client: redis.Redis) -> Dispatcher:
-    settings = live.settings
-    events = EventLog(client, ttl=settings.events_ttl, maxlen=settings.events_maxlen)
-    return Dispatcher(celery=create_celery(settings, role="api"), engine=engine, events=events, settings=settings)
 
 
 def make_job(engine: Engine, *, queue: str = "chat", **columns: object) -> uuid.UUID:

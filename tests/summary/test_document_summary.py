@@ -43,12 +43,12 @@ def test_a_document_that_is_not_ready_is_refused_with_409(api_module: httpx.Clie
     body = f"The Quillby lighthouse keeper logs every ship that passes the point. {uuid.uuid4().hex}\n" * 5
     uploaded = upload(api_module, "lighthouse.txt", body.encode())
     wait_status(api_module, uploaded.json()["job_id"], "succeeded", timeout=120)
-    document_id = uploaded.json()["document_id"]
+    document_id, job_id = uploaded.json()["document_id"], uploaded.json()["job_id"]
     try:
-        # As a re-ingest leaves it (queued, then processing), or a failed one.
-        for status in ("queued", "processing", "failed"):
+        # A document's status is its ingest job's: as a re-ingest leaves it (queued, then running), or a failed one.
+        for job_status, status in (("queued", "queued"), ("running", "processing"), ("failed", "failed")):
             with engine.begin() as conn:
-                conn.execute(text("UPDATE documents SET status = :s WHERE id = :d"), {"s": status, "d": document_id})
+                conn.execute(text("UPDATE jobs SET status = :s WHERE id = :j"), {"s": job_status, "j": job_id})
             response = api_module.post(f"/v1/documents/{document_id}/summarize")
             assert response.status_code == 409, (status, response.text)
             error = response.json()["error"]
@@ -56,7 +56,7 @@ def test_a_document_that_is_not_ready_is_refused_with_409(api_module: httpx.Clie
         assert summary_jobs(engine, document_id) == 0
     finally:
         with engine.begin() as conn:
-            conn.execute(text("UPDATE documents SET status = 'ready' WHERE id = :d"), {"d": document_id})
+            conn.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = :j"), {"j": job_id})
 
 
 def test_a_document_longer_than_one_prompt_is_mapped_then_reduced_and_shown(

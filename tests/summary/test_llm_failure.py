@@ -8,8 +8,9 @@ import http.server
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -17,14 +18,15 @@ from celery import Task
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from protostar.celery_app import create_celery
-from protostar.constants import TASK_QUEUES, JobKind, TaskName
+from protostar.clients import Clients
+from protostar.constants import JobKind, TaskName
 from protostar.errors import LLMFailed
 from protostar.jobs import repo as jobs_repo
+from protostar.jobs.broker import create_celery
+from protostar.jobs.kinds import KINDS
 from protostar.summary import repo as summary_repo
 from protostar.summary.pipeline import summarize_document, summarize_session
-from protostar.worker.resources import Resources
-from protostar.worker.shell import Pipeline, run_job
+from protostar.worker.shell import run_job
 from protostar.worker.tasks.summary import summary_document_task, summary_session_task
 from tests.api.test_jobs import wait_status
 from tests.chat.test_chat_api import new_session
@@ -32,6 +34,8 @@ from tests.conftest import Live
 from tests.ingest.test_documents_api import upload
 from tests.sse import read_events
 from tests.summary.test_summary import add_summary, seed, tenant_of
+
+SummaryPipeline = Callable[..., dict[str, Any]]
 
 
 @dataclass
@@ -73,17 +77,17 @@ def broken_llm() -> Iterator[BrokenLLM]:
 
 
 @pytest.fixture
-def resources(live: Live, broken_llm: BrokenLLM) -> Iterator[Resources]:
+def resources(live: Live, broken_llm: BrokenLLM) -> Iterator[Clients]:
     """A summary worker's resources, as a worker builds them, but with the broken LLM (one retry, so it is quick)."""
     settings = live.settings.model_copy(update={"llm_base_url": broken_llm.url, "llm_max_retries": 1})
-    built = Resources(settings=settings, celery=create_celery(settings))
+    built = Clients(settings=settings, celery=create_celery(settings), role="worker")
     yield built
     built.engine.dispose()
     built.redis.close()
 
 
 def run_failing(
-    resources: Resources, task: Task, pipeline: Pipeline, *, kind: JobKind, tenant_id: uuid.UUID, target: str
+    resources: Clients, task: Task, pipeline: SummaryPipeline, *, kind: JobKind, tenant_id: uuid.UUID, target: str
 ) -> str:
     """Queue a summary job (not sent: this process runs it) and run it through the job shell; its id."""
     task_name = TaskName(task.name)
@@ -93,12 +97,17 @@ def run_failing(
             tenant_id=tenant_id,
             kind=kind.value,
             task_name=task_name.value,
-            queue=TASK_QUEUES[task_name].value,
+            queue=KINDS[kind].queue.value,  # type: ignore[union-attr]
             payload={"session_id" if kind == JobKind.SUMMARY_SESSION else "document_id": target},
         )
         job_id = str(job.id)
     with pytest.raises(LLMFailed):
-        run_job(task, resources, job_id, pipeline)
+        run_job(
+            task,
+            resources,
+            job_id,
+            lambda ctx: pipeline(ctx, engine=resources.engine, llm=resources.llm, settings=resources.settings),
+        )
     return job_id
 
 
@@ -113,7 +122,7 @@ def assert_failed_by_the_llm(api: httpx.Client, job_id: str, broken_llm: BrokenL
 
 
 def test_a_session_summary_whose_llm_fails_leaves_the_previous_version_in_force(
-    api_module: httpx.Client, engine: Engine, resources: Resources, broken_llm: BrokenLLM
+    api_module: httpx.Client, engine: Engine, resources: Clients, broken_llm: BrokenLLM
 ) -> None:
     session_id = new_session(api_module)
     seqs = seed(engine, session_id, 3)
@@ -141,7 +150,7 @@ def test_a_session_summary_whose_llm_fails_leaves_the_previous_version_in_force(
 
 
 def test_a_document_summary_whose_llm_fails_leaves_the_previous_one_in_force(
-    api_module: httpx.Client, engine: Engine, resources: Resources, broken_llm: BrokenLLM
+    api_module: httpx.Client, engine: Engine, resources: Clients, broken_llm: BrokenLLM
 ) -> None:
     body = f"The Quillby ferry crosses to Marrow twice a day, weather permitting. {uuid.uuid4().hex}\n" * 5
     uploaded = upload(api_module, "ferry.txt", body.encode())

@@ -16,13 +16,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from protostar.auth import DEFAULT_TENANT, ensure_tenant
-from protostar.celery_app import create_celery
 from protostar.chat.pipeline import load_context
 from protostar.chat.prompt import build
 from protostar.constants import JobKind, TaskName
 from protostar.db.engine import make_engine
 from protostar.errors import Cancelled
 from protostar.jobs import repo as jobs_repo
+from protostar.jobs.broker import create_celery
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
 from protostar.summary import repo as summary_repo

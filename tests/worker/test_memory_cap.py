@@ -9,10 +9,11 @@ import textwrap
 import pytest
 from sqlalchemy import Engine, text
 
-from protostar.celery_app import create_celery
+from protostar.clients import Clients
 from protostar.errors import OutOfMemory
-from protostar.worker.resources import Resources
-from protostar.worker.shell import JobContext, run_job
+from protostar.jobs.broker import create_celery
+from protostar.jobs.context import JobContext
+from protostar.worker.shell import run_job
 from tests.conftest import Live
 from tests.jobs.test_reconcile import make_job
 
@@ -37,7 +38,7 @@ def test_the_cap_turns_a_huge_allocation_into_memory_error_and_the_process_lives
 
 def test_memory_error_in_a_job_fails_it_out_of_memory(live: Live, engine: Engine) -> None:
     job_id = make_job(engine, queue="ingest")
-    resources = Resources(live.settings, create_celery(live.settings, role="worker"))
+    resources = Clients(live.settings, create_celery(live.settings, role="worker"), role="worker")
 
     def greedy(ctx: JobContext) -> dict[str, object]:
         raise MemoryError

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 from celery import Celery
 
+from protostar.clients import MAX_THREAD_CONNECTIONS, Clients
 from protostar.settings import Settings
-from protostar.worker.resources import MAX_THREAD_CONNECTIONS, Resources
 
 DATABASE_URL = "postgresql+psycopg://user@127.0.0.1:9/none"  # never connected to: pools open lazily
 
 
-def pool_of(resources: Resources) -> tuple[int, int]:
+def pool_of(resources: Clients) -> tuple[int, int]:
     pool = resources.engine.pool
     return pool.size(), pool._max_overflow  # type: ignore[attr-defined]
 
 
 def test_a_prefork_child_keeps_two_connections() -> None:
-    resources = Resources(settings=Settings(database_url=DATABASE_URL), celery=Celery())
+    resources = Clients(settings=Settings(database_url=DATABASE_URL), celery=Celery(), role="worker")
     assert pool_of(resources) == (2, 2)
 
 
 def test_a_thread_pool_keeps_one_connection_per_thread_up_to_the_cap() -> None:
-    few = Resources(settings=Settings(database_url=DATABASE_URL), celery=Celery(), threads=2)
-    many = Resources(settings=Settings(database_url=DATABASE_URL), celery=Celery(), threads=50)
+    few = Clients(settings=Settings(database_url=DATABASE_URL), celery=Celery(), role="worker", threads=2)
+    many = Clients(settings=Settings(database_url=DATABASE_URL), celery=Celery(), role="worker", threads=50)
     assert pool_of(few) == (2 + 2, 2)
     assert pool_of(many) == (MAX_THREAD_CONNECTIONS + 2, 2)
 

@@ -26,7 +26,7 @@ from protostar.api.schemas import (
 )
 from protostar.api.state import AppState
 from protostar.auth import Principal
-from protostar.constants import JobKind
+from protostar.constants import DocumentStatus, JobKind
 from protostar.documents import repo
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
@@ -82,9 +82,8 @@ def _store(state: AppState, principal: Principal, file: UploadFile, metadata: di
     with state.sessions() as session:
         uploaded = upload(
             session,
-            minio=state.minio,
-            bucket=state.settings.s3_bucket,
-            dispatcher=state.dispatcher,
+            bucket=state.clients.bucket,
+            dispatcher=state.clients.dispatcher,
             tenant_id=principal.tenant_id,
             file=file.file,
             filename=file.filename or "upload",
@@ -125,7 +124,14 @@ def list_documents(
 @router.delete("/documents/{document_id}", status_code=204)
 def remove_document(document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> Response:
     """Removes the stored file, every chunk and the row; a running ingestion of it is cancelled."""
-    delete_document(session, state=state, tenant_id=principal.tenant_id, document_id=document_id)
+    delete_document(
+        session,
+        tenant_id=principal.tenant_id,
+        document_id=document_id,
+        bucket=state.clients.bucket,
+        client=state.clients.redis,
+        events=state.clients.events,
+    )
     return Response(status_code=204)
 
 
@@ -135,22 +141,24 @@ def summarize_document(
 ) -> Accepted:
     """Queue a summary of the whole document (map-reduce over its chunks); the job's result carries it."""
     document = repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id)
-    if document.status != repo.DocumentStatus.READY:
+    if document.status != DocumentStatus.READY:
         raise Conflict(f"document {document_id} is {document.status}; it can be summarized once it is ready")
-    job = submit.submit(
+    submitted = submit.submit(
         session,
-        dispatcher=state.dispatcher,
+        dispatcher=state.clients.dispatcher,
         kind=JobKind.SUMMARY_DOCUMENT,
         tenant_id=principal.tenant_id,
         target_id=document.id,
     )
-    return accepted(state, job)
+    return accepted(state, submitted.job)
 
 
 @router.post("/search", response_model=SearchOut)
 def search_chunks(body: SearchIn, principal: PrincipalDep, state: StateDep) -> SearchOut:
     """Hybrid retrieval (vector similarity and full text, fused by reciprocal rank) in your documents."""
-    hits = retrieve(state.engine, state.embedder(), tenant_id=principal.tenant_id, query=body.query, top_k=body.top_k)
+    hits = retrieve(
+        state.clients.engine, state.clients.embedder, tenant_id=principal.tenant_id, query=body.query, top_k=body.top_k
+    )
     return SearchOut(
         hits=[
             HitOut(

@@ -36,13 +36,13 @@ def _check(name: str, probe: Callable[[], object]) -> dict[str, object]:
 
 def _checks(state: AppState) -> list[dict[str, object]]:
     def database() -> None:
-        with state.engine.connect() as conn:
+        with state.clients.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     return [
-        _check("redis", state.redis.ping),
+        _check("redis", state.clients.redis.ping),
         _check("postgres", database),
-        _check("object_store", lambda: state.minio.bucket_exists(state.settings.s3_bucket)),
+        _check("object_store", state.clients.bucket.ready),
     ]
 
 

@@ -11,9 +11,8 @@ from fastapi.responses import StreamingResponse
 from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
 from protostar.api.schemas import Accepted, JobOut, ProbeIn
 from protostar.api.sse import event_stream
-from protostar.constants import PROBE_QUEUES, JobKind, JobStatus, TaskName
+from protostar.constants import JobKind, JobStatus
 from protostar.db.models import Job
-from protostar.errors import ValidationFailed
 from protostar.jobs import repo
 from protostar.jobs.cancel import cancel
 
@@ -29,7 +28,7 @@ def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> 
 def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
     """A queued job never runs; a running one stops at its next checkpoint and ends ``cancelled``."""
     job = cancel(
-        session, tenant_id=principal.tenant_id, job_id=job_id, client=state.redis, events=state.dispatcher.events
+        session, tenant_id=principal.tenant_id, job_id=job_id, client=state.clients.redis, events=state.clients.events
     )
     return JobOut.of(job)
 
@@ -50,17 +49,14 @@ async def job_events(
 @router.post("/probes", status_code=202, response_model=Accepted)
 def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: StateDep) -> Accepted:
     """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
-    if body.queue not in PROBE_QUEUES:
-        raise ValidationFailed(f"queue must be one of {', '.join(q.value for q in PROBE_QUEUES)}")
-    job = state.dispatcher.submit(
+    submitted = state.clients.dispatcher.submit(
         session,
+        kind=JobKind.PROBE,
         tenant_id=principal.tenant_id,
-        kind=JobKind.PROBE.value,
-        task_name=TaskName.PROBE.value,
-        queue=body.queue.value,
         payload=body.model_dump(mode="json", exclude={"queue"}),
+        queue=body.queue,
     )
-    return accepted(state, job)
+    return accepted(state, submitted.job)
 
 
 def events_url(state: StateDep, job_id: uuid.UUID) -> str:

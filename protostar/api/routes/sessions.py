@@ -10,9 +10,8 @@ from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import Accepted, MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
 from protostar.chat import repo
-from protostar.constants import JobKind, Queue, TaskName
-from protostar.db.models import Message
-from protostar.errors import BrokerUnavailable
+from protostar.chat.submit import ask
+from protostar.constants import JobKind
 from protostar.summary import repo as summary_repo
 from protostar.summary import submit
 
@@ -38,14 +37,14 @@ def get_session(session_id: uuid.UUID, principal: PrincipalDep, session: Session
 def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> Accepted:
     """Queue a summary of the session now; when one is queued or running already, that job is the answer."""
     chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
-    job = submit.submit(
+    submitted = submit.submit(
         session,
-        dispatcher=state.dispatcher,
+        dispatcher=state.clients.dispatcher,
         kind=JobKind.SUMMARY_SESSION,
         tenant_id=principal.tenant_id,
         target_id=chat.id,
     )
-    return accepted(state, job)
+    return accepted(state, submitted.job)
 
 
 @router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted)
@@ -53,25 +52,11 @@ def post_message(
     session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> MessageAccepted:
     """Add the user's message and queue the answer; follow ``events_url`` for its tokens as they arrive."""
-    chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
-    job_id = uuid.uuid4()
-    message = repo.add_user_message(
-        session, tenant_id=principal.tenant_id, session_id=chat.id, content=body.content, job_id=job_id
+    asked = ask(
+        session,
+        dispatcher=state.clients.dispatcher,
+        tenant_id=principal.tenant_id,
+        session_id=session_id,
+        content=body.content,
     )
-    message_id = message.id
-    try:
-        state.dispatcher.submit(
-            session,
-            tenant_id=principal.tenant_id,
-            kind=JobKind.CHAT.value,
-            task_name=TaskName.CHAT.value,
-            queue=Queue.CHAT.value,
-            payload={"session_id": str(chat.id), "message_id": str(message_id)},
-            job_id=job_id,
-        )
-    except BrokerUnavailable:
-        # Nothing was queued, so the message is not kept either: the caller sends it again.
-        session.query(Message).filter(Message.id == message_id).delete()
-        session.commit()
-        raise
-    return MessageAccepted(job_id=job_id, message_id=message_id, events_url=events_url(state, job_id))
+    return MessageAccepted(job_id=asked.job_id, message_id=asked.message_id, events_url=events_url(state, asked.job_id))

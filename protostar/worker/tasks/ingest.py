@@ -13,9 +13,21 @@ from protostar.worker.shell import run_job
 
 @shared_task(bind=True, name=TaskName.INGEST.value, acks_late=True)
 def ingest_task(self: Task, job_id: str) -> dict[str, Any] | None:
-    from protostar.ingest.pipeline import ingest, mark_failed  # worker-only imports, loaded by the ingest worker
+    from protostar.ingest.pipeline import ingest  # worker-only imports, loaded by the ingest worker
 
+    clients = resources.current()
     try:
-        return run_job(self, resources.current(), job_id, ingest, on_failure=mark_failed)
+        return run_job(
+            self,
+            clients,
+            job_id,
+            lambda ctx: ingest(
+                ctx,
+                engine=clients.engine,
+                bucket=clients.bucket,
+                embedder=clients.embedder,
+                settings=clients.settings,
+            ),
+        )
     finally:
         limits.release_free_memory()

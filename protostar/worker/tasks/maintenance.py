@@ -9,20 +9,23 @@ from typing import Any, TypeVar
 from celery import shared_task
 from sqlalchemy.orm import Session
 
+from protostar.clients import Clients
 from protostar.constants import TaskName
 from protostar.db.engine import make_sessionmaker
 from protostar.jobs.reconcile import reconcile
+from protostar.settings import MAINTENANCE_TIME_LIMITS
 from protostar.summary.submit import resummarize
 from protostar.worker import resources
 
 logger = logging.getLogger(__name__)
 
 LOCK_PREFIX = "protostar:lock:"
+_SOFT, _HARD = MAINTENANCE_TIME_LIMITS
 
 T = TypeVar("T")
 
 
-def single_flight(name: str, run: Callable[[Session, resources.Resources], T]) -> T | None:
+def single_flight(name: str, run: Callable[[Session, Clients], T]) -> T | None:
     """Run ``run`` unless another run of ``name`` holds the lock (two beats, or a run that overran)."""
     res = resources.current()
     lock = res.redis.lock(f"{LOCK_PREFIX}{name}", timeout=60, blocking=False)
@@ -36,7 +39,7 @@ def single_flight(name: str, run: Callable[[Session, resources.Resources], T]) -
         lock.release()
 
 
-@shared_task(name=TaskName.RECONCILE.value, acks_late=True, soft_time_limit=50, time_limit=55)
+@shared_task(name=TaskName.RECONCILE.value, acks_late=True, soft_time_limit=_SOFT, time_limit=_HARD)
 def reconcile_task() -> dict[str, int] | None:
     return single_flight(
         "reconcile",
@@ -44,9 +47,9 @@ def reconcile_task() -> dict[str, int] | None:
     )
 
 
-@shared_task(name=TaskName.RESUMMARIZE.value, acks_late=True, soft_time_limit=50, time_limit=55)
+@shared_task(name=TaskName.RESUMMARIZE.value, acks_late=True, soft_time_limit=_SOFT, time_limit=_HARD)
 def resummarize_task() -> dict[str, Any] | None:
-    def run(session: Session, res: resources.Resources) -> dict[str, Any]:
+    def run(session: Session, res: Clients) -> dict[str, Any]:
         settings = res.settings
         queued = resummarize(
             session, dispatcher=res.dispatcher, stale_after=settings.summary_stale_after, batch=settings.summary_batch

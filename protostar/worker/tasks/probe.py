@@ -12,11 +12,12 @@ from celery import Task, shared_task
 
 from protostar.constants import TaskName
 from protostar.errors import InputRejected, Transient
+from protostar.jobs.context import JobContext
 from protostar.worker import resources
-from protostar.worker.shell import JobContext, run_job
+from protostar.worker.shell import run_job
 
 
-def probe(ctx: JobContext) -> dict[str, Any]:
+def probe(ctx: JobContext, *, worker: str) -> dict[str, Any]:
     steps = int(ctx.payload.get("steps", 1))
     pause = float(ctx.payload.get("sleep", 0.0))
     fail = ctx.payload.get("fail")
@@ -29,9 +30,10 @@ def probe(ctx: JobContext) -> dict[str, Any]:
         raise InputRejected("the probe was asked to reject its input")
     if fail == "transient":
         raise Transient("the probe was asked to fail transiently")
-    return {"steps": steps, "worker": ctx.resources.worker_name, "attempt": ctx.attempt}
+    return {"steps": steps, "worker": worker, "attempt": ctx.attempt}
 
 
 @shared_task(bind=True, name=TaskName.PROBE.value, acks_late=True)
 def probe_task(self: Task, job_id: str) -> dict[str, Any] | None:
-    return run_job(self, resources.current(), job_id, probe)
+    clients = resources.current()
+    return run_job(self, clients, job_id, lambda ctx: probe(ctx, worker=clients.worker_name))

@@ -15,9 +15,13 @@ from protostar.worker.shell import run_job
 
 @shared_task(bind=True, name=TaskName.SUMMARY_SESSION.value, acks_late=True)
 def summary_session_task(self: Task, job_id: str) -> dict[str, Any] | None:
-    return run_job(self, resources.current(), job_id, summarize_session)
+    c = resources.current()
+    return run_job(self, c, job_id, lambda ctx: summarize_session(ctx, engine=c.engine, llm=c.llm, settings=c.settings))
 
 
 @shared_task(bind=True, name=TaskName.SUMMARY_DOCUMENT.value, acks_late=True)
 def summary_document_task(self: Task, job_id: str) -> dict[str, Any] | None:
-    return run_job(self, resources.current(), job_id, summarize_document)
+    c = resources.current()
+    return run_job(
+        self, c, job_id, lambda ctx: summarize_document(ctx, engine=c.engine, llm=c.llm, settings=c.settings)
+    )

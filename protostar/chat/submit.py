@@ -1,0 +1,43 @@
+"""Asking a question: the user's message and its answer's job, committed together, then sent."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from protostar.chat import repo
+from protostar.constants import JobKind
+from protostar.errors import BrokerUnavailable
+from protostar.jobs.dispatch import Dispatcher
+
+
+@dataclass(frozen=True)
+class Asked:
+    job_id: uuid.UUID
+    message_id: uuid.UUID
+
+
+def ask(
+    session: Session, *, dispatcher: Dispatcher, tenant_id: uuid.UUID, session_id: uuid.UUID, content: str
+) -> Asked:
+    """Add the user's message to the tenant's session and queue its answer on the chat queue."""
+    chat = repo.get_session(session, tenant_id=tenant_id, session_id=session_id)
+    job_id = uuid.uuid4()
+    message = repo.add_user_message(session, tenant_id=tenant_id, session_id=chat.id, content=content, job_id=job_id)
+    message_id = message.id
+    try:
+        dispatcher.submit(
+            session,
+            kind=JobKind.CHAT,
+            tenant_id=tenant_id,
+            payload={"session_id": str(chat.id), "message_id": str(message_id)},
+            job_id=job_id,
+        )
+    except BrokerUnavailable:
+        # Nothing was queued (the job row says so), so the message is not kept either: the caller sends it again.
+        repo.remove_message(session, message_id=message_id)
+        session.commit()
+        raise
+    return Asked(job_id=job_id, message_id=message_id)

@@ -1,0 +1,125 @@
+"""What a pipeline sees of its job: ids, tenant, attempt and payload; progress and events; cancel; and
+:meth:`JobContext.owned`, the one guard every final write goes through. No Celery here: the worker's task
+shell builds the context, and pipelines are plain functions of it and of the collaborators they use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from sqlalchemy import Connection, Engine
+
+from protostar.constants import EventType
+from protostar.errors import Cancelled
+from protostar.jobs import repo
+from protostar.jobs.events import EventLog, cancel_key
+
+logger = logging.getLogger(__name__)
+
+CANCEL_POLL = 0.25  # seconds between looks at the cancel flag
+PROGRESS_EVERY = 0.5  # seconds between progress writes, except at stage changes and completion
+
+
+@dataclass
+class JobContext:
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    payload: dict[str, Any]
+    engine: Engine
+    events: EventLog
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _last_progress: tuple[str, float] = ("", 0.0)
+    _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    @contextmanager
+    def owned(self) -> Iterator[Connection]:
+        """A transaction in which this delivery provably still owns the job (its row is locked): a pipeline's
+        final write happens only inside it, so a delivery that lost its job never overwrites the winner's."""
+        with self.engine.begin() as conn:
+            if not repo.lock_owned(conn, job_id=self.job_id, attempt=self.attempt):
+                raise Cancelled("another delivery owns this job now")
+            yield conn
+
+    def cancel(self) -> None:
+        """Mark the job cancelled and run the hooks (e.g. close an upstream stream a thread is blocked on)."""
+        if self.cancelled.is_set():
+            return
+        self.cancelled.set()
+        for hook in list(self._cancel_hooks):
+            try:
+                hook()
+            except Exception:  # boundary: a failing hook must not stop the others or the watcher
+                logger.exception("job_id=%s cancel hook failed", self.job_id)
+
+    def on_cancel(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Run ``hook`` from the watcher thread when the job is cancelled; returns the function that removes it."""
+        self._cancel_hooks.append(hook)
+        if self.cancelled.is_set():
+            hook()
+        return lambda: self._cancel_hooks.remove(hook) if hook in self._cancel_hooks else None
+
+    def emit(self, type_: EventType, data: dict[str, Any]) -> str:
+        return self.events.publish(self.job_id, type_, data)
+
+    def progress(self, stage: str, done: int, total: int | None = None, *, persist: bool = True) -> None:
+        """A ``progress`` event, and the job row's stage and counts (throttled). ``persist=False``: the event
+        only, for stages too brief to be worth a database write (the row keeps its last stage)."""
+        last_stage, last_at = self._last_progress
+        now = time.monotonic()
+        if stage == last_stage and now - last_at < PROGRESS_EVERY and done != total:
+            return
+        self._last_progress = (stage, now)
+        if persist:
+            repo.progress(self.engine, job_id=self.job_id, attempt=self.attempt, stage=stage, done=done, total=total)
+        self.emit(EventType.PROGRESS, {"stage": stage, "done": done, "total": total})
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("cancelled by request")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake and raise at once when the job is cancelled."""
+        if self.cancelled.wait(seconds):
+            raise Cancelled("cancelled by request")
+
+
+class Watcher(threading.Thread):
+    """Beats the job's heartbeat and turns a cancel request (Redis flag or DB flag) into ``ctx.cancelled``."""
+
+    def __init__(self, ctx: JobContext, client: redis.Redis, *, heartbeat_interval: float) -> None:
+        super().__init__(name=f"watch-{ctx.job_id}", daemon=True)
+        self.ctx, self.client, self.interval = ctx, client, heartbeat_interval
+        self.stopped = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        ctx = self.ctx
+        next_beat = time.monotonic() + self.interval
+        while not self.stopped.wait(CANCEL_POLL):
+            try:
+                if self.client.exists(cancel_key(ctx.job_id)):
+                    ctx.cancel()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval
+                    state = repo.heartbeat(ctx.engine, job_id=ctx.job_id, attempt=ctx.attempt)
+                    if state is None:
+                        logger.warning("job_id=%s was taken over by another delivery", ctx.job_id)
+                        self.lost = True
+                        ctx.cancel()
+                    elif state:
+                        ctx.cancel()
+            except Exception:  # boundary: a failed beat is retried next round, the job goes on
+                logger.exception("job_id=%s heartbeat failed", ctx.job_id)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)

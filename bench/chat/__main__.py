@@ -58,10 +58,9 @@ from bench.chat.hops import Traces
 from bench.chat.phases import Meter, Phase
 from bench.chat.report import Report
 from bench.chat.streams import Target
-from bench.dispatch.__main__ import ROOT, MachineShare, markdown, wait_idle
-from bench.ingest.harness import System, bench_env, launched
+from bench.common import RESULTS, ROOT, MachineShare, markdown, publish, wait_idle
+from bench.harness import System, bench_env, launched
 
-RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "chat.log"
 WORKER = "chat"
 CHAT_CONCURRENCY = 50  # the chat worker's threads, as the brief and the default settings have it
@@ -246,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     os.chdir(ROOT)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     from protostar import commands
 
     api_factory = None if args.plain else "bench.chat.trace_api:create_app"
@@ -284,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         report.notes.append(note)
 
         text = render(args, report, time.perf_counter() - started)
-        (RESULTS / "chat.md").write_text(text)
-        print()
-        print(text)
-        print(f"written to {RESULTS / 'chat.md'}; process output in {LOG}")
+        publish("chat", text)
         return 0
 
 

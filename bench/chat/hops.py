@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.chat.phases import Phase
 from bench.chat.streams import Stream
-from bench.dispatch.__main__ import pct
+from bench.common import pct
 
 # The first token's way, hop by hop: (label, from, to). ``c.`` the client, ``a.`` the API, ``w.`` the worker.
 HOPS: list[tuple[str, str, str]] = [

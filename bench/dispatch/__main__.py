@@ -22,10 +22,8 @@ Results: a markdown table on stdout and in ``bench/results/dispatch.md``; proces
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -37,10 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
+from bench.common import RESULTS, ROOT, MachineShare, Row, cpu_of, markdown, pct, publish, wait_idle
+from bench.harness import bench_env, launched
 
 SUBMIT_QUEUE = "summary"  # no worker consumes it while submit throughput is measured
 RUN_QUEUE = "chat"  # the latency and CPU phases run probes here, on PROBE_WORKER
@@ -50,37 +46,6 @@ BENCH_HOST = "127.0.0.1"
 
 
 # --- small helpers ------------------------------------------------------------------------------------
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * p
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def cpu_of(pid: int | None, *, system_only: bool = False) -> float:
-    """CPU seconds of a process tree: the process, its live descendants and the children it reaped."""
-    if pid is None:
-        return 0.0
-    try:
-        proc = psutil.Process(pid)
-        t = proc.cpu_times()
-        total = t.system + t.children_system
-        if not system_only:
-            total += t.user + t.children_user
-        for child in proc.children(recursive=True):
-            try:
-                ct = child.cpu_times()
-                total += ct.system if system_only else ct.user + ct.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-    except psutil.NoSuchProcess:
-        return 0.0
 
 
 class RawHttp:
@@ -135,60 +100,7 @@ class RawHttp:
         self.sock.close()
 
 
-def wait_idle(pid: int | None, name: str, *, below: float = 0.05, window: float = 0.5, timeout: float = 90) -> None:
-    """Wait until a process tree stops burning CPU (e.g. the API loading a model in a background thread)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        before = cpu_of(pid)
-        time.sleep(window)
-        if (cpu_of(pid) - before) / window < below:
-            waited = time.monotonic() - started
-            if waited > 2 * window:
-                print(f"  ({name} was busy warming up for {waited:.0f} s; waited until idle)", flush=True)
-            return
-    print(f"  note: {name} still busy after {timeout:.0f} s; measuring anyway", flush=True)
-
-
 # --- the benchmark ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    metric: str
-    value: str
-    baseline: str
-    ratio: str
-    goal: str = ""
-
-
-def markdown(
-    name: str,
-    run: str,
-    elapsed: float,
-    rows: list[Row],
-    *,
-    ratio: str = "ratio",
-    extra: list[str] | None = None,
-    notes: list[str] | None = None,
-) -> str:
-    """A benchmark's report: title, what ran (``run``, after the command, commit and machine), the table of
-    ``rows``, then ``extra`` lines and ``notes`` as a list."""
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT)
-    lines = [
-        f"# {name.capitalize()} benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
-        "",
-        f"`.venv/bin/python -m bench.{name}` · git {rev.stdout.strip() or '?'} (+ working tree) · "
-        f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {elapsed:.0f} s run · {run}",
-        "",
-        f"| figure | Protostar | baseline (same run) | {ratio} | goal |",
-        "| --- | --- | --- | --- | --- |",
-        *[f"| {r.metric} | {r.value} | {r.baseline} | {r.ratio} | {r.goal} |" for r in rows],
-    ]
-    if extra:
-        lines += ["", *extra]
-    if notes:
-        lines += ["", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -886,33 +798,6 @@ class Bench:
         return markdown("dispatch", run, elapsed, self.rows, ratio="ratio / added", extra=breakdown, notes=self.notes)
 
 
-class MachineShare:
-    """How much CPU processes outside this run took while it measured: the noise behind its figures."""
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float]:
-        t = psutil.cpu_times()
-        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
-        return time.perf_counter(), busy, cpu_of(os.getpid()), getattr(t, "steal", 0.0)
-
-    def describe(self) -> str:
-        wall0, busy0, ours0, steal0 = self.start
-        wall1, busy1, ours1, steal1 = self._sample()
-        wall, cpus = wall1 - wall0, os.cpu_count() or 1
-        others = max(0.0, (busy1 - busy0) - (ours1 - ours0) - (steal1 - steal0)) / wall
-        steal = (steal1 - steal0) / wall
-        text = (
-            f"While measuring, processes outside this run used {others:.2f} of the {cpus} CPUs on average "
-            f"(this run: {(ours1 - ours0) / wall:.2f}; hypervisor steal {steal:.2f})."
-        )
-        if others > 0.15 * cpus or steal > 0.1 * cpus:
-            text += " The machine was shared: absolute figures are noisy, compare the ratios (same run)."
-        return text
-
-
 def summarize_folded(path: Path, top: int = 30) -> str:
     """Inclusive share of samples per function (file:function), from py-spy's raw (folded) output."""
     total = 0
@@ -963,8 +848,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     os.chdir(ROOT)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    from bench.ingest.harness import bench_env, launched  # imports this module: not at the top
 
     def env(data_dir: Path) -> dict[str, str]:
         return bench_env(data_dir, args.log_level) | {"PROTOSTAR_INGEST_CONCURRENCY": "2"}
@@ -990,10 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.notes.append(machine.describe())
 
         text = bench.report(time.perf_counter() - started)
-        (RESULTS / "dispatch.md").write_text(text)
-        print()
-        print(text)
-        print(f"written to {RESULTS / 'dispatch.md'}; process output in {RESULTS / 'dispatch.log'}")
+        publish("dispatch", text)
         return 0
 
 

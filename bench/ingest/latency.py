@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from bench.dispatch.__main__ import pct
+from bench.common import pct
+from bench.harness import System
 from bench.ingest import corpus
-from bench.ingest.harness import System
 
 logger = logging.getLogger(__name__)
 

@@ -41,12 +41,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.dispatch.__main__ import ROOT, MachineShare, Row, markdown, pct, wait_idle
-from bench.ingest.harness import INGEST_WORKER, System, bench_env, launched
+from bench.common import RESULTS, ROOT, MachineShare, Row, markdown, pct, publish, wait_idle
+from bench.harness import INGEST_WORKER, System, bench_env, launched
 from bench.summary import beat, document, session
 from bench.summary.llm import Direct
 
-RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "summary.log"
 # Longer than one call (1,669 tokens in 15 chunks): two map calls and a reduce. norwich-city.txt (14,545 tokens)
 # takes 12-14 calls, about five minutes each way on 2 cores.
@@ -330,10 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         run_phases(args, system, report)
         report.notes.append(machine.describe())
         text = report.render(args, time.perf_counter() - started)
-        (RESULTS / "summary.md").write_text(text)
-        print()
-        print(text)
-        print(f"written to {RESULTS / 'summary.md'}; process output in {LOG}")
+        publish("summary", text)
         return 0
 
 

@@ -7,6 +7,7 @@ Imports nothing from ``bench`` and nothing of Protostar: every benchmark may imp
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -91,6 +92,13 @@ class MachineShare:
         if others > 0.15 * cpus or steal > 0.1 * cpus:
             text += " The machine was shared: absolute figures are noisy, compare the ratios (same run)."
         return text
+
+
+def arguments(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m bench.<name>``, with the benchmark's docstring as its description."""
+    return argparse.ArgumentParser(
+        prog=f"python -m bench.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 @dataclass

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, MachineShare, markdown, publish, wait_idle
+from bench.common import RESULTS, ROOT, MachineShare, arguments, markdown, publish, wait_idle
 from bench.dispatch import latency, throughput, worker_cpu
 from bench.dispatch.rig import Rig
 from bench.harness import bench_env, launched
@@ -53,9 +53,7 @@ def render(rig: Rig, elapsed: float) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.dispatch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arguments("dispatch", __doc__)
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured per load round")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured window")
     p.add_argument("--rounds", type=int, default=2, help="healthz/probes load rounds (alternating)")

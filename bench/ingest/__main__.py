@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from bench.common import RESULTS, ROOT, MachineShare, Row, markdown, pct, publish, wait_idle
+from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, pct, publish, wait_idle
 from bench.harness import INGEST_WORKER, System, bench_env, launched
 from bench.ingest import corpus, e2e, embedding, latency, retrieval
 from bench.ingest.processes import BareParser, MemorySampler
@@ -292,9 +292,7 @@ def measure_corpus(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arguments("ingest", __doc__)
     p.add_argument("--pages", type=int, default=100, help="pages of the generated PDF in phase 1")
     p.add_argument("--rounds", type=int, default=1, help="times phase 1 uploads every PDF (new bytes each time)")
     p.add_argument("--embed-texts", type=int, default=512, help="real chunks embedded per variant and round")

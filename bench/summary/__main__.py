@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, MachineShare, Row, markdown, pct, publish, wait_idle
+from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, pct, publish, wait_idle
 from bench.harness import INGEST_WORKER, System, bench_env, launched
 from bench.summary import beat, document, session
 from bench.summary.llm import Direct
@@ -301,9 +301,7 @@ def run_phases(args: argparse.Namespace, system: System, report: Report) -> None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arguments("summary", __doc__)
     p.add_argument("--turns", type=int, default=60, help="questions in the conversation")
     p.add_argument("--max-tokens", type=int, default=128, help="PROTOSTAR_LLM_MAX_TOKENS: longest answer")
     p.add_argument("--document", type=Path, default=DOCUMENT, help="the file of the document summary phase")

@@ -68,6 +68,11 @@ class Report:
         self.notes: list[str] = []
 
     def conversation(self, talk: session.Conversation, settings: Any) -> None:
+        self.prompt_tokens(talk, settings)
+        self.per_turn(talk)
+
+    def prompt_tokens(self, talk: session.Conversation, settings: Any) -> None:
+        """Prompt tokens per turn against the whole history and a window, the summary jobs' own counted."""
         turns = talk.turns
         later = turns[len(turns) // 2 :]
 
@@ -118,6 +123,10 @@ class Report:
                 f"{with_later / window_later:.2f}x",
             ),
         ]
+
+    def per_turn(self, talk: session.Conversation) -> None:
+        """The facts the latest summary kept, the check of the counting method, the per-turn table."""
+        turns = talk.turns
         kept = [t.fact for t in turns if t.fact]
         final = talk.summaries[-1].content.lower() if talk.summaries else ""
         found = [f for f in kept if f.lower() in final]

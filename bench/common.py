@@ -1,6 +1,6 @@
 """What every benchmark shares: where results go, percentiles and CPU times, waiting for a process to settle,
-the share of the machine others took, and the report (a table of :class:`Row` rendered by :func:`markdown`,
-written and printed by :func:`publish`).
+the share of the machine others took, the command line's parser (:func:`arguments`), and the report (a table
+of :class:`Row` rendered by :func:`markdown`, written and printed by :func:`publish`).
 
 Imports nothing from ``bench`` and nothing of Protostar: every benchmark may import it.
 """

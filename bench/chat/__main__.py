@@ -58,10 +58,9 @@ from bench.chat.hops import Traces
 from bench.chat.phases import Meter, Phase
 from bench.chat.report import Report
 from bench.chat.streams import Target
-from bench.dispatch.__main__ import ROOT, MachineShare, markdown, wait_idle
-from bench.ingest.harness import System, bench_env, launched
+from bench.common import RESULTS, ROOT, MachineShare, arguments, markdown, publish, wait_idle
+from bench.harness import System, bench_env, launched
 
-RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "chat.log"
 WORKER = "chat"
 CHAT_CONCURRENCY = 50  # the chat worker's threads, as the brief and the default settings have it
@@ -162,34 +161,24 @@ def measure(args: argparse.Namespace, system: System, target: Target) -> tuple[l
         print(f"    {time.perf_counter() - clock:.0f} s", flush=True)
         clock = time.perf_counter()
 
+    def bursts_at(parallel: int) -> Phase:
+        name = f"{args.streams} streams, --parallel {parallel}"
+        phase = phases.bursts(target, meter(), args.streams, args.rounds, name=name, between=settle)
+        took()
+        return phase
+
     print(f"1/3 one stream at a time: {args.samples} x (path, direct, ChatLLM), rotating...", flush=True)
     from protostar.chat.llm import ChatLLM
 
     single = phases.single(target, meter(), args.samples, ChatLLM.from_settings(system.settings))
     took()
     print(f"2/3 {args.streams} streams at once, {args.rounds} rounds each (--parallel {args.parallel})...", flush=True)
-    burst = phases.bursts(
-        target,
-        meter(),
-        args.streams,
-        args.rounds,
-        name=f"{args.streams} streams, --parallel {args.parallel}",
-        between=settle,
-    )
-    took()
+    burst = bursts_at(args.parallel)
     done, bursts = [single, burst], [burst]
     if args.high_parallel:
         print(f"3/3 llama-server restarted with --parallel {args.high_parallel}; the bursts again...", flush=True)
         restart_llm(system, target, args.high_parallel)
-        high = phases.bursts(
-            target,
-            meter(),
-            args.streams,
-            args.rounds,
-            name=f"{args.streams} streams, --parallel {args.high_parallel}",
-            between=settle,
-        )
-        took()
+        high = bursts_at(args.high_parallel)
         done.append(high)
         bursts.append(high)
     return done, bursts
@@ -228,9 +217,7 @@ def render(args: argparse.Namespace, report: Report, elapsed: float) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arguments("chat", __doc__)
     p.add_argument("--samples", type=int, default=40, help="one-at-a-time rounds (path, direct, ChatLLM)")
     p.add_argument("--streams", type=int, default=50, help="concurrent streams in the burst phases")
     p.add_argument("--rounds", type=int, default=2, help="burst rounds per kind (path, direct alternating)")
@@ -246,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     os.chdir(ROOT)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     from protostar import commands
 
     api_factory = None if args.plain else "bench.chat.trace_api:create_app"
@@ -284,10 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         report.notes.append(note)
 
         text = render(args, report, time.perf_counter() - started)
-        (RESULTS / "chat.md").write_text(text)
-        print()
-        print(text)
-        print(f"written to {RESULTS / 'chat.md'}; process output in {LOG}")
+        publish("chat", text)
         return 0
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.chat.phases import Phase
 from bench.chat.streams import Stream
-from bench.dispatch.__main__ import pct
+from bench.common import pct
 
 # The first token's way, hop by hop: (label, from, to). ``c.`` the client, ``a.`` the API, ``w.`` the worker.
 HOPS: list[tuple[str, str, str]] = [
@@ -29,8 +29,7 @@ HOPS: list[tuple[str, str, str]] = [
     ("first chunk → first text handed to XADD", "w.first_chunk", "w.tok0_start"),
     ("XADD of the first token → the API's XREAD returns it", "w.tok0_start", "a.tok0"),
     ("API yields it → client has parsed it (SSE write, HTTP)", "a.tok0", "c.tok0"),
-]
-ASIDE: list[tuple[str, str, str]] = [
+    # asides: inside a hop, or off the first token's way
     ("  (within retrieve) query embedding", "w.embed_start", "w.embed_end"),
     ("  (aside) `send_task` call returns (the consumer may have the message first)", "a.send", "a.sent"),
     ("  (aside) route's tail after `send_task`: `queued` event, `dispatched_at`", "a.sent", "a.submitted"),
@@ -96,7 +95,7 @@ def hop_table(traces: Traces, phase: Phase) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     total = 0.0
-    for label, start, end in HOPS + ASIDE:
+    for label, start, end in HOPS:
         values = ms(span(st, start, end) for st in stamps)
         if not values:
             continue

@@ -15,7 +15,7 @@ import httpx
 
 from bench.chat import streams
 from bench.chat.streams import Stream, Target
-from bench.dispatch.__main__ import cpu_of
+from bench.common import cpu_of
 
 if TYPE_CHECKING:
     from protostar.chat.llm import ChatLLM

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench.dispatch.__main__ import pct
+from bench.common import pct
 from protostar.constants import EventType
 from protostar.jobs.events import EventLog, stream_key
 

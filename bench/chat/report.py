@@ -9,7 +9,7 @@ from typing import Any
 from bench.chat.hops import Traces, hop_table, ms, probe_table, span, worker_time_table
 from bench.chat.phases import Phase
 from bench.chat.streams import Stream
-from bench.dispatch.__main__ import Row, pct
+from bench.common import Row, pct
 
 GOAL_P50, GOAL_P99 = 10.0, 25.0  # ms the path may add to the time to first token
 

@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import IO
 
-from bench.dispatch.__main__ import ROOT, MachineShare, Row, markdown, wait_idle
+from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, pct, publish, wait_idle
+from bench.harness import INGEST_WORKER, System, bench_env, launched
 from bench.ingest import corpus, e2e, embedding, latency, retrieval
-from bench.ingest.harness import INGEST_WORKER, BareParser, MemorySampler, System, bench_env, launched
+from bench.ingest.processes import BareParser, MemorySampler
 
-RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "ingest.log"
 MB = 1024
 
@@ -191,8 +191,6 @@ def report_retrieval(report: Report, scores: dict[str, retrieval.Score], docs: r
 
 
 def report_latency(report: Report, result: latency.Latency, noise: float) -> None:
-    from bench.dispatch.__main__ import pct
-
     report.figure = 4
     p50 = pct(result.protostar_ms, 0.5) / pct(result.bare_ms, 0.5)
     p99 = pct(result.protostar_ms, 0.99) / pct(result.bare_ms, 0.99)
@@ -294,9 +292,7 @@ def measure_corpus(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arguments("ingest", __doc__)
     p.add_argument("--pages", type=int, default=100, help="pages of the generated PDF in phase 1")
     p.add_argument("--rounds", type=int, default=1, help="times phase 1 uploads every PDF (new bytes each time)")
     p.add_argument("--embed-texts", type=int, default=512, help="real chunks embedded per variant and round")
@@ -315,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     os.chdir(ROOT)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     print("starting embedded services, the API and one ingest worker...", flush=True)
     with launched(lambda data_dir: bench_env(data_dir, args.log_level), LOG) as system:
         assert system.log is not None
@@ -328,10 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         report.notes.append(machine.describe())
 
         text = report.render(args, time.perf_counter() - started)
-        (RESULTS / "ingest.md").write_text(text)
-        print()
-        print(text)
-        print(f"written to {RESULTS / 'ingest.md'}; process output in {LOG}")
+        publish("ingest", text)
         return 0
 
 

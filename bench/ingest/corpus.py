@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.dispatch.__main__ import ROOT
+from bench.common import ROOT
 
 CORPUS = ROOT / "tests" / "corpus"
 NOT_DOCUMENTS = {"qa.jsonl"}  # the questions

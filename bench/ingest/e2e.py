@@ -10,8 +10,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.harness import JobRun, System
 from bench.ingest import corpus
-from bench.ingest.harness import BareParser, JobRun, System
+from bench.ingest.processes import BareParser
 
 STAGES = ("download", "parse", "chunk", "embed", "store", "shell")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.ingest.harness import System
+from bench.harness import System
 
 
 @dataclass(frozen=True)

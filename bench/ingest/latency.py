@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from bench.dispatch.__main__ import pct
+from bench.common import pct
+from bench.harness import System
 from bench.ingest import corpus
-from bench.ingest.harness import System
 
 logger = logging.getLogger(__name__)
 
@@ -63,27 +63,11 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
     from protostar.ingest.chunk import Chunk
     from protostar.ingest.embed import normalize
 
-    with system.engine.connect() as conn:
-        source = conn.execute(
-            text("SELECT text, embedding::text, token_count FROM chunks WHERE tenant_id = :t ORDER BY id"),
-            {"t": source_tenant},
-        ).all()
-    texts = [str(r[0]) for r in source]
-    tokens = [int(r[2]) for r in source]
-    vectors = np.array([np.array(r[1][1:-1].split(","), dtype=np.float32) for r in source])
+    texts, tokens, vectors = _source_chunks(system, source_tenant)
     rng = np.random.default_rng(20261123)
     with make_sessionmaker(system.engine).begin() as session:
         tenant_id = ensure_tenant(session, TENANT)
-    document_ids = [uuid.uuid4() for _ in range(docs)]
-    with system.engine.begin() as conn:
-        for i, document_id in enumerate(document_ids):
-            conn.execute(
-                text(
-                    "INSERT INTO documents (id, tenant_id, filename, content_type, size, sha256, object_key, status) "
-                    "VALUES (:id, :t, :name, 'text/plain', 0, :sha, 'none', 'ready')"
-                ),
-                {"id": document_id, "t": tenant_id, "name": f"synthetic-{i}.txt", "sha": _sha(document_id)},
-            )
+    document_ids = _documents(system, tenant_id, docs)
     index = store.index_name(model)
     with system.engine.begin() as conn:
         conn.execute(text(f'DROP INDEX IF EXISTS "{index}"'))
@@ -119,6 +103,34 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
         conn.execute(text("SELECT pg_reload_conf()"))
         conn.execute(text("VACUUM ANALYZE chunks"))
     return Latency(tenant_id, per_doc * docs, copy_seconds, index_seconds)
+
+
+def _source_chunks(system: System, tenant_id: uuid.UUID) -> tuple[list[str], list[int], np.ndarray]:
+    """The tenant's chunks in order: texts, token counts, embeddings (one row each)."""
+    with system.engine.connect() as conn:
+        source = conn.execute(
+            text("SELECT text, embedding::text, token_count FROM chunks WHERE tenant_id = :t ORDER BY id"),
+            {"t": tenant_id},
+        ).all()
+    texts = [str(r[0]) for r in source]
+    tokens = [int(r[2]) for r in source]
+    vectors = np.array([np.array(r[1][1:-1].split(","), dtype=np.float32) for r in source])
+    return texts, tokens, vectors
+
+
+def _documents(system: System, tenant_id: uuid.UUID, docs: int) -> list[uuid.UUID]:
+    """``docs`` document rows (ready, no object) for the synthetic chunks to belong to."""
+    document_ids = [uuid.uuid4() for _ in range(docs)]
+    with system.engine.begin() as conn:
+        for i, document_id in enumerate(document_ids):
+            conn.execute(
+                text(
+                    "INSERT INTO documents (id, tenant_id, filename, content_type, size, sha256, object_key, status) "
+                    "VALUES (:id, :t, :name, 'text/plain', 0, :sha, 'none', 'ready')"
+                ),
+                {"id": document_id, "t": tenant_id, "name": f"synthetic-{i}.txt", "sha": _sha(document_id)},
+            )
+    return document_ids
 
 
 def _sha(document_id: uuid.UUID) -> str:

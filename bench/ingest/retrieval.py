@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.harness import JobRun, System
 from bench.ingest import corpus
-from bench.ingest.harness import JobRun, System
 
 VECTOR_ONLY = """
 SELECT document_id, text FROM chunks

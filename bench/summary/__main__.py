@@ -41,12 +41,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.dispatch.__main__ import ROOT, MachineShare, Row, markdown, pct, wait_idle
-from bench.ingest.harness import INGEST_WORKER, System, bench_env, launched
+from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, pct, publish, wait_idle
+from bench.harness import INGEST_WORKER, System, bench_env, launched
 from bench.summary import beat, document, session
 from bench.summary.llm import Direct
 
-RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "summary.log"
 # Longer than one call (1,669 tokens in 15 chunks): two map calls and a reduce. norwich-city.txt (14,545 tokens)
 # takes 12-14 calls, about five minutes each way on 2 cores.
@@ -69,6 +68,11 @@ class Report:
         self.notes: list[str] = []
 
     def conversation(self, talk: session.Conversation, settings: Any) -> None:
+        self.prompt_tokens(talk, settings)
+        self.per_turn(talk)
+
+    def prompt_tokens(self, talk: session.Conversation, settings: Any) -> None:
+        """Prompt tokens per turn against the whole history and a window, the summary jobs' own counted."""
         turns = talk.turns
         later = turns[len(turns) // 2 :]
 
@@ -119,6 +123,10 @@ class Report:
                 f"{with_later / window_later:.2f}x",
             ),
         ]
+
+    def per_turn(self, talk: session.Conversation) -> None:
+        """The facts the latest summary kept, the check of the counting method, the per-turn table."""
+        turns = talk.turns
         kept = [t.fact for t in turns if t.fact]
         final = talk.summaries[-1].content.lower() if talk.summaries else ""
         found = [f for f in kept if f.lower() in final]
@@ -302,9 +310,7 @@ def run_phases(args: argparse.Namespace, system: System, report: Report) -> None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arguments("summary", __doc__)
     p.add_argument("--turns", type=int, default=60, help="questions in the conversation")
     p.add_argument("--max-tokens", type=int, default=128, help="PROTOSTAR_LLM_MAX_TOKENS: longest answer")
     p.add_argument("--document", type=Path, default=DOCUMENT, help="the file of the document summary phase")
@@ -330,10 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         run_phases(args, system, report)
         report.notes.append(machine.describe())
         text = report.render(args, time.perf_counter() - started)
-        (RESULTS / "summary.md").write_text(text)
-        print()
-        print(text)
-        print(f"written to {RESULTS / 'summary.md'}; process output in {LOG}")
+        publish("summary", text)
         return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.ingest.harness import System
+from bench.harness import System
 from bench.summary import conversation
 from bench.summary.llm import Direct
 from bench.summary.session import run_fold

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.ingest.harness import JobRun, System
+from bench.harness import JobRun, System
 from bench.summary.llm import Direct
 from bench.summary.session import FoldRun, run_fold
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.ingest.harness import JobRun, System
+from bench.harness import JobRun, System
 from bench.summary import conversation
 from bench.summary.llm import Direct
 

@@ -1,0 +1,152 @@
+"""Phase 1, submit throughput: POST /v1/probes against GET /healthz on the same API process under the load
+generator's rounds, and against a bare ``send_task`` from this process; then the submit path one request at a
+time (``bench.dispatch.submit_path``)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from bench.common import Row
+from bench.dispatch import profile, submit_path
+from bench.dispatch.rig import SUBMIT_QUEUE, Rig
+
+WATCH = ("api", "api_sys", "postgres", "redis", "loader", "redis_cmds", "pg_conns")
+AS_DISPATCHER = "as Dispatcher.send (result backend subscribe + task-sent event)"
+
+# kind ("health" or "submit") -> per round: (the load generator's result, per-request deltas of WATCH)
+Runs = dict[str, list[tuple[dict[str, Any], dict[str, float]]]]
+
+
+def run(rig: Rig) -> None:
+    a = rig.args
+    runs = load_rounds(rig)
+    sends = send_rates(rig, a.bare_seconds)
+    if a.profile:
+        profile.submit(rig)
+    seq, parts = submit_path.sequential(rig, a.breakdown_samples)
+    rig.purge(SUBMIT_QUEUE)
+    report_load(rig, runs, sends[AS_DISPATCHER][0])
+    submit_path.report(rig, seq, parts)
+    report_sends(rig, sends)
+
+
+def load_rounds(rig: Rig) -> Runs:
+    """``--rounds`` of GET /healthz then POST /v1/probes, ``--conns`` connections each."""
+    a = rig.args
+    health = {"method": "GET", "path": "/healthz"}
+    timed = {"conns": a.conns, "warmup": a.warmup, "duration": a.duration}
+    runs: Runs = {"health": [], "submit": []}
+    for _ in range(a.rounds):
+        for kind, spec in (("health", health), ("submit", rig.probe_spec(SUBMIT_QUEUE))):
+            r, d = rig.load({**spec, **timed}, WATCH)
+            runs[kind].append((r, {k: v / r["requests"] for k, v in d.items() if k != "wall"}))
+        print(
+            f"  round: healthz {runs['health'][-1][0]['rps']:,.0f} req/s, "
+            f"probes {runs['submit'][-1][0]['rps']:,.0f} req/s",
+            flush=True,
+        )
+    return runs
+
+
+def send_rates(rig: Rig, seconds: float) -> dict[str, tuple[float, float, float]]:
+    """Bare ``send_task`` of the probe to the submit queue: as the Dispatcher sends it, and two lighter ways.
+
+    Answers label -> (sends/s, ms of this process's CPU per send, Redis commands per send).
+    """
+    from protostar.celery_app import create_celery
+    from protostar.constants import TaskName
+
+    quiet = create_celery(rig.settings, role="api")
+    quiet.conf.task_send_sent_event = False
+    variants = {
+        AS_DISPATCHER: (rig.api_celery, {}),
+        "ignore_result=True": (rig.api_celery, {"ignore_result": True}),
+        "ignore_result=True, task_send_sent_event=False": (quiet, {"ignore_result": True}),
+    }
+    out = {}
+    for label, (app, extra) in variants.items():
+
+        def send(app: Any = app, extra: dict[str, Any] = extra) -> None:
+            rig.send_like_dispatcher(
+                app, TaskName.PROBE.value, SUBMIT_QUEUE, kwargs={"job_id": str(uuid.uuid4())}, **extra
+            )
+
+        for _ in range(200):
+            send()
+        before = rig.snapshot("bench", "redis_cmds")
+        n = 0
+        while time.perf_counter() - before["wall"] < seconds:
+            send()
+            n += 1
+        d = rig.delta(before, rig.snapshot("bench", "redis_cmds"))
+        out[label] = (n / d["wall"], d["bench"] / n * 1000, d["redis_cmds"] / n)
+    return out
+
+
+def report_load(rig: Rig, runs: Runs, bare_rps: float) -> None:
+    a = rig.args
+
+    def mean(kind: str, key: str, scale: float = 1.0) -> float:
+        xs = [r[key] if key in r else d[key] for r, d in runs[kind]]
+        return sum(xs) / len(xs) * scale
+
+    def spread(kind: str) -> str:
+        xs = [r["rps"] for r, _ in runs[kind]]
+        return f"{min(xs):,.0f}-{max(xs):,.0f}"
+
+    s, h = mean("submit", "rps"), mean("health", "rps")
+    rig.rows += [
+        Row(
+            f"Submit throughput, POST /v1/probes, {a.conns} conns (req/s; rounds {spread('submit')})",
+            f"{s:,.0f}",
+            f"GET /healthz {h:,.0f} (rounds {spread('health')})",
+            f"{s / h:.3f}",
+            "≥ 0.15",
+        ),
+        Row("", "", f"bare send_task as the Dispatcher sends, 1 thread: {bare_rps:,.0f}", f"{s / bare_rps:.3f}"),
+        Row(
+            "  latency under that load, p50 / p99 (ms)",
+            f"{mean('submit', 'p50_ms'):.1f} / {mean('submit', 'p99_ms'):.1f}",
+            f"healthz {mean('health', 'p50_ms'):.1f} / {mean('health', 'p99_ms'):.1f}",
+            "",
+        ),
+    ]
+    for key, label in (
+        ("api", "API process"),
+        ("api_sys", "  of which kernel (sys)"),
+        ("postgres", "PostgreSQL"),
+        ("redis", "Redis"),
+        ("loader", "load generator"),
+    ):
+        sc, hc = mean("submit", key, 1000), mean("health", key, 1000)
+        rig.rows.append(
+            Row(
+                f"  {label} CPU per request (ms)",
+                f"{sc:.3f}",
+                f"healthz {hc:.3f}",
+                f"{sc / hc:.1f}x" if hc > 0.001 else "",
+            )
+        )
+    for key, label, digits in (
+        ("redis_cmds", "Redis commands per request", 1),
+        ("pg_conns", "PostgreSQL connections opened per request", 2),
+    ):
+        rig.rows.append(
+            Row(f"  {label}", f"{mean('submit', key):.{digits}f}", f"healthz {mean('health', key):.{digits}f}", "")
+        )
+
+
+def report_sends(rig: Rig, sends: dict[str, tuple[float, float, float]]) -> None:
+    base = None
+    for label, (rate, cpu_ms, cmds) in sends.items():
+        base = base or rate
+        rig.breakdown.append(
+            Row(
+                f"send_task alone, 1 thread: {label}",
+                f"{rate:,.0f} sends/s; {cpu_ms:.3f} ms client CPU; {cmds:.1f} Redis cmds",
+                "",
+                f"{rate / base:.2f}x rate",
+            )
+        )

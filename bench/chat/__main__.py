@@ -168,7 +168,7 @@ def measure(args: argparse.Namespace, system: System, target: Target) -> tuple[l
         return phase
 
     print(f"1/3 one stream at a time: {args.samples} x (path, direct, ChatLLM), rotating...", flush=True)
-    from protostar.chat.llm import ChatLLM
+    from protostar.llm.stream import ChatLLM
 
     single = phases.single(target, meter(), args.samples, ChatLLM.from_settings(system.settings))
     took()

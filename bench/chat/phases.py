@@ -18,7 +18,7 @@ from bench.chat.streams import Stream, Target
 from bench.common import cpu_of
 
 if TYPE_CHECKING:
-    from protostar.chat.llm import ChatLLM
+    from protostar.llm.stream import ChatLLM
 
 PROCESSES = ("api", "worker", "redis", "postgres", "llm", "client")
 

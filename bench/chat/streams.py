@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from protostar.chat.llm import ChatLLM
+    from protostar.llm.stream import ChatLLM
 
 MAX_RESUMES = 20
 QUESTION = "Tell me a long story about a dragon who learns to cook, with many details. Ticket {n}."
@@ -177,8 +177,8 @@ async def direct(client: httpx.AsyncClient, target: Target, text: str) -> Stream
 
 def product_client(llm: ChatLLM, target: Target, text: str) -> Stream:
     """One answer through ``ChatLLM.generate`` (blocking: run it in a thread)."""
-    from protostar.chat.llm import Generation
     from protostar.errors import ProtostarError
+    from protostar.llm.stream import Generation
 
     stream = Stream("chatllm", time.time())
     try:

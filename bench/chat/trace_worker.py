@@ -30,11 +30,11 @@ from celery.signals import task_postrun, task_prerun, task_received
 
 from bench.chat import TRACE_PREFIX
 from protostar.chat import pipeline
-from protostar.chat.limits import LLMLimiter
-from protostar.chat.llm import ChatLLM
 from protostar.constants import EventType
 from protostar.jobs import repo
 from protostar.jobs.events import EventLog
+from protostar.llm.limits import LLMLimiter
+from protostar.llm.stream import ChatLLM
 from protostar.worker import resources
 from protostar.worker.app import app
 

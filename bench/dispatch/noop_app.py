@@ -14,7 +14,7 @@ import time
 import redis
 from kombu import Exchange, Queue
 
-from protostar.celery_app import create_celery
+from protostar.jobs.broker import create_celery
 from protostar.settings import get_settings
 
 BENCH_QUEUE = "bench"

@@ -36,7 +36,7 @@ class Rig:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from protostar.celery_app import create_celery
+        from protostar.jobs.broker import create_celery
 
         system = self.system
         self.settings, self.redis, self.engine, self.host = system.settings, system.redis, system.engine, system.host
@@ -151,15 +151,14 @@ class Rig:
     # Celery ---------------------------------------------------------------------------------------------
 
     def send_like_dispatcher(self, app: Any, name: str, queue: str, **kw: Any) -> None:
-        from protostar.jobs.dispatch import time_limits
+        from protostar.jobs.kinds import send_options
 
         app.send_task(
             name,
             task_id=str(uuid.uuid4()),
             queue=queue,
-            expires=self.settings.task_expires,
             retry=False,
-            **time_limits(self.settings, queue if queue != BARE_QUEUE else RUN_QUEUE),
+            **send_options(self.settings, queue if queue != BARE_QUEUE else RUN_QUEUE),
             **kw,
         )
 

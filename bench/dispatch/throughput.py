@@ -55,8 +55,8 @@ def send_rates(rig: Rig, seconds: float) -> dict[str, tuple[float, float, float]
 
     Answers label -> (sends/s, ms of this process's CPU per send, Redis commands per send).
     """
-    from protostar.celery_app import create_celery
     from protostar.constants import TaskName
+    from protostar.jobs.broker import create_celery
 
     quiet = create_celery(rig.settings, role="api")
     quiet.conf.task_send_sent_event = False

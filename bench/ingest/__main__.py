@@ -266,7 +266,7 @@ def measure_pages(args: argparse.Namespace, system: System, log: IO[str]) -> tup
 def measure_corpus(
     args: argparse.Namespace, system: System, report: Report, log: IO[str], docs: retrieval.Corpus, key: str
 ) -> None:
-    from protostar.ingest.embed import LocalEmbedder
+    from protostar.embeddings.embed import LocalEmbedder
 
     batch = system.settings.embedding_batch_size
     embedder = LocalEmbedder(batch_size=batch, threads=1)

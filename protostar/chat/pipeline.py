@@ -50,12 +50,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         summary=summary.content if summary else None,
         budget=settings.chat_prompt_tokens,
     )
-    usage_extra = {
-        "prompt_tokens_estimate": prompt.tokens,
-        "summary_version": summary.version if summary else 0,
-        # The turns the summary stands for, less the summary itself: what this prompt did not have to carry.
-        "summary_tokens_saved": max(summary.tokens_before - summary.tokens_after, 0) if summary else 0,
-    }
+    usage_extra = _usage_extra(prompt, summary)
     ctx.check_cancelled()
 
     generation = Generation()
@@ -92,6 +87,15 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         "usage": {**generation.usage, **usage_extra},
         "history_used": prompt.history_used,
         "finish_reason": generation.finish_reason,
+    }
+
+
+def _usage_extra(prompt: Prompt, summary: summary_repo.Latest | None) -> dict[str, int]:
+    return {
+        "prompt_tokens_estimate": prompt.tokens,
+        "summary_version": summary.version if summary else 0,
+        # The turns the summary stands for, less the summary itself: what this prompt did not have to carry.
+        "summary_tokens_saved": max(summary.tokens_before - summary.tokens_after, 0) if summary else 0,
     }
 
 

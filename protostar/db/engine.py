@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from protostar.errors import ServiceError
@@ -26,3 +26,9 @@ def make_engine(settings: Settings, *, pool_size: int = 5, max_overflow: int | N
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database (readiness)."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from protostar import backoff
 from protostar.clients import Clients
 from protostar.constants import EventType, JobStatus
+from protostar.db.models import Job
 from protostar.errors import Cancelled, OutOfMemory, ProtostarError, Transient
 from protostar.jobs import repo
 from protostar.jobs.context import JobContext, Watcher
@@ -34,17 +35,9 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
     """Run ``pipeline`` for one delivery of ``job_id``. Safe to call again for the same job."""
     jid = uuid.UUID(job_id)
     settings = clients.settings
-    claim = repo.claim(clients.engine, job_id=jid, worker=clients.worker_name, takeover_after=settings.takeover_after)
-    if claim.reason == "busy":
-        # Another delivery holds a fresh heartbeat. Look again once it would be stale.
-        logger.info("job_id=%s is running elsewhere; checking again later", jid)
-        max_retries = int(settings.reap_after / settings.takeover_after) + 2
-        raise task.retry(countdown=settings.takeover_after, max_retries=max_retries)
-    if claim.job is None or claim.reason != "claimed":
-        logger.info("job_id=%s not run: %s", jid, claim.reason)
+    job = _claim(task, clients, jid)
+    if job is None:
         return None
-
-    job = claim.job
     ctx = JobContext(
         job_id=jid,
         tenant_id=job.tenant_id,
@@ -92,6 +85,23 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
         watcher.stop()
     _end(ctx, Ending(JobStatus.SUCCEEDED, result=result))
     return result
+
+
+def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
+    """Take the job for this delivery; ``None`` when it is not to run (finished, cancelled, gone)."""
+    settings = clients.settings
+    claim = repo.claim(
+        clients.engine, job_id=job_id, worker=clients.worker_name, takeover_after=settings.takeover_after
+    )
+    if claim.reason == "busy":
+        # Another delivery holds a fresh heartbeat. Look again once it would be stale.
+        logger.info("job_id=%s is running elsewhere; checking again later", job_id)
+        max_retries = int(settings.reap_after / settings.takeover_after) + 2
+        raise task.retry(countdown=settings.takeover_after, max_retries=max_retries)
+    if claim.job is None or claim.reason != "claimed":
+        logger.info("job_id=%s not run: %s", job_id, claim.reason)
+        return None
+    return claim.job
 
 
 def _failure(status: JobStatus, error: BaseException) -> Ending:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from protostar.api.deps import StateDep
 from protostar.api.state import AppState
+from protostar.db.engine import ping
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +35,9 @@ def _check(name: str, probe: Callable[[], object]) -> dict[str, object]:
 
 
 def _checks(state: AppState) -> list[dict[str, object]]:
-    def database() -> None:
-        with state.clients.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
     return [
         _check("redis", state.clients.redis.ping),
-        _check("postgres", database),
+        _check("postgres", lambda: ping(state.clients.engine)),
         _check("object_store", state.clients.bucket.ready),
     ]
 

@@ -23,6 +23,7 @@ from protostar.db.engine import make_engine
 from protostar.errors import Cancelled
 from protostar.jobs import repo as jobs_repo
 from protostar.jobs.broker import create_celery
+from protostar.jobs.context import JobContext
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
 from protostar.summary import repo as summary_repo
@@ -197,13 +198,16 @@ def test_a_redelivered_summary_writes_once_and_a_lost_job_writes_nothing(
         tokens_before=60,
         tokens_after=8,
     )
+
+    def delivery(attempt: int) -> JobContext:  # events are never published by the write
+        events = EventLog(redis.Redis(), ttl=1, maxlen=1)
+        return JobContext(job_id=job_id, tenant_id=tenant, attempt=attempt, payload={}, engine=engine, events=events)
+
     try:
-        assert save_session_summary(engine, job_id=job_id, attempt=1, summary=summary) is True
-        assert save_session_summary(engine, job_id=job_id, attempt=1, summary=summary) is False
+        assert save_session_summary(delivery(1), summary) is True
+        assert save_session_summary(delivery(1), summary) is False
         with pytest.raises(Cancelled):  # a delivery that lost its job writes nothing
-            save_session_summary(
-                engine, job_id=job_id, attempt=2, summary=dataclasses.replace(summary, covers_seq=seqs[-2])
-            )
+            save_session_summary(delivery(2), dataclasses.replace(summary, covers_seq=seqs[-2]))
     finally:
         with engine.begin() as conn:
             conn.execute(

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from urllib.error import HTTPError, URLError
 
 from protostar import commands
-from protostar.client import ClientConfig
 from protostar.errors import ProtostarError
 from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
@@ -79,6 +78,7 @@ def _wait_workers(settings: Settings, names: list[str], timeout: float) -> bool:
 
 
 def cmd_up(settings: Settings) -> int:
+    from protostar.client import ClientConfig
     from protostar.runtime.stack import Stack
     from protostar.supervisor import Supervisor
 

@@ -116,7 +116,7 @@ def from_response(response: httpx.Response, *, route: str | None = None) -> APIE
     code, message = _body(response)
     status = response.status_code
     if route and (status == 405 or (status == 404 and message == ROUTER_NOT_FOUND)):
-        return NotSupported(status, "not_supported", f"this server has no {route} (HTTP {status}); it is older")
+        return NotSupported(status, "not_supported", f"this server has no {route}; it is older than this client")
     cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIError)
     return cls(status, code, message)
 

@@ -55,7 +55,7 @@ def stream_answer(stream: ChatStream) -> None:
         if isinstance(piece, Reset):
             out.print(f"\n[yellow]… the answer starts over (attempt {piece.attempt})[/]")
         else:
-            out.print(escape(piece), end="", soft_wrap=True)
+            out.print(piece, end="", soft_wrap=True, markup=False)
     out.print()
 
 

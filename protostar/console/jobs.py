@@ -86,7 +86,7 @@ def watch_job(job_id: JobId, json_: Json = False, api_url: ApiUrl = None, api_ke
             if json_:
                 emit_json_line({"id": event.id, "event": event.type, "data": event.data})
             elif event.type == "token":
-                out.print(escape(str(event.data.get("text", ""))), end="", soft_wrap=True)
+                out.print(str(event.data.get("text", "")), end="", soft_wrap=True, markup=False)
                 in_text = True
             else:
                 if in_text:

@@ -62,7 +62,7 @@ def stream_answer(stream: ChatStream) -> None:
 def show_sources(cited: list[Cited]) -> None:
     if not cited:
         return
-    out.print("[bold]Sources[/]")
+    out.print("\n[bold]Sources[/]")
     for i, c in enumerate(cited, 1):
         where = place(c.filename, c.page) if c.filename else f"document {c.document_id} (removed)"
         out.print(f"  [{c.n if c.n is not None else i}] {escape(where)}  [dim]score {c.score:.3f}[/]")

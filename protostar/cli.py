@@ -6,6 +6,8 @@ protostar api | beat | flower     one process, as the Procfile and the Docker im
 protostar worker ingest|chat|summary
 protostar migrate                 apply migrations and create the bucket
 protostar keys create --tenant NAME [--admin]
+
+protostar ingest|search|ask|chat|jobs|documents ...   the user CLI on the API (`protostar ask --help`)
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
 
 logger = logging.getLogger("protostar")
+
+USER_COMMANDS = frozenset({"ingest", "search", "ask", "chat", "jobs", "documents"})  # protostar.console's
 
 
 def _resolved(settings: Settings, env: dict[str, str]) -> Settings:
@@ -76,6 +80,7 @@ def _wait_workers(settings: Settings, names: list[str], timeout: float) -> bool:
 
 
 def cmd_up(settings: Settings) -> int:
+    from protostar.client import ClientConfig
     from protostar.runtime.stack import Stack
     from protostar.supervisor import Supervisor
 
@@ -106,6 +111,7 @@ def cmd_up(settings: Settings) -> int:
         if not _wait_http(f"{flower_url}/healthcheck", 30, ok=(200, 401)):
             supervisor.say("Flower did not answer within 30 s; see its log above")
         key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
+        ClientConfig(api, key).save(resolved.data_dir / "client.json")  # mode 0600; `protostar ask` reads it
         supervisor.say(
             "\n"
             f"  Protostar is up.\n"
@@ -192,7 +198,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per command)
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 (one return per command)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in USER_COMMANDS:
+        from protostar.console import run  # the user CLI, on the client
+
+        return run(argv)
     args = parser().parse_args(argv)
     try:
         settings = get_settings()

@@ -1,5 +1,5 @@
 """What the API process owns, built in the lifespan and closed with it: its clients (the same bundle the
-workers build, :class:`protostar.clients.Clients`), a session factory, the key cache and its metrics."""
+workers build, :class:`protostar.bundle.Clients`), a session factory, the key cache and its metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from protostar.auth import Principal
-from protostar.clients import Clients
+from protostar.bundle import Clients
 from protostar.db.engine import make_sessionmaker
 from protostar.jobs.broker import create_celery
 from protostar.settings import Settings

@@ -1,11 +1,11 @@
-"""The worker process's clients (:class:`protostar.clients.Clients`): made when the worker starts, forgotten
+"""The worker process's clients (:class:`protostar.bundle.Clients`): made when the worker starts, forgotten
 after fork so that each prefork child builds its own on first use."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from protostar.clients import Clients
+from protostar.bundle import Clients
 from protostar.settings import get_settings
 
 _current: Clients | None = None

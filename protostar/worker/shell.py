@@ -17,7 +17,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from protostar import backoff
-from protostar.clients import Clients
+from protostar.bundle import Clients
 from protostar.constants import EventType, JobStatus
 from protostar.db.models import Job
 from protostar.errors import Cancelled, OutOfMemory, ProtostarError, Transient

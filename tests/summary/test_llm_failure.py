@@ -18,7 +18,7 @@ from celery import Task
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from protostar.clients import Clients
+from protostar.bundle import Clients
 from protostar.constants import JobKind, TaskName
 from protostar.errors import LLMFailed
 from protostar.jobs import repo as jobs_repo

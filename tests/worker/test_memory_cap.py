@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from sqlalchemy import Engine, text
 
-from protostar.clients import Clients
+from protostar.bundle import Clients
 from protostar.errors import OutOfMemory
 from protostar.jobs.broker import create_celery
 from protostar.jobs.context import JobContext

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from protostar.clients import MAX_THREAD_CONNECTIONS, Clients
+from protostar.bundle import MAX_THREAD_CONNECTIONS, Clients
 from protostar.settings import Settings
 
 DATABASE_URL = "postgresql+psycopg://user@127.0.0.1:9/none"  # never connected to: pools open lazily

@@ -10,8 +10,8 @@ from celery import Task, shared_task
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from protostar.bundle import Clients
 from protostar.chat.pipeline import answer
-from protostar.clients import Clients
 from protostar.constants import TaskName
 from protostar.errors import BrokerUnavailable
 from protostar.jobs import repo

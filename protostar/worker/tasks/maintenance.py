@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from celery import shared_task
 from sqlalchemy.orm import Session
 
-from protostar.clients import Clients
+from protostar.bundle import Clients
 from protostar.constants import TaskName
 from protostar.db.engine import make_sessionmaker
 from protostar.jobs.reconcile import reconcile

@@ -247,7 +247,7 @@ def make_dirs(path: Path, *, traversable: bool) -> list[Path]:
     return created
 
 
-def _can_traverse(directory: Path, user: ServiceUser) -> bool:
+def can_traverse(directory: Path, user: ServiceUser) -> bool:
     st = directory.stat()
     if st.st_uid == user.uid:
         return bool(st.st_mode & stat.S_IXUSR)
@@ -265,10 +265,11 @@ def prepare_dir(path: Path, *, owner: ServiceUser | None) -> None:
     make_dirs(path, traversable=owner is not None)
     if owner is not None:
         for parent in reversed(path.parents):
-            if not _can_traverse(parent, owner):
+            if not can_traverse(parent, owner):
                 raise ServiceError(
-                    f"{parent} cannot be traversed by user {owner.name}, which the embedded services run as "
-                    f"when started as root; choose a data_dir elsewhere or run: chmod o+x {parent}"
+                    f"{parent} cannot be traversed by user {owner.name}, which the embedded PostgreSQL runs as "
+                    f"when started as root, and {path} already holds data; move {path} away (the next start "
+                    "keeps that data under /var/lib/protostar instead) or choose another data_dir"
                 )
         chown_tree(path, owner)
     try:

@@ -168,13 +168,17 @@ class Stack:
 
     # --- life cycle -----------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start every embedded service and wait until each answers. On failure, stop those started."""
+    def start(self, timeout: float = 60.0, *, defer_llm: bool = False) -> None:
+        """Start every embedded service and wait until each answers. On failure, stop those started.
+
+        ``defer_llm``: all but the LLM, which ``start_llm`` starts later (``protostar up`` serves everything
+        else while llama-server is still being built). Its port is checked now all the same.
+        """
         if self._running:
             return
-        services = self.services
-        for service in services:  # all ports first: fail before anything runs
+        for service in self.services:  # all ports first: fail before anything runs
             process.ensure_port_free(service.host, service.port, service.name)
+        services = [s for s in self.services if not (defer_llm and isinstance(s, EmbeddedLLM))]
         process.make_dirs(self.data_dir, traversable=os.geteuid() == 0)
         try:
             for service in services:
@@ -187,6 +191,19 @@ class Stack:
             self.stop()
             raise
         logger.info("embedded services ready: %s", ", ".join(s.name for s in services) or "none")
+
+    def start_llm(self, timeout: float = 60.0) -> None:
+        """Start the embedded LLM deferred by ``start(defer_llm=True)`` and wait until it answers."""
+        llm = self.llm
+        if llm is None or llm in self._running:
+            return
+        self._running.append(llm)
+        try:
+            llm.start(timeout)
+        except BaseException:
+            self._running.remove(llm)
+            llm.stop()
+            raise
 
     def stop(self) -> None:
         """Stop the running services in reverse order. Never raises."""

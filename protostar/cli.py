@@ -66,18 +66,17 @@ def _wait_http(url: str, timeout: float, *, ok: tuple[int, ...] = (200,)) -> boo
     return False
 
 
-def _wait_workers(settings: Settings, names: list[str], timeout: float) -> bool:
-    """Until every worker answers a ping, so Flower's first look finds them all."""
+def _wait_workers(settings: Settings, names: list[str], timeout: float) -> dict[str, str]:
+    """Until every worker answers a ping, so Flower's first look finds them all: their node names by name."""
     from protostar.celery_app import create_celery
 
     control = create_celery(settings, role="api").control
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    seen: dict[str, str] = {}
+    while time.monotonic() < deadline and not set(names) <= set(seen):
         replies = control.ping(timeout=1.0) or []
-        seen = {name.split("@")[0] for reply in replies for name in reply}
-        if set(names) <= seen:
-            return True
-    return False
+        seen.update({node.split("@")[0]: node for reply in replies for node in reply})
+    return seen
 
 
 # The queues whose jobs call the LLM. While the embedded LLM is being built their workers do not consume them:
@@ -97,8 +96,8 @@ def _start_workers(supervisor: Supervisor, settings: Settings, *, llm_ready: boo
         supervisor.start(f"worker-{name}", argv)
 
 
-def _llm_ready(supervisor: Supervisor, settings: Settings) -> None:
-    """The LLM answers: start the workers left out, and have the others consume their LLM queues too."""
+def _llm_ready(supervisor: Supervisor, settings: Settings, nodes: dict[str, str]) -> None:
+    """The LLM answers: start the workers left out, and have the others (``nodes``) consume their LLM queues."""
     from protostar.celery_app import create_celery
 
     for name, spec in commands.WORKERS.items():
@@ -109,10 +108,10 @@ def _llm_ready(supervisor: Supervisor, settings: Settings) -> None:
         queues = [q for q in spec.queues if q in _LLM_QUEUES]
         if not queues or len(queues) == len(spec.queues):
             continue
-        nodes = [node for reply in control.ping(timeout=2.0) or [] for node in reply if node.startswith(f"{name}@")]
         for queue in queues:
-            replies = control.add_consumer(queue.value, destination=nodes, reply=True, timeout=2.0) or []
-            if len(replies) < len(nodes) or not nodes:
+            node = nodes.get(name)
+            replies = control.add_consumer(queue.value, destination=[node], reply=True, timeout=5.0) if node else []
+            if not replies:
                 supervisor.say(f"worker-{name} did not confirm consuming {queue.value}; restart protostar up")
 
 
@@ -157,7 +156,8 @@ def cmd_up(settings: Settings) -> int:
         _start_workers(supervisor, resolved, llm_ready=launcher is None)
         supervisor.start("beat", commands.beat(resolved))
         names = [p.removeprefix("worker-") for p, _ in supervisor.procs if p.startswith("worker-")]
-        if not _wait_workers(resolved, names, 90):
+        nodes = _wait_workers(resolved, names, 90)
+        if not set(names) <= set(nodes):
             supervisor.say("not every worker answered within 90 s; see their logs above")
         supervisor.start("flower", commands.flower(resolved), commands.flower_env(resolved, flower_password))
         api = resolved.public_api_url
@@ -166,7 +166,8 @@ def cmd_up(settings: Settings) -> int:
         flower_url = f"http://{resolved.host}:{resolved.flower_port}"
         if not _wait_http(f"{flower_url}/healthcheck", 30, ok=(200, 401)):
             supervisor.say("Flower did not answer within 30 s; see its log above")
-        ready_now = launcher is not None and launcher.poll()
+        if launcher is not None and launcher.poll():  # already installed: ready within seconds
+            _llm_ready(supervisor, resolved, nodes)
         key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
         supervisor.say(
             "\n"
@@ -182,9 +183,7 @@ def cmd_up(settings: Settings) -> int:
             f"        curl -H 'Authorization: Bearer {key}' -X POST {api}/v1/sessions\n"
             "  Ctrl-C stops everything.\n"
         )
-        if ready_now:
-            _llm_ready(supervisor, resolved)
-        exited = supervisor.wait(tick=_llm_tick(launcher, supervisor, resolved))
+        exited = supervisor.wait(tick=_llm_tick(launcher, supervisor, resolved, nodes))
         if exited:
             supervisor.say(f"{exited} exited; stopping everything")
             return 1
@@ -215,24 +214,26 @@ def _begin_llm(stack: Stack, settings: Settings, supervisor: Supervisor) -> Laun
 
     client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=5)
     if stack.llm is None:
-        write_state(client, LLMState.EXTERNAL, detail=settings.llm_base_url or "", since=time.time())
+        write_state(client, LLMState.EXTERNAL, detail=settings.llm_base_url or "", since=time.time(), ttl=None)
         return None
     launcher = Launcher(stack, client, installer=installer_command(), say=supervisor.say)
     launcher.begin()
     return launcher
 
 
-def _llm_tick(launcher: Launcher | None, supervisor: Supervisor, settings: Settings) -> Callable[[], None] | None:
+def _llm_tick(
+    launcher: Launcher | None, supervisor: Supervisor, settings: Settings, nodes: dict[str, str]
+) -> Callable[[], None] | None:
     if launcher is None:
         return None
 
     def tick() -> None:
         if launcher.poll():
+            _llm_ready(supervisor, settings, nodes)
             supervisor.say(
                 f"\n  The embedded LLM is ready ({settings.llm_base_url}, model {settings.llm_model}): "
                 "chat and summary jobs run now.\n"
             )
-            _llm_ready(supervisor, settings)
 
     return tick
 

@@ -9,9 +9,10 @@ is, as JSON::
 
 ``state`` is ``building`` (install and compile; ``progress`` is the compile's percentage when known),
 ``starting`` (loading the model), ``ready``, ``failed`` (``detail`` says why and where the log is) or
-``external`` (``up`` embeds no LLM: ``PROTOSTAR_LLM_BASE_URL`` is set). The key lives ``TTL`` seconds and
-``up`` refreshes it, so a stopped ``up`` leaves no stale state behind; without it ``read_state`` answers
-``unknown`` (an LLM this process knows nothing about, as in production, assumed to serve).
+``external`` (``up`` embeds no LLM: ``PROTOSTAR_LLM_BASE_URL`` is set; kept for good, harmless). The key
+lives ``TTL`` seconds and ``up`` refreshes it, so a stopped ``up`` leaves no stale state behind; without it
+``read_state`` answers ``unknown`` (an LLM this process knows nothing about, as in production: assumed to
+serve).
 
 Import-light on purpose: the API's readiness route and the job dispatcher read it.
 """
@@ -44,11 +45,17 @@ SERVING = frozenset({LLMState.READY, LLMState.EXTERNAL, LLMState.UNKNOWN})
 
 
 def write_state(
-    client: redis.Redis, state: LLMState, *, detail: str = "", progress: int | None = None, since: float
+    client: redis.Redis,
+    state: LLMState,
+    *,
+    detail: str = "",
+    progress: int | None = None,
+    since: float,
+    ttl: int | None = TTL,
 ) -> None:
-    """Publish ``state`` (``since``: when it began, epoch seconds) for ``TTL`` seconds."""
+    """Publish ``state`` (``since``: when it began, epoch seconds) for ``ttl`` seconds (None: for good)."""
     value = {"state": state.value, "detail": detail, "progress": progress, "since": since}
-    client.set(KEY, json.dumps(value), ex=TTL)
+    client.set(KEY, json.dumps(value), ex=ttl)
 
 
 def clear_state(client: redis.Redis) -> None:

@@ -163,6 +163,21 @@ def ensure_port_free(host: str, port: int, service: str, env_var: str | None = N
             ) from exc
 
 
+def hold_port(host: str, port: int) -> socket.socket | None:
+    """Bind ``host:port`` without listening, to keep it for a server started later; close it just before.
+
+    Without SO_REUSEADDR, so every other bind fails meanwhile (ours and other programs' alike). None when
+    only a connection in TIME_WAIT stands in the way: the port is free, just not holdable.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the kernel's pick; racy by nature, fine for tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from protostar.errors import PortInUse
 from protostar.runtime.llm_launch import Launcher
 from protostar.runtime.llm_state import KEY, LLMState, clear_state, read_state, waiting_note
-from protostar.runtime.process import free_port
+from protostar.runtime.process import ensure_port_free, free_port
 from protostar.runtime.redis import EmbeddedRedis
 from protostar.runtime.stack import Stack
 from tests.conftest import wait_for
@@ -53,10 +54,14 @@ def test_building_then_ready(base_dir: Path, client: redis.Redis) -> None:
     gate = base_dir / "go"
     script = 'echo "building llama-server from source"; echo "  [ 42%] Built target ggml"; '
     script += f'while [ ! -e "{gate}" ]; do sleep 0.05; done; echo "the embedded LLM is installed"'
-    stack = Stack(only_llm(base_dir / "data"))
+    settings = only_llm(base_dir / "data")
+    stack = Stack(settings)
     said: list[str] = []
     launcher = Launcher(stack, client, installer=installer(script), say=said.append)
     try:
+        stack.start(defer_llm=True)  # as `up` does: the LLM's port is held, nothing else runs here
+        with pytest.raises(PortInUse):
+            ensure_port_free("127.0.0.1", settings.llm_port, "llm")
         launcher.begin()
         building = wait_for(
             lambda: (state := read_state(client))["progress"] == 42 and state, what="the compile's progress"

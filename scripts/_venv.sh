@@ -44,7 +44,11 @@ install_python() {
   local stamp=.venv/.protostar-installed want
   want=$(cat "$@" requirements-llm.txt constraints.txt pyproject.toml vendor/*/pyproject.toml | sha256sum | cut -d' ' -f1)
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
-  echo "installing Protostar's dependencies into .venv (first run: about 5 minutes; log: .venv/install.log)"
+  if [ -f "$stamp" ]; then
+    echo "updating Protostar's dependencies in .venv (the requirement files changed; log: $install_log)"
+  else
+    echo "installing Protostar's dependencies into .venv (the first time: 2 to 5 minutes; log: $install_log)"
+  fi
   step "pip" .venv/bin/python -m pip install --upgrade pip
   step "torch (CPU build)" .venv/bin/python -m pip install torch==2.13.0  # first, alone: see constraints.txt
   local req

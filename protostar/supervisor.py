@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -51,14 +51,19 @@ class Supervisor:
             self.out.write(text + "\n")
             self.out.flush()
 
-    def wait(self) -> str | None:
-        """Block until a signal arrives or a process exits; returns the name of a process that exited."""
+    def wait(self, tick: Callable[[], None] | None = None) -> str | None:
+        """Block until a signal arrives or a process exits; returns the name of a process that exited.
+
+        ``tick``, if given, runs every half second on this thread (so what it spawns lives as long as we do).
+        """
         stop = threading.Event()
         with _signals(stop):
             while not stop.wait(0.5):
                 for name, proc in self.procs:
                     if proc.poll() is not None:
                         return name
+                if tick is not None:
+                    tick()
         return None
 
     def stop_all(self) -> None:

@@ -3,10 +3,12 @@ behind, and a second `up` finds the data of the first."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -58,7 +60,10 @@ def up_env() -> Iterator[dict[str, str]]:
     env.update(
         {
             "PROTOSTAR_DATA_DIR": str(data / "data"),
-            **{f"PROTOSTAR_{name}_PORT": str(free_port()) for name in ("REDIS", "POSTGRES", "S3", "API", "FLOWER")},
+            **{
+                f"PROTOSTAR_{name}_PORT": str(free_port())
+                for name in ("REDIS", "POSTGRES", "S3", "LLM", "API", "FLOWER")
+            },
         }
     )
     yield env
@@ -104,9 +109,30 @@ def test_up_serves_shows_workers_in_flower_and_stops_clean(up_env: dict[str, str
         assert again.value(r"API key\s+(\S+)") == key  # kept in the data directory
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
             assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        the_cli_needs_no_setup(up_env, api, key, tmp_path)
     finally:
         family = again.interrupt()
     assert not psutil.wait_procs(family, timeout=10)[1]
+
+
+def the_cli_needs_no_setup(up_env: dict[str, str], api: str, key: str, cwd: Path) -> None:
+    """``up`` wrote the client file (0600) with the API's URL and key; the CLI finds it knowing only the data
+    dir (as for a user who moved it): no URL, no key."""
+    client_file = Path(up_env["PROTOSTAR_DATA_DIR"]) / "client.json"
+    assert client_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(client_file.read_text()) == {"api_url": api, "api_key": key}
+    env = {k: v for k, v in up_env.items() if not k.startswith("PROTOSTAR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "protostar.cli", "documents", "ls", "--json"],
+        env={**env, "PROTOSTAR_DATA_DIR": up_env["PROTOSTAR_DATA_DIR"]},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), list)
 
 
 def test_a_busy_port_is_a_clear_message(up_env: dict[str, str], tmp_path: Path) -> None:
@@ -126,3 +152,31 @@ def test_a_busy_port_is_a_clear_message(up_env: dict[str, str], tmp_path: Path) 
     assert result.returncode == 1
     assert "already in use" in result.stderr and "PROTOSTAR_REDIS_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the system user and /var/lib/protostar are root's business")
+def test_up_as_root_with_the_data_dir_in_a_closed_home(up_env: dict[str, str], tmp_path: Path) -> None:
+    home = Path(tempfile.mkdtemp(prefix="protostar-home-"))  # mode 0700, as /root
+    data = home / "clone" / ".protostar"
+    env = {**up_env, "PROTOSTAR_DATA_DIR": str(data)}
+    placed: Path | None = None
+    try:
+        up = Up(env, tmp_path / "up-root.log")
+        try:
+            placed = (data / "postgres").resolve()
+            assert (data / "postgres").is_symlink() and placed.parent == Path("/var/lib/protostar")
+            assert f"postgres/ -> {placed}" in up.text  # the banner says where PostgreSQL's data lives
+            api, key = up.value(r"API\s+(http://\S+)"), up.value(r"API key\s+(\S+)")
+            with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
+                ready = client.get("/readyz")
+                assert ready.status_code == 200 and ready.json()["llm"]["state"] in {"building", "starting", "ready"}
+                job_id = client.post("/v1/probes", json={"queue": "ingest"}).json()["job_id"]
+                wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded", timeout=60)
+        finally:
+            family = up.interrupt()
+        assert not psutil.wait_procs(family, timeout=10)[1]
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        if placed is not None and placed.parent == Path("/var/lib/protostar"):
+            shutil.rmtree(placed, ignore_errors=True)

@@ -27,6 +27,7 @@ from protostar.jobs import repo
 from protostar.jobs.ending import Ending
 from protostar.jobs.events import EventLog
 from protostar.jobs.kinds import KINDS, PROBE_QUEUES, send_options
+from protostar.runtime.llm_state import waiting_note
 from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -110,11 +111,18 @@ class Dispatcher:
             return Submitted(self._commit_and_send(session, job), created=True)
         raise AssertionError(f"no {kind.value} job for {payload[key]} after three tries")  # pragma: no cover
 
+    def _queued(self, job: Job) -> dict[str, Any]:
+        """The ``queued`` event; for a job that needs the embedded LLM while it is still being built, why it waits."""
+        data: dict[str, Any] = {"status": JobStatus.QUEUED.value}
+        if job.queue in (Queue.CHAT.value, Queue.SUMMARY.value):
+            data.update(waiting_note(self.events.client) or {})
+        return data
+
     def _commit_and_send(self, session: Session, job: Job) -> Job:
         session.commit()
         try:
             self.send(job)
-            self.events.publish(job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value})
+            self.events.publish(job.id, EventType.STATUS, self._queued(job))
         except BROKER_ERRORS as exc:
             logger.warning("job_id=%s could not be sent: %s", job.id, exc)
             failed = Ending(JobStatus.FAILED, BrokerUnavailable.code, NOT_QUEUED)

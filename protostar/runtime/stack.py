@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +44,7 @@ class Stack:
         self._lock = threading.Lock()
         self._services: list[EmbeddedService] | None = None
         self._running: list[EmbeddedService] = []
+        self._held_port: socket.socket | None = None  # the deferred LLM's, until it starts
 
     # --- secrets --------------------------------------------------------------------------------------
 
@@ -168,13 +170,20 @@ class Stack:
 
     # --- life cycle -----------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start every embedded service and wait until each answers. On failure, stop those started."""
+    def start(self, timeout: float = 60.0, *, defer_llm: bool = False) -> None:
+        """Start every embedded service and wait until each answers. On failure, stop those started.
+
+        ``defer_llm``: all but the LLM, which ``start_llm`` starts later (``protostar up`` serves everything
+        else while llama-server is still being built). Its port is checked now all the same, and held (bound,
+        not listening) until then, so that nothing else takes it meanwhile.
+        """
         if self._running:
             return
-        services = self.services
-        for service in services:  # all ports first: fail before anything runs
+        for service in self.services:  # all ports first: fail before anything runs
             process.ensure_port_free(service.host, service.port, service.name)
+        services = [s for s in self.services if not (defer_llm and isinstance(s, EmbeddedLLM))]
+        if defer_llm and (llm := self.llm) is not None:
+            self._held_port = process.hold_port(llm.host, llm.port)
         process.make_dirs(self.data_dir, traversable=os.geteuid() == 0)
         try:
             for service in services:
@@ -188,8 +197,28 @@ class Stack:
             raise
         logger.info("embedded services ready: %s", ", ".join(s.name for s in services) or "none")
 
+    def start_llm(self, timeout: float = 60.0) -> None:
+        """Start the embedded LLM deferred by ``start(defer_llm=True)`` and wait until it answers."""
+        llm = self.llm
+        if llm is None or llm in self._running:
+            return
+        self._release_port()
+        self._running.append(llm)
+        try:
+            llm.start(timeout)
+        except BaseException:
+            self._running.remove(llm)
+            llm.stop()
+            raise
+
+    def _release_port(self) -> None:
+        if self._held_port is not None:
+            self._held_port.close()
+            self._held_port = None
+
     def stop(self) -> None:
         """Stop the running services in reverse order. Never raises."""
+        self._release_port()
         while self._running:
             service = self._running.pop()
             try:

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from protostar.api.deps import StateDep
 from protostar.api.state import AppState
 from protostar.db.engine import ping
+from protostar.runtime.llm_state import read_state
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,13 @@ def _checks(state: AppState) -> list[dict[str, object]]:
 
 @router.get("/readyz")
 def readyz(state: StateDep) -> JSONResponse:
+    """Ready when Redis, PostgreSQL and the object store answer. ``llm`` says where the embedded LLM is
+    (``building`` with its progress while ``protostar up`` builds it...): informative only, since ingestion,
+    search and jobs serve meanwhile, and chat and summary jobs wait queued for it."""
     checks = _checks(state)
     ready = all(c["ok"] for c in checks)
-    return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
-    )
+    body = {"status": "ready" if ready else "unavailable", "checks": checks, "llm": read_state(state.clients.redis)}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

@@ -2,6 +2,10 @@
 flight per target; and every worker, the queues it consumes and its pool. Dispatch, celeryconfig's routes, the
 worker command lines (``protostar.commands``) and the reconciler read these tables and nothing else; time
 limits per queue come from ``Settings.time_limits``, which the settings checks read too.
+
+No kind needs an end hook: every end goes through ``jobs.repo.finish``, and what follows a job's end is read
+from its row (a document's status is its latest ingest job's), so nothing can be left behind by an end that
+skipped a hook.
 """
 
 from __future__ import annotations

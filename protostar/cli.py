@@ -177,20 +177,7 @@ def cmd_up(settings: Settings) -> int:
             _llm_ready(supervisor, resolved, nodes)
         key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
         ClientConfig(api, key).save(resolved.data_dir / "client.json")  # mode 0600; `protostar ask` reads it
-        supervisor.say(
-            "\n"
-            f"  Protostar is up.\n"
-            f"  API          {api}\n"
-            f"  API docs     {api}/docs\n"
-            f"  API key      {key}   (tenant 'default', admin)\n"
-            f"  Flower       {flower_url}  "
-            f"(user {resolved.flower_user}, password {flower_password})\n"
-            f"  LLM          {_llm_line(launcher, resolved)}\n"
-            f"  Data         {_data_line(resolved)}\n"
-            f"  Try:  curl -H 'Authorization: Bearer {key}' -F file=@report.pdf {api}/v1/documents\n"
-            f"        curl -H 'Authorization: Bearer {key}' -X POST {api}/v1/sessions\n"
-            "  Ctrl-C stops everything.\n"
-        )
+        supervisor.say(_banner(resolved, api, key, flower_url, flower_password, _llm_line(launcher, resolved)))
         exited = supervisor.wait(tick=_llm_tick(launcher, supervisor, resolved, nodes))
         if exited:
             supervisor.say(f"{exited} exited; stopping everything")
@@ -203,6 +190,23 @@ def cmd_up(settings: Settings) -> int:
         if supervisor is not None:
             supervisor.stop_all()
         stack.stop()
+
+
+def _banner(settings: Settings, api: str, key: str, flower_url: str, flower_password: str, llm: str) -> str:
+    return (
+        "\n"
+        f"  Protostar is up.\n"
+        f"  API          {api}\n"
+        f"  API docs     {api}/docs\n"
+        f"  API key      {key}   (tenant 'default', admin)\n"
+        f"  Flower       {flower_url}  "
+        f"(user {settings.flower_user}, password {flower_password})\n"
+        f"  LLM          {llm}\n"
+        f"  Data         {_data_line(settings)}\n"
+        f"  Try:  curl -H 'Authorization: Bearer {key}' -F file=@report.pdf {api}/v1/documents\n"
+        f"        curl -H 'Authorization: Bearer {key}' -X POST {api}/v1/sessions\n"
+        "  Ctrl-C stops everything.\n"
+    )
 
 
 def _data_line(settings: Settings) -> str:

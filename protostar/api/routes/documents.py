@@ -91,15 +91,17 @@ def _store(state: AppState, principal: Principal, file: UploadFile, metadata: di
             limit=state.settings.max_upload_bytes,
         )
         document = uploaded.document
+        queued = uploaded.created or uploaded.requeued
         out = UploadOut(
             document_id=document.id,
             job_id=document.job_id,
-            status=document.status,
+            # What this upload did: queued an ingest (a worker may have started it already: ``document`` says).
+            status=DocumentStatus.QUEUED if queued else document.status,
             duplicate=not uploaded.created,
             events_url=events_url(state, document.job_id) if document.job_id else None,
             document=DocumentOut.of(document),
         )
-        return out, uploaded.created or uploaded.requeued
+        return out, queued
 
 
 @router.get("/documents/{document_id}", response_model=DocumentDetail)

@@ -1,4 +1,5 @@
-"""Liveness, readiness (every dependency answers) and Prometheus metrics. No auth."""
+"""Liveness, readiness (every dependency answers) and Prometheus metrics. No auth, so no internal text: a
+failed readiness check names the dependency; why it failed is in the API's log."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def _check(name: str, probe: Callable[[], object]) -> dict[str, object]:
     try:
         probe()
     except Exception as exc:  # noqa: BLE001 (boundary: report each dependency's failure, never raise)
-        logger.warning("readiness: %s is not ready: %s", name, exc)
-        return {"name": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        logger.warning("readiness: %s is not ready: %s", name, exc)  # the cause goes to the log, not to callers
+        return {"name": name, "ok": False, "error": "did not answer"}
     return {"name": name, "ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 

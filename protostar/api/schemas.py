@@ -1,16 +1,60 @@
-"""Response and request bodies of the public contract."""
+"""Response and request bodies of the public contract.
+
+Every request field has a documented maximum (it shows in ``/openapi.json``; above it: ``422``): titles 200
+characters, message content 16,000, search queries 4,000, metadata objects 16 KiB as compact JSON. Text may not
+contain NUL characters (PostgreSQL cannot store them).
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from protostar.auth import KeyInfo
 from protostar.constants import JobStatus, Queue
 from protostar.db.models import ChatSession, Document, DocumentSummary, Job, Message
 from protostar.jobs.kinds import PROBE_QUEUES
+
+MAX_METADATA_BYTES = 16 * 1024
+"""A metadata object (a session's, a document's), serialized as compact JSON, in bytes."""
+
+
+def check_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    return value
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` if it fits :data:`MAX_METADATA_BYTES` and holds no NUL character; raises ``ValueError``."""
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+    if _has_nul(value):
+        raise ValueError("metadata may not contain NUL characters")
+    return value
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+Text = Annotated[str, AfterValidator(check_text)]
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(check_metadata),
+    Field(description=f"any JSON object up to {MAX_METADATA_BYTES} bytes as compact JSON"),
+]
 
 
 class Progress(BaseModel):
@@ -145,7 +189,7 @@ class DocumentPage(BaseModel):
 
 
 class SearchIn(BaseModel):
-    query: str = Field(min_length=1, max_length=4000)
+    query: Text = Field(min_length=1, max_length=4000)
     top_k: int = Field(5, ge=1, le=100)
 
 
@@ -163,8 +207,8 @@ class SearchOut(BaseModel):
 
 
 class SessionIn(BaseModel):
-    title: str | None = Field(None, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: Text | None = Field(None, max_length=200)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SessionCreated(BaseModel):
@@ -172,7 +216,7 @@ class SessionCreated(BaseModel):
 
 
 class MessageIn(BaseModel):
-    content: str = Field(min_length=1, max_length=16_000)
+    content: Text = Field(min_length=1, max_length=16_000)
 
 
 class MessageAccepted(BaseModel):
@@ -233,3 +277,35 @@ class SessionOut(BaseModel):
             created_at=session.created_at,
             updated_at=session.updated_at,
         )
+
+
+class KeyIn(BaseModel):
+    admin: bool = Field(False, description="an admin key may send probes and manage its tenant's keys")
+
+
+class KeyOut(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    prefix: str = Field(description="the key's first characters, to tell keys apart; never the key itself")
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: KeyInfo) -> KeyOut:
+        return cls(
+            id=key.id,
+            tenant=key.tenant,
+            prefix=key.prefix,
+            admin=key.is_admin,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the API key: shown once, never stored (only its SHA-256 is)")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]

@@ -171,12 +171,15 @@ _EOCD64 = struct.Struct("<4sQHHIIQQQQ")
 
 
 def _zip_directory(file: BinaryIO) -> tuple[int, int]:
-    """Members and central directory bytes, from the end record (read from the last 64 KiB of the file)."""
+    """Members and central directory bytes, from the end record (in the last 64 KiB of the file)."""
     end = file.seek(0, 2)
-    start = max(0, end - _EOCD.size - 0xFFFF)  # the record, then a comment of up to 64 KiB
-    file.seek(start)
-    tail = file.read(end - start)
-    at = tail.rfind(b"PK\x05\x06")
+    for window in (1024, _EOCD.size + 0xFFFF):  # the record, then a comment: usually none, at most 64 KiB
+        start = max(0, end - window)
+        file.seek(start)
+        tail = file.read(end - start)
+        at = tail.rfind(b"PK\x05\x06")
+        if at >= 0 or start == 0:
+            break
     if at < 0 or len(tail) - at < _EOCD.size:
         raise UnsupportedMediaType("the file looks like a ZIP container but is damaged or truncated (no end record)")
     _, _, _, _, entries, size, _, _ = _EOCD.unpack_from(tail, at)

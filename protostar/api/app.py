@@ -16,6 +16,7 @@ from protostar.api import errors
 from protostar.api.guard import Guard
 from protostar.api.metrics import BacklogCollector, RequestMetrics
 from protostar.api.routes import admin, documents, health, jobs, sessions
+from protostar.api.schemas import ADMIN_ERRORS, ERRORS
 from protostar.api.state import AppState
 from protostar.embeddings.index import ensure_configured_index
 from protostar.logs import setup_logging
@@ -61,8 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, registry=registry)  # added last: outermost, so it counts 401s and 413s
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(documents.router)
-    app.include_router(sessions.router)
-    app.include_router(admin.router)
+    app.include_router(jobs.router, responses=ERRORS)
+    app.include_router(documents.router, responses=ERRORS)
+    app.include_router(sessions.router, responses=ERRORS)
+    app.include_router(admin.router, responses={**ERRORS, **ADMIN_ERRORS})
     return app

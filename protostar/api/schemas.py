@@ -57,6 +57,41 @@ Metadata = Annotated[
 ]
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable: unauthorized, not_found, validation_failed, ...")
+    message: str = Field(description="for people; never internal text (addresses, SQL, exceptions)")
+
+
+class ErrorOut(BaseModel):
+    """Every error, whatever its status."""
+
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no key, or an unknown or revoked one"},
+    404: {"model": ErrorOut, "description": "not found (or another tenant's)"},
+    413: {"model": ErrorOut, "description": "the body is over its limit"},
+    422: {"model": ErrorOut, "description": "malformed input; the message names the field"},
+    503: {"model": ErrorOut, "description": "a dependency is down; try again"},
+}
+"""The error answers every ``/v1`` route documents (``ErrorOut``, as ``protostar.api.errors`` renders them)."""
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {403: {"model": ErrorOut, "description": "not an admin key"}}
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    ms: float | None = None
+    error: str | None = Field(None, description="which way it failed; the cause is in the API's log")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or unavailable")
+    checks: list[Check]
+
+
 class Progress(BaseModel):
     stage: str | None
     done: int

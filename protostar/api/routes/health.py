@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protostar.api.deps import StateDep
+from protostar.api.schemas import Readiness
 from protostar.api.state import AppState
 from protostar.db.engine import ping
 
@@ -43,7 +44,7 @@ def _checks(state: AppState) -> list[dict[str, object]]:
     ]
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "a check failed"}})
 def readyz(state: StateDep) -> JSONResponse:
     checks = _checks(state)
     ready = all(c["ok"] for c in checks)
@@ -52,6 +53,6 @@ def readyz(state: StateDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format"}})
 def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)

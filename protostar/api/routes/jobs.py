@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
-from protostar.api.schemas import Accepted, JobOut, ProbeIn
+from protostar.api.schemas import ADMIN_ERRORS, Accepted, JobOut, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
 from protostar.db.models import Job
@@ -46,7 +46,7 @@ async def job_events(
     return await event_stream(request, state, principal, job_id, last_event_id or after)
 
 
-@router.post("/probes", status_code=202, response_model=Accepted)
+@router.post("/probes", status_code=202, response_model=Accepted, responses=ADMIN_ERRORS)
 def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: StateDep) -> Accepted:
     """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
     submitted = state.clients.dispatcher.submit(

@@ -39,8 +39,10 @@ async def job_events(
     request: Request,
     principal: PrincipalDep,
     state: StateDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(description="resume after this event id (as Last-Event-ID)")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    after: Annotated[
+        str | None, Query(max_length=64, description="resume after this event id (as Last-Event-ID)")
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``progress``, ``token``, ``error``, ``done``; resumable by id."""
     return await event_stream(request, state, principal, job_id, last_event_id or after)

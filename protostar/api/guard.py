@@ -17,15 +17,11 @@ runs). It answers nothing itself, so that routing, the error handlers and the re
 
 from __future__ import annotations
 
-import logging
-
 from anyio import to_thread
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protostar.api.state import AppState
-
-logger = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 64 * 1024
 """Form boundaries and part headers around an uploaded file."""

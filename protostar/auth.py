@@ -1,7 +1,12 @@
 """API keys and tenants (the keys' repository: all their SQL is here). A key is ``ps_`` + 43 url-safe
 characters (256 random bits); only its SHA-256 is stored, which is safe for random secrets of that length and
 fast enough to check on every request. A revoked key keeps its row (``revoked_at`` set) and never resolves
-again."""
+again.
+
+API processes keep resolved keys for a while (``protostar.api.state``). Revoking a key first sets a stamp in
+Redis under :func:`revocation_stamp` (kept :data:`STAMP_TTL` seconds, far longer than any cache entry), then
+updates the row: a process that finds the stamp on a cache hit asks the database again, so a revocation is
+seen by every process on the next request, and a stamp without a revoked row only costs a lookup."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import redis
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -19,6 +25,7 @@ from protostar.db.models import ApiKey, Tenant
 from protostar.errors import NotFound, Unauthorized
 
 KEY_PREFIX = "ps_"
+STAMP_TTL = 3600
 DEFAULT_TENANT = "default"
 
 
@@ -78,9 +85,21 @@ def list_keys(session: Session, *, tenant_id: uuid.UUID | None = None, limit: in
     return [_info(*row) for row in session.execute(query)]
 
 
-def revoke_key(session: Session, *, key_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> KeyInfo:
-    """Revoke a key (of ``tenant_id`` only, when given). Revoking it again keeps the first ``revoked_at``."""
+def revocation_stamp(key_hash: str) -> str:
+    return f"protostar:keys:revoked:{key_hash}"
+
+
+def revoke_key(
+    session: Session, client: redis.Redis, *, key_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+) -> KeyInfo:
+    """Revoke a key (of ``tenant_id`` only, when given). Revoking it again keeps the first ``revoked_at``.
+
+    The stamp is set before the row changes (a Redis error leaves the key as it was); commit the session after."""
     scope = [ApiKey.id == key_id] + ([ApiKey.tenant_id == tenant_id] if tenant_id is not None else [])
+    key_hash = session.execute(select(ApiKey.key_hash).where(*scope)).scalar_one_or_none()
+    if key_hash is None:
+        raise NotFound(f"key {key_id} not found")
+    client.set(revocation_stamp(key_hash), "1", ex=STAMP_TTL)
     session.execute(update(ApiKey).where(*scope, ApiKey.revoked_at.is_(None)).values(revoked_at=func.now()))
     return _one(session, key_id, tenant_id)
 

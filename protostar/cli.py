@@ -199,10 +199,16 @@ def cmd_keys_revoke(settings: Settings, key_id: str) -> int:
     except ValueError:
         print(f"protostar: {key_id!r} is not a key id (see `protostar keys list`)", file=sys.stderr)
         return 2
-    engine = make_engine(_admin_settings(settings), pool_size=1)
+    import redis
+
+    resolved = _admin_settings(settings)
+    assert resolved.redis_url
+    client = redis.Redis.from_url(resolved.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    engine = make_engine(resolved, pool_size=1)
     with make_sessionmaker(engine).begin() as session:
-        key = revoke_key(session, key_id=parsed)
+        key = revoke_key(session, client, key_id=parsed)  # API processes drop it from their caches at once
     engine.dispose()
+    client.close()
     print(f"revoked {key.id} ({key.prefix}..., tenant {key.tenant}) at {key.revoked_at:%Y-%m-%d %H:%M:%S}")
     return 0
 

@@ -1,27 +1,55 @@
 """What the API process owns, built in the lifespan and closed with it: its clients (the same bundle the
-workers build, :class:`protostar.clients.Clients`), a session factory, the bootstrap key's principal and its
-metrics.
+workers build, :class:`protostar.clients.Clients`), a session factory, the key cache and its metrics.
 
-Keys are looked up in the database on every request (one read by a unique index; every authenticated route
-reads the database anyway), so a revoked key answers ``401`` at once in every API process. Only the bootstrap
-key's principal is kept: it is not a row and cannot be revoked (change ``PROTOSTAR_BOOTSTRAP_API_KEY``)."""
+A resolved key is kept :data:`AUTH_TTL` seconds; a cache hit is trusted only when Redis holds no revocation
+stamp for it (``protostar.auth.revoke_key`` sets one before it revokes the row), so a revoked key answers
+``401`` on its next request in every API process. When Redis does not answer, the database decides. The
+bootstrap key is not a row and cannot be revoked (change ``PROTOSTAR_BOOTSTRAP_API_KEY``)."""
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from dataclasses import dataclass, field
+from threading import Lock
 
+import redis
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
-from protostar.auth import Principal, bearer_key, bootstrap_principal, resolve
+from protostar.auth import Principal, bearer_key, bootstrap_principal, hash_key, resolve, revocation_stamp
 from protostar.clients import Clients
 from protostar.db.engine import make_sessionmaker
 from protostar.jobs.broker import create_celery
 from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+AUTH_TTL = 30.0  # seconds a resolved key is kept (a revocation stamp overrides it at once)
+
+
+@dataclass
+class AuthCache:
+    ttl: float = AUTH_TTL
+    _entries: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+    _lock: Lock = field(default_factory=Lock)
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
+
+    def drop(self, key_hash: str) -> None:
+        with self._lock:
+            self._entries.pop(key_hash, None)
 
 
 @dataclass
@@ -30,6 +58,7 @@ class AppState:
     clients: Clients
     sessions: sessionmaker[Session]
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    auth_cache: AuthCache = field(default_factory=AuthCache)
     _bootstrap: Principal | None = None
 
     @classmethod
@@ -48,8 +77,23 @@ class AppState:
                 with self.sessions.begin() as session:
                     self._bootstrap = bootstrap_principal(session)
             return self._bootstrap
+        key_hash = hash_key(raw)
+        cached = self.auth_cache.get(key_hash)
+        if cached is not None and not self._stamped(key_hash):
+            return cached
+        self.auth_cache.drop(key_hash)
         with self.sessions() as session:
-            return resolve(session, raw)
+            principal = resolve(session, raw)
+        self.auth_cache.put(key_hash, principal)
+        return principal
+
+    def _stamped(self, key_hash: str) -> bool:
+        """Whether the key may have been revoked since it was cached (``True`` when Redis cannot tell)."""
+        try:
+            return bool(self.clients.redis.exists(revocation_stamp(key_hash)))
+        except redis.RedisError as exc:
+            logger.warning("revocation stamps unavailable, asking the database: %s", exc)
+            return True
 
     async def close(self) -> None:
         await self.clients.aclose()

@@ -12,7 +12,7 @@ import uuid
 
 from fastapi import APIRouter, Response
 
-from protostar.api.deps import AdminDep, SessionDep
+from protostar.api.deps import AdminDep, SessionDep, StateDep
 from protostar.api.schemas import KeyCreated, KeyIn, KeyList, KeyOut
 from protostar.auth import issue_key, list_keys, revoke_key
 
@@ -34,8 +34,8 @@ def create_key(principal: AdminDep, session: SessionDep, body: KeyIn | None = No
 
 
 @router.delete("/keys/{key_id}", status_code=204)
-def delete_key(key_id: uuid.UUID, principal: AdminDep, session: SessionDep) -> Response:
+def delete_key(key_id: uuid.UUID, principal: AdminDep, session: SessionDep, state: StateDep) -> Response:
     """Revoke one of your tenant's keys: it answers ``401`` from now on. Revoking it again changes nothing."""
-    revoke_key(session, key_id=key_id, tenant_id=principal.tenant_id)
+    revoke_key(session, state.clients.redis, key_id=key_id, tenant_id=principal.tenant_id)
     session.commit()
     return Response(status_code=204)

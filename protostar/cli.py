@@ -6,6 +6,8 @@ protostar api | beat | flower     one process, as the Procfile and the Docker im
 protostar worker ingest|chat|summary
 protostar migrate                 apply migrations and create the bucket
 protostar keys create --tenant NAME [--admin]
+protostar keys list [--tenant NAME]
+protostar keys revoke KEY_ID
 
 protostar ingest|search|ask|chat|jobs|documents ...   the user CLI on the API (`protostar ask --help`)
 """
@@ -286,6 +288,58 @@ def cmd_keys_create(settings: Settings, tenant: str, admin: bool) -> int:
     return 0
 
 
+def cmd_keys_list(settings: Settings, tenant: str | None) -> int:
+    from protostar.auth import list_keys
+    from protostar.db.engine import make_engine, make_sessionmaker
+
+    engine = make_engine(_admin_settings(settings), pool_size=1)
+    with make_sessionmaker(engine)() as session:
+        keys = [k for k in list_keys(session, limit=100_000) if tenant is None or k.tenant == tenant]
+    engine.dispose()
+    print(f"{'id':36}  {'tenant':20}  {'prefix':10}  {'admin':5}  {'created':19}  revoked")
+    for k in keys:
+        revoked = f"{k.revoked_at:%Y-%m-%d %H:%M:%S}" if k.revoked_at else "-"
+        print(
+            f"{k.id!s:36}  {k.tenant[:20]:20}  {k.prefix:10}  {'yes' if k.is_admin else 'no':5}  "
+            f"{k.created_at:%Y-%m-%d %H:%M:%S}  {revoked}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, key_id: str) -> int:
+    import uuid
+
+    from protostar.auth import revoke_key
+    from protostar.db.engine import make_engine, make_sessionmaker
+
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        print(f"protostar: {key_id!r} is not a key id (see `protostar keys list`)", file=sys.stderr)
+        return 2
+    import redis
+
+    resolved = _admin_settings(settings)
+    assert resolved.redis_url
+    client = redis.Redis.from_url(resolved.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    engine = make_engine(resolved, pool_size=1)
+    with make_sessionmaker(engine).begin() as session:
+        key = revoke_key(session, client, key_id=parsed)  # API processes drop it from their caches at once
+    engine.dispose()
+    client.close()
+    print(f"revoked {key.id} ({key.prefix}..., tenant {key.tenant}) at {key.revoked_at:%Y-%m-%d %H:%M:%S}")
+    return 0
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    match args.keys_command:
+        case "list":
+            return cmd_keys_list(settings, args.tenant)
+        case "revoke":
+            return cmd_keys_revoke(settings, args.key_id)
+    return cmd_keys_create(settings, args.tenant, args.admin)
+
+
 def _exec(argv: list[str], extra_env: dict[str, str] | None = None) -> int:
     os.execve(argv[0], argv, {**os.environ, **(extra_env or {})})  # noqa: S606 (become the process)
 
@@ -307,6 +361,10 @@ def parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create an API key and print it once")
     create.add_argument("--tenant", required=True)
     create.add_argument("--admin", action="store_true")
+    listing = keys.add_parser("list", help="list API keys (never the keys themselves), newest first")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    revoke = keys.add_parser("revoke", help="revoke an API key: it answers 401 from its next request on")
+    revoke.add_argument("key_id", help="the key's id, as `protostar keys list` shows it")
     return p
 
 
@@ -345,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 (o
             case "migrate":
                 return cmd_migrate(settings)
             case "keys":
-                return cmd_keys_create(settings, args.tenant, args.admin)
+                return _keys(settings, args)
     except ProtostarError as exc:
         print(f"protostar: {exc.message}", file=sys.stderr)
         return 1

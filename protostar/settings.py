@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     bootstrap_api_key: SecretStr | None = None
     broker_connect_timeout: float = Field(1.0, gt=0, description="seconds; the API answers 503 past it")
     api_url: str | None = None  # the public base URL, used in `events_url`; defaults to host:api_port
+    max_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="request bodies (JSON) larger than this answer 413 without being read"
+    )
 
     # --- Flower ---------------------------------------------------------------------------------------
     flower_user: str = "admin"

@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry
 
 from protostar import __version__
 from protostar.api import errors
+from protostar.api.guard import Guard
 from protostar.api.metrics import BacklogCollector, RequestMetrics
-from protostar.api.routes import documents, health, jobs, sessions
+from protostar.api.routes import admin, documents, health, jobs, sessions
+from protostar.api.schemas import ADMIN_ERRORS, ERRORS
 from protostar.api.state import AppState
 from protostar.embeddings.index import ensure_configured_index
 from protostar.logs import setup_logging
@@ -24,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = """Submit work, get a job id back at once, poll the job or stream its events.
 
-Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <api key>`."""
+Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <api key>`; the key is
+checked before the body is read. Request bodies are limited (`PROTOSTAR_MAX_BODY_BYTES`, 1 MiB by default;
+uploads `PROTOSTAR_MAX_UPLOAD_BYTES`): a larger one answers `413` without being read."""
 
 
 def _warm(state: AppState) -> None:
@@ -54,10 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="Protostar", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.add_middleware(RequestMetrics, registry=registry)
+    app.add_middleware(Guard)  # the key, then the body's size, before any route reads a byte
+    app.add_middleware(RequestMetrics, registry=registry)  # added last: outermost, so it counts 401s and 413s
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(documents.router)
-    app.include_router(sessions.router)
+    app.include_router(jobs.router, responses=ERRORS)
+    app.include_router(documents.router, responses=ERRORS)
+    app.include_router(sessions.router, responses=ERRORS)
+    app.include_router(admin.router, responses={**ERRORS, **ADMIN_ERRORS})
     return app

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from protostar.api.guard import AUTH_ERROR, PRINCIPAL
 from protostar.api.state import AppState
-from protostar.auth import Principal, hash_key, resolve
-from protostar.errors import Forbidden, Unauthorized
+from protostar.auth import Principal
+from protostar.errors import Forbidden
 
 
 def get_state(request: Request) -> AppState:
@@ -30,19 +31,14 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_principal(request: Request, state: StateDep) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, raw = header.partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
-        raise Unauthorized("send 'Authorization: Bearer <api key>'")
-    raw = raw.strip()
-    key_hash = hash_key(raw)
-    principal = state.auth_cache.get(key_hash)
-    if principal is None:
-        bootstrap = state.settings.bootstrap_api_key
-        with state.sessions.begin() as session:
-            principal = resolve(session, raw, bootstrap=bootstrap.get_secret_value() if bootstrap else None)
-        state.auth_cache.put(key_hash, principal)
-    return principal
+    """The caller, as the guard resolved it before the body was read (``protostar.api.guard``)."""
+    resolved = request.scope.get("state", {})
+    if AUTH_ERROR in resolved:
+        raise resolved[AUTH_ERROR]
+    principal = resolved.get(PRINCIPAL)
+    if isinstance(principal, Principal):
+        return principal
+    return state.authenticate(request.headers.get("authorization", ""))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

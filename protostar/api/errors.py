@@ -15,7 +15,13 @@ from protostar.errors import ProtostarError
 
 logger = logging.getLogger(__name__)
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -31,34 +37,39 @@ def _describe(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(ProtostarError)
-    async def _protostar(_: Request, exc: ProtostarError) -> JSONResponse:
+def render(exc: Exception) -> JSONResponse:
+    """The response for ``exc``, as the handlers below render it (for middleware, which runs outside them)."""
+    if isinstance(exc, ProtostarError):
         if exc.status >= 500:
             logger.warning("%s: %s", exc.code, exc.message)
         return error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, HTTPException):
+        return error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail))
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or "connect" in str(exc.orig).lower():
+            logger.warning("database unavailable: %s", exc.orig)
+            return error_response(503, "database_unavailable", "the database is unavailable; try again")
+        logger.error("database error", exc_info=exc)
+        return error_response(500, "internal", "internal error; the details are in the server log")
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        logger.warning("redis unavailable: %s", exc)
+        return error_response(503, "redis_unavailable", "the event store is unavailable; try again")
+    logger.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal", "internal error; the details are in the server log")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ProtostarError)
+    @app.exception_handler(HTTPException)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _known(_: Request, exc: Exception) -> JSONResponse:
+        return render(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "validation_failed", _describe(exc))
-
-    @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail))
-
-    @app.exception_handler(DBAPIError)
-    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated or "connect" in str(exc.orig).lower():
-            logger.warning("database unavailable: %s", exc.orig)
-            return error_response(503, "database_unavailable", "the database is unavailable; try again")
-        logger.exception("database error")
-        return error_response(500, "internal", "internal error; the details are in the server log")
-
-    @app.exception_handler(redis.ConnectionError)
-    @app.exception_handler(redis.TimeoutError)
-    async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
-        logger.warning("redis unavailable: %s", exc)
-        return error_response(503, "redis_unavailable", "the event store is unavailable; try again")
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

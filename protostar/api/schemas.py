@@ -1,16 +1,95 @@
-"""Response and request bodies of the public contract."""
+"""Response and request bodies of the public contract.
+
+Every request field has a documented maximum (it shows in ``/openapi.json``; above it: ``422``): titles 200
+characters, message content 16,000, search queries 4,000, metadata objects 16 KiB as compact JSON. Text may not
+contain NUL characters (PostgreSQL cannot store them).
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from protostar.auth import KeyInfo
 from protostar.constants import JobStatus, Queue
 from protostar.db.models import ChatSession, Document, DocumentSummary, Job, Message
 from protostar.jobs.kinds import PROBE_QUEUES
+
+MAX_METADATA_BYTES = 16 * 1024
+"""A metadata object (a session's, a document's), serialized as compact JSON, in bytes."""
+
+
+def check_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    return value
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` if it fits :data:`MAX_METADATA_BYTES` and holds no NUL character; raises ``ValueError``."""
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+    if _has_nul(value):
+        raise ValueError("metadata may not contain NUL characters")
+    return value
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+Text = Annotated[str, AfterValidator(check_text)]
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(check_metadata),
+    Field(description=f"any JSON object up to {MAX_METADATA_BYTES} bytes as compact JSON"),
+]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable: unauthorized, not_found, validation_failed, ...")
+    message: str = Field(description="for people; never internal text (addresses, SQL, exceptions)")
+
+
+class ErrorOut(BaseModel):
+    """Every error, whatever its status."""
+
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no key, or an unknown or revoked one"},
+    404: {"model": ErrorOut, "description": "not found (or another tenant's)"},
+    413: {"model": ErrorOut, "description": "the body is over its limit"},
+    422: {"model": ErrorOut, "description": "malformed input; the message names the field"},
+    503: {"model": ErrorOut, "description": "a dependency is down; try again"},
+}
+"""The error answers every ``/v1`` route documents (``ErrorOut``, as ``protostar.api.errors`` renders them)."""
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {403: {"model": ErrorOut, "description": "not an admin key"}}
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    ms: float | None = None
+    error: str | None = Field(None, description="which way it failed; the cause is in the API's log")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or unavailable")
+    checks: list[Check]
 
 
 class Progress(BaseModel):
@@ -145,7 +224,7 @@ class DocumentPage(BaseModel):
 
 
 class SearchIn(BaseModel):
-    query: str = Field(min_length=1, max_length=4000)
+    query: Text = Field(min_length=1, max_length=4000)
     top_k: int = Field(5, ge=1, le=100)
 
 
@@ -163,8 +242,8 @@ class SearchOut(BaseModel):
 
 
 class SessionIn(BaseModel):
-    title: str | None = Field(None, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: Text | None = Field(None, max_length=200)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SessionCreated(BaseModel):
@@ -172,7 +251,7 @@ class SessionCreated(BaseModel):
 
 
 class MessageIn(BaseModel):
-    content: str = Field(min_length=1, max_length=16_000)
+    content: Text = Field(min_length=1, max_length=16_000)
 
 
 class MessageAccepted(BaseModel):
@@ -233,3 +312,35 @@ class SessionOut(BaseModel):
             created_at=session.created_at,
             updated_at=session.updated_at,
         )
+
+
+class KeyIn(BaseModel):
+    admin: bool = Field(False, description="an admin key may send probes and manage its tenant's keys")
+
+
+class KeyOut(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    prefix: str = Field(description="the key's first characters, to tell keys apart; never the key itself")
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: KeyInfo) -> KeyOut:
+        return cls(
+            id=key.id,
+            tenant=key.tenant,
+            prefix=key.prefix,
+            admin=key.is_admin,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the API key: shown once, never stored (only its SHA-256 is)")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]

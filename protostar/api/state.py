@@ -1,17 +1,24 @@
 """What the API process owns, built in the lifespan and closed with it: its clients (the same bundle the
-workers build, :class:`protostar.bundle.Clients`), a session factory, the key cache and its metrics."""
+workers build, :class:`protostar.bundle.Clients`), a session factory, the key cache and its metrics.
+
+A resolved key is kept :data:`AUTH_TTL` seconds; a cache hit is trusted only when Redis holds no revocation
+stamp for it (``protostar.auth.revoke_key`` sets one before it revokes the row), so a revoked key answers
+``401`` on its next request in every API process. When Redis does not answer, the database decides. The
+bootstrap key is not a row and cannot be revoked (change ``PROTOSTAR_BOOTSTRAP_API_KEY``)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
 from threading import Lock
 
+import redis
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
-from protostar.auth import Principal
+from protostar.auth import Principal, bearer_key, bootstrap_principal, hash_key, resolve, revocation_stamp
 from protostar.bundle import Clients
 from protostar.db.engine import make_sessionmaker
 from protostar.jobs.broker import create_celery
@@ -19,7 +26,7 @@ from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-AUTH_TTL = 30.0  # seconds a resolved key is trusted without asking the database (revocation delay)
+AUTH_TTL = 30.0  # seconds a resolved key is kept (a revocation stamp overrides it at once)
 
 
 @dataclass
@@ -40,23 +47,53 @@ class AuthCache:
                 self._entries.clear()
             self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
 
+    def drop(self, key_hash: str) -> None:
+        with self._lock:
+            self._entries.pop(key_hash, None)
+
 
 @dataclass
 class AppState:
     settings: Settings
     clients: Clients
     sessions: sessionmaker[Session]
-    auth_cache: AuthCache
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    auth_cache: AuthCache = field(default_factory=AuthCache)
+    _bootstrap: Principal | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         if not settings.redis_url:
             raise RuntimeError("PROTOSTAR_REDIS_URL is not set; start the stack with `protostar up`")
         clients = Clients(settings=settings, celery=create_celery(settings, role="api"), role="api")
-        return cls(
-            settings=settings, clients=clients, sessions=make_sessionmaker(clients.engine), auth_cache=AuthCache()
-        )
+        return cls(settings=settings, clients=clients, sessions=make_sessionmaker(clients.engine))
+
+    def authenticate(self, header: str) -> Principal:
+        """The principal of an ``Authorization`` header; raises ``Unauthorized``. Blocking: call it in a thread."""
+        raw = bearer_key(header)
+        bootstrap = self.settings.bootstrap_api_key
+        if bootstrap is not None and hmac.compare_digest(raw.encode(), bootstrap.get_secret_value().encode()):
+            if self._bootstrap is None:
+                with self.sessions.begin() as session:
+                    self._bootstrap = bootstrap_principal(session)
+            return self._bootstrap
+        key_hash = hash_key(raw)
+        cached = self.auth_cache.get(key_hash)
+        if cached is not None and not self._stamped(key_hash):
+            return cached
+        self.auth_cache.drop(key_hash)
+        with self.sessions() as session:
+            principal = resolve(session, raw)
+        self.auth_cache.put(key_hash, principal)
+        return principal
+
+    def _stamped(self, key_hash: str) -> bool:
+        """Whether the key may have been revoked since it was cached (``True`` when Redis cannot tell)."""
+        try:
+            return bool(self.clients.redis.exists(revocation_stamp(key_hash)))
+        except redis.RedisError as exc:
+            logger.warning("revocation stamps unavailable, asking the database: %s", exc)
+            return True
 
     async def close(self) -> None:
         await self.clients.aclose()

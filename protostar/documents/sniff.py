@@ -42,6 +42,12 @@ MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
 """A ZIP-based document (DOCX, XLSX, ...) whose members add up to more than this is refused before parsing:
 parsers hold the unpacked XML in memory, so a small, highly compressed file could exhaust a worker."""
 
+MAX_ZIP_ENTRIES = 20_000
+MAX_ZIP_DIRECTORY_BYTES = 4 * 1024 * 1024
+"""A ZIP container's central directory is read whole (``zipfile`` keeps an object per member), so it is
+measured first from its end record: more members or a larger directory than these is refused, which bounds the
+memory and time the check takes whatever the upload holds. Real documents have hundreds of members."""
+
 
 @dataclass(frozen=True)
 class FileType:
@@ -129,6 +135,12 @@ _ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplemented
 
 
 def _zip_kind(file: BinaryIO) -> str:
+    entries, directory = _zip_directory(file)
+    if entries > MAX_ZIP_ENTRIES or directory > MAX_ZIP_DIRECTORY_BYTES:
+        raise PayloadTooLarge(
+            f"the document is a ZIP container of {entries:,} members ({directory:,} bytes of directory); "
+            f"the limit is {MAX_ZIP_ENTRIES:,} members and {MAX_ZIP_DIRECTORY_BYTES:,} bytes"
+        )
     file.seek(0)
     try:
         with zipfile.ZipFile(file) as archive:  # reads only the central directory
@@ -151,6 +163,34 @@ def _zip_kind(file: BinaryIO) -> str:
     if "META-INF/container.xml" in names and any(name.endswith(".opf") for name in names):
         return "epub"  # an EPUB whose writer left out the mimetype member
     raise UnsupportedMediaType("ZIP archives are not supported; upload the documents inside it one by one")
+
+
+_EOCD = struct.Struct("<4sHHHHIIH")  # the end of central directory record
+_EOCD64_LOCATOR = struct.Struct("<4sIQI")
+_EOCD64 = struct.Struct("<4sQHHIIQQQQ")
+
+
+def _zip_directory(file: BinaryIO) -> tuple[int, int]:
+    """Members and central directory bytes, from the end record (in the last 64 KiB of the file)."""
+    end = file.seek(0, 2)
+    for window in (1024, _EOCD.size + 0xFFFF):  # the record, then a comment: usually none, at most 64 KiB
+        start = max(0, end - window)
+        file.seek(start)
+        tail = file.read(end - start)
+        at = tail.rfind(b"PK\x05\x06")
+        if at >= 0 or start == 0:
+            break
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise UnsupportedMediaType("the file looks like a ZIP container but is damaged or truncated (no end record)")
+    _, _, _, _, entries, size, _, _ = _EOCD.unpack_from(tail, at)
+    locator = at - _EOCD64_LOCATOR.size
+    if (entries == 0xFFFF or size == 0xFFFFFFFF) and locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+        _, _, offset, _ = _EOCD64_LOCATOR.unpack_from(tail, locator)
+        file.seek(offset)
+        record = file.read(_EOCD64.size)
+        if len(record) == _EOCD64.size and record[:4] == b"PK\x06\x06":
+            entries, size = _EOCD64.unpack(record)[7:9]
+    return entries, size
 
 
 def _zip_mimetype(archive: zipfile.ZipFile) -> str:

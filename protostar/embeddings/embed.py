@@ -174,7 +174,8 @@ class OpenAIEmbedder:
             return f"HTTP {status}"
         if status in (400, 413, 422):
             raise InputRejected(f"the embedding endpoint refused the input: HTTP {status}") from exc
-        raise ServiceError(f"embedding endpoint {self.base_url} answered HTTP {status}") from exc
+        logger.warning("the embedding endpoint %s answered HTTP %d", self.base_url, status)
+        raise ServiceError(f"the embedding endpoint answered HTTP {status}") from exc
 
     def _checked(self, response: openai.types.CreateEmbeddingResponse, expected: int) -> Vectors:
         rows = sorted(response.data, key=lambda item: item.index)

@@ -166,7 +166,7 @@ def _partition(path: Path, kind: str) -> list[Element]:
         if _not_about_the_input(exc):
             raise
         logger.info("%s: the %s parser failed: %r", path.name, kind, exc)
-        raise InputRejected(f"the {_LABELS[kind]} could not be parsed ({type(exc).__name__}: {exc})") from exc
+        raise InputRejected(f"the {_LABELS[kind]} could not be parsed ({type(exc).__name__})") from exc
     for warning in caught:
         logger.info("%s: parser warning: %s", path.name, warning.message)
     return _to_elements(raw)

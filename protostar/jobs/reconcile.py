@@ -133,13 +133,13 @@ def _reap_silent(conn: Connection, job: Job, dispatcher: Dispatcher, report: Rep
         repo.requeue(conn, job_id=job.id)
         dispatcher.send(job)
         dispatcher.events.publish(
-            job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value, "reason": f"worker {worker} stopped answering"}
+            job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value, "reason": "its worker stopped answering"}
         )
         report.requeued_silent += 1
         return None
     else:
         message = (
-            f"worker {job.worker} sent no heartbeat for {silent_for:.0f} s "
+            f"its worker sent no heartbeat for {silent_for:.0f} s "
             f"(attempt {job.attempts} of {settings.max_attempts}); giving up"
         )
         ending = Ending(JobStatus.FAILED, WorkerLost.code, message)

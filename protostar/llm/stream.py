@@ -188,7 +188,8 @@ class ChatLLM:
                         self._raise_stopped(generation)
                     if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
                         raise _Retryable(_connection_reason(exc)) from exc
-                    raise LLMFailed(f"the LLM's stream was malformed: {type(exc).__name__}: {exc}") from exc
+                    logger.warning("the LLM's stream was malformed: %r", exc)
+                    raise LLMFailed(f"the LLM's stream was malformed ({type(exc).__name__})") from exc
                 self._take(chunk, generation, on_text)
         if generation._stop.is_set():
             self._raise_stopped(generation)
@@ -219,7 +220,8 @@ class ChatLLM:
         if generation.chunks:
             return f"the LLM's stream broke after {generation.chunks} tokens: {reason}"
         tries = f" after {attempt} retries" if attempt else ""
-        return f"the LLM at {self.base_url} did not answer{tries}: {reason}"
+        logger.warning("the LLM at %s did not answer%s: %s", self.base_url, tries, reason)
+        return f"the LLM did not answer{tries}: {reason}"  # no URL: the message reaches the caller
 
 
 class _Retryable(Exception):

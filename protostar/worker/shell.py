@@ -78,8 +78,7 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
         _end(ctx, _failure(JobStatus.FAILED, error))
         raise error from None  # Celery re-raises a MemoryError itself, which would take the child down
     except Exception as exc:  # boundary: record the failure on the job, then let Celery see it
-        logger.exception("job_id=%s failed", jid)
-        _end(ctx, _failure(JobStatus.FAILED, exc))
+        _end(ctx, _failure(JobStatus.FAILED, exc, job_id=jid))
         raise
     finally:
         watcher.stop()
@@ -104,10 +103,15 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
     return claim.job
 
 
-def _failure(status: JobStatus, error: BaseException) -> Ending:
+def _failure(status: JobStatus, error: BaseException, *, job_id: uuid.UUID | None = None) -> Ending:
+    """How the job ends. A typed error's message is written for callers and kept; anything else may carry SQL,
+    object keys or internal URLs, so the job says only "internal error" with an id that the log line carries
+    together with the whole exception."""
     if isinstance(error, ProtostarError):
         return Ending(status, error.code, error.message)
-    return Ending(status, "internal", str(error) or type(error).__name__)
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("job_id=%s error_id=%s failed: %r", job_id, error_id, error, exc_info=error)
+    return Ending(status, "internal", f"internal error (error id {error_id}); the details are in the worker log")
 
 
 def _end(ctx: JobContext, ending: Ending) -> None:

@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from tests.api.leaks import assert_no_internals
 from tests.api.test_jobs import submit, wait_status
 from tests.conftest import Live, wait_for
 
@@ -23,7 +24,11 @@ def test_redis_down_is_503_within_2_s_and_the_system_recovers(live: Live, api: h
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "broker_unavailable"
         assert elapsed < 2.0, f"took {elapsed:.2f} s"
-        assert api.get("/readyz").status_code == 503
+        ready = api.get("/readyz")
+        assert ready.status_code == 503
+        failed = [c for c in ready.json()["checks"] if not c["ok"]]
+        assert failed == [{"name": "redis", "ok": False, "error": "did not answer"}]  # which check, not the exception
+        assert_no_internals(ready.text, live.settings)
     finally:
         redis.start()
     wait_for(lambda: api.get("/readyz").status_code == 200, timeout=30, what="readiness after Redis returned")

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import pytest
 
-from protostar.documents.sniff import HEAD_BYTES, MAX_UNPACKED_BYTES, FileType, sniff
+from protostar.documents.sniff import HEAD_BYTES, MAX_UNPACKED_BYTES, MAX_ZIP_ENTRIES, FileType, sniff
 from protostar.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from tests.corpus_files import CORPUS, KINDS
 
@@ -208,3 +208,40 @@ def test_text_flavour_from_extension_and_structure() -> None:
 def test_short_magic_numbers_do_not_misfire_on_text() -> None:
     assert sniff_bytes(b"BMW builds cars.\n").kind == "txt"
     assert sniff_bytes(b"MZ is a postcode.\n").kind == "txt"
+
+
+def _zip_of(members: int, *, docx: bool = True) -> io.BytesIO:
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", allowZip64=True) as archive:
+        if docx:
+            archive.writestr("word/document.xml", "<w:document/>")
+        for i in range(members):
+            archive.writestr(f"m/{i}", b"")
+    return data
+
+
+@pytest.mark.parametrize("members", [MAX_ZIP_ENTRIES + 1, 70_000], ids=["just-over", "zip64-count"])
+def test_a_zip_with_too_many_members_is_refused_from_its_end_record(members: int) -> None:
+    with pytest.raises(PayloadTooLarge, match="members"):
+        sniff(_zip_of(members), "many.docx")
+
+
+def test_a_zip_with_a_huge_directory_is_refused() -> None:
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("word/document.xml", "<w:document/>")
+        for i in range(80):
+            archive.writestr(f"{i:04d}" + "n" * 60_000, b"")  # 80 names of 60 KB: 4.8 MB of directory
+    with pytest.raises(PayloadTooLarge, match="directory"):
+        sniff(data, "names.docx")
+
+
+def test_a_zip_just_under_the_member_limit_is_read() -> None:
+    assert sniff(_zip_of(MAX_ZIP_ENTRIES - 1), "fine.docx").kind == "docx"
+
+
+def test_a_zip_without_an_end_record_is_damaged() -> None:
+    data = _zip_of(3)
+    truncated = io.BytesIO(data.getvalue()[:-30])
+    with pytest.raises(UnsupportedMediaType, match="damaged or truncated"):
+        sniff(truncated, "cut.docx")

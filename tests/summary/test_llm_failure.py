@@ -115,7 +115,8 @@ def assert_failed_by_the_llm(api: httpx.Client, job_id: str, broken_llm: BrokenL
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed" and job["result"] is None
     assert job["error"]["code"] == "llm_failed"
-    assert broken_llm.url in job["error"]["message"] and "HTTP 500" in job["error"]["message"], job["error"]
+    assert "HTTP 500" in job["error"]["message"], job["error"]
+    assert broken_llm.url.split("/v1")[0] not in job["error"]["message"], "the internal LLM URL reached the caller"
     assert broken_llm.calls == ["/v1/chat/completions"] * 2  # the call and its one retry
     events = list(read_events(api, job_id))
     assert [e.event for e in events][-2:] == ["error", "done"] and events[-1].data["status"] == "failed"

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import (
+    MAX_METADATA_BYTES,
     Accepted,
     DocumentDetail,
     DocumentOut,
@@ -23,6 +24,7 @@ from protostar.api.schemas import (
     SearchIn,
     SearchOut,
     UploadOut,
+    check_metadata,
 )
 from protostar.api.state import AppState
 from protostar.auth import Principal
@@ -30,15 +32,13 @@ from protostar.constants import DocumentStatus, JobKind
 from protostar.documents import repo
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
-from protostar.errors import Conflict, PayloadTooLarge, ValidationFailed
+from protostar.errors import Conflict, ValidationFailed
 from protostar.search import retrieve
 from protostar.summary import submit
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["documents"])
-
-MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around the file
 
 
 @router.post(
@@ -48,12 +48,10 @@ MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around the file
     responses={200: {"model": UploadOut, "description": "the same content was already uploaded"}},
 )
 async def upload_document(request: Request, principal: PrincipalDep, state: StateDep) -> JSONResponse:
-    """Multipart ``file`` and optional ``metadata`` (a JSON object). The type is sniffed from the bytes."""
-    limit = state.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
-        raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes")
-    form = await request.form(max_files=1, max_fields=4)
+    """Multipart ``file`` and optional ``metadata`` (a JSON object of 16 KiB at most). The type is sniffed from
+    the bytes. The body is counted as it streams in (``protostar.api.guard``): past ``PROTOSTAR_MAX_UPLOAD_BYTES``
+    the upload stops and answers ``413``, whether or not it declared a ``Content-Length``."""
+    form = await request.form(max_files=1, max_fields=4, max_part_size=4 * MAX_METADATA_BYTES)
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
@@ -74,7 +72,10 @@ def _metadata(raw: Any) -> dict[str, Any]:
         raise ValidationFailed(f"metadata is not valid JSON: {exc.msg}") from exc
     if not isinstance(value, dict):
         raise ValidationFailed("metadata must be a JSON object")
-    return value
+    try:
+        return check_metadata(value)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
 
 
 def _store(state: AppState, principal: Principal, file: UploadFile, metadata: dict[str, Any]) -> tuple[UploadOut, bool]:
@@ -86,7 +87,7 @@ def _store(state: AppState, principal: Principal, file: UploadFile, metadata: di
             dispatcher=state.clients.dispatcher,
             tenant_id=principal.tenant_id,
             file=file.file,
-            filename=file.filename or "upload",
+            filename=(file.filename or "").replace("\x00", "") or "upload",
             metadata=metadata,
             limit=state.settings.max_upload_bytes,
         )

@@ -1,4 +1,5 @@
-"""Liveness, readiness (every dependency answers) and Prometheus metrics. No auth."""
+"""Liveness, readiness (every dependency answers) and Prometheus metrics. No auth, so no internal text: a
+failed readiness check names the dependency; why it failed is in the API's log."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import time
 from collections.abc import Callable
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protostar.api.deps import StateDep
+from protostar.api.schemas import Readiness
 from protostar.api.state import AppState
 from protostar.db.engine import ping
 from protostar.runtime.llm_state import read_state
@@ -30,8 +32,8 @@ def _check(name: str, probe: Callable[[], object]) -> dict[str, object]:
     try:
         probe()
     except Exception as exc:  # noqa: BLE001 (boundary: report each dependency's failure, never raise)
-        logger.warning("readiness: %s is not ready: %s", name, exc)
-        return {"name": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        logger.warning("readiness: %s is not ready: %s", name, exc)  # the cause goes to the log, not to callers
+        return {"name": name, "ok": False, "error": "did not answer"}
     return {"name": name, "ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
@@ -43,7 +45,7 @@ def _checks(state: AppState) -> list[dict[str, object]]:
     ]
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "a check failed"}})
 def readyz(state: StateDep) -> JSONResponse:
     """Ready when Redis, PostgreSQL and the object store answer. ``llm`` says where the embedded LLM is
     (``building`` with its progress while ``protostar up`` builds it...): informative only, since ingestion,
@@ -54,6 +56,6 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format"}})
 def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)

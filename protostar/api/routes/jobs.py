@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
-from protostar.api.schemas import Accepted, JobOut, ProbeIn
+from protostar.api.schemas import ADMIN_ERRORS, Accepted, JobOut, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
 from protostar.db.models import Job
@@ -39,14 +39,16 @@ async def job_events(
     request: Request,
     principal: PrincipalDep,
     state: StateDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(description="resume after this event id (as Last-Event-ID)")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    after: Annotated[
+        str | None, Query(max_length=64, description="resume after this event id (as Last-Event-ID)")
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``progress``, ``token``, ``error``, ``done``; resumable by id."""
     return await event_stream(request, state, principal, job_id, last_event_id or after)
 
 
-@router.post("/probes", status_code=202, response_model=Accepted)
+@router.post("/probes", status_code=202, response_model=Accepted, responses=ADMIN_ERRORS)
 def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: StateDep) -> Accepted:
     """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
     submitted = state.clients.dispatcher.submit(

@@ -67,7 +67,8 @@ def read_state(client: redis.Redis) -> dict[str, Any]:
     try:
         raw = client.get(KEY)
     except redis.RedisError as exc:
-        return {"state": LLMState.UNKNOWN.value, "detail": f"cannot read {KEY}: {exc}", "progress": None}
+        logger.warning("cannot read %s: %s", KEY, exc)  # the detail reaches callers: no internal text in it
+        return {"state": LLMState.UNKNOWN.value, "detail": "the LLM's state cannot be read now", "progress": None}
     if raw is None:
         return {"state": LLMState.UNKNOWN.value, "detail": "", "progress": None}
     try:

@@ -160,6 +160,7 @@ class OnnxEmbedder:
         options.intra_op_num_threads = self.threads or 0  # 0: one per core
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: cores are shared
         options.log_severity_level = 3  # errors only
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         logger.info(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -153,11 +154,14 @@ def report_embedding(report: Report, result: embedding.Result) -> None:
         f"bare `encode` per window {fmt(bare)}",
         f"{v['pipeline'].texts_per_s / bare.texts_per_s:.2f}",
     )
+    paired = sorted(t / o for t, o in zip(result.per_window["torch"], result.per_window["onnx"], strict=True))
     report.add(
-        "  ONNX int8 `OnnxEmbedder.embed` of a window's texts in one call, tokens/s per core",
+        f"  ONNX int8 `OnnxEmbedder.embed` of a window's texts in one call, tokens/s per core (ratio: median of "
+        f"{len(paired)} windows run back to back, range {paired[0]:.2f}-{paired[-1]:.2f}; of the sums "
+        f"{v['onnx'].tokens_per_s / v['torch'].tokens_per_s:.2f})",
         f"{v['onnx'].tokens_per_s:,.0f}",
         f"torch `LocalEmbedder.embed` {v['torch'].tokens_per_s:,.0f}",
-        f"{v['onnx'].tokens_per_s / v['torch'].tokens_per_s:.2f}",
+        f"{statistics.median(paired):.2f}",
         "≥ 2.5",
     )
     report.add(

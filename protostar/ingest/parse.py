@@ -69,9 +69,9 @@ _Partitioner = Callable[..., list[Any]]
 @functools.cache
 def warm() -> None:
     """Import the parsers and load the spaCy model; idempotent, and never touches the network."""
-    # One of the two writes to the environment (the other: embed.LocalEmbedder): `unstructured` reads these
-    # on import and on every partition, to skip its telemetry ping and usage notice. HF_HUB_OFFLINE keeps any
-    # model lookup from reaching for the Hugging Face Hub.
+    # One of the three writes to the environment (the others: embed.LocalEmbedder, export.model_file):
+    # `unstructured` reads these on import and on every partition, to skip its telemetry ping and usage notice.
+    # HF_HUB_OFFLINE keeps any model lookup from reaching for the Hugging Face Hub.
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,4 +1,5 @@
-"""Embedders: the bundled local model for real, the OpenAI-compatible one against a fake HTTP transport."""
+"""Embedders: the bundled model on torch for real (ONNX Runtime: test_onnx.py), the OpenAI-compatible one
+against a fake HTTP transport."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def test_local_batches_give_the_same_vectors_as_one_by_one(local: LocalEmbedder)
 
 
 def test_make_embedder_picks_the_provider() -> None:
-    assert isinstance(make_embedder(Settings(embedding_provider="local"), threads=1), LocalEmbedder)
+    torch_path = make_embedder(Settings(embedding_provider="local", embedding_model="all-MiniLM-L6-v2"), threads=1)
+    assert isinstance(torch_path, LocalEmbedder)
     remote = make_embedder(
         Settings(embedding_provider="openai", embedding_base_url="http://x/v1", embedding_model="m", embedding_dim=8)
     )

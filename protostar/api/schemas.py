@@ -78,6 +78,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 """The error answers every ``/v1`` route documents (``ErrorOut``, as ``protostar.api.errors`` renders them)."""
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {403: {"model": ErrorOut, "description": "not an admin key"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorOut, "description": "not in a state that allows it"}}
 
 
 class Check(BaseModel):
@@ -216,6 +217,11 @@ class UploadOut(BaseModel):
     duplicate: bool
     events_url: str | None
     document: DocumentOut
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
 
 
 class DocumentPage(BaseModel):

@@ -4,15 +4,14 @@ query). A document's ``status`` and ``error`` are not stored: they are its lates
 
 from __future__ import annotations
 
-import base64
 import uuid
-from datetime import datetime
 
-from sqlalchemy import Connection, Engine, and_, delete, or_, select, text, update
+from sqlalchemy import Connection, Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from protostar.db.models import Document, DocumentSummary
-from protostar.errors import NotFound, ValidationFailed
+from protostar.db.pages import newest_first
+from protostar.errors import NotFound
 
 
 def get_for_tenant(session: Session, *, tenant_id: uuid.UUID, document_id: uuid.UUID) -> Document:
@@ -41,32 +40,12 @@ def by_sha256(session: Session, *, tenant_id: uuid.UUID, sha256: str) -> Documen
     return session.scalars(stmt).one_or_none()
 
 
-def encode_cursor(document: Document) -> str:
-    raw = f"{document.created_at.isoformat()}|{document.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, ident = raw.split("|")
-        return datetime.fromisoformat(stamp), uuid.UUID(ident)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("cursor is not one this API returned") from exc
-
-
 def page(
     session: Session, *, tenant_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[Document], str | None]:
     """Newest first; ``cursor`` continues after the last document of the previous page."""
     stmt = select(Document).where(Document.tenant_id == tenant_id)
-    if cursor:
-        created, ident = _decode_cursor(cursor)
-        stmt = stmt.where(or_(Document.created_at < created, and_(Document.created_at == created, Document.id < ident)))
-    rows = list(session.scalars(stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (encode_cursor(rows[-1]) if more and rows else None)
+    return newest_first(session, stmt, model=Document, limit=limit, cursor=cursor)
 
 
 def add(session: Session, document: Document) -> None:

@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from protostar.constants import EventType, JobKind, JobStatus, Queue
 from protostar.db.models import Job
-from protostar.errors import BrokerUnavailable, ValidationFailed
+from protostar.errors import BrokerUnavailable, Conflict, ValidationFailed
 from protostar.jobs import repo
 from protostar.jobs.ending import Ending
-from protostar.jobs.events import EventLog
+from protostar.jobs.events import EventLog, cancel_key, stream_key
 from protostar.jobs.kinds import KINDS, PROBE_QUEUES, send_options
 from protostar.runtime.llm_state import waiting_note
 from protostar.settings import Settings
@@ -110,6 +110,18 @@ class Dispatcher:
                 continue
             return Submitted(self._commit_and_send(session, job), created=True)
         raise AssertionError(f"no {kind.value} job for {payload[key]} after three tries")  # pragma: no cover
+
+    def retry(self, session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+        """Run a ``failed`` or ``cancelled`` job again under the same id: its row back to ``queued`` with a new
+        round of attempts, its old events and cancel flag cleared (a follower sees only the new run), then sent."""
+        try:
+            job = repo.reopen(session, tenant_id=tenant_id, job_id=job_id)
+            session.flush()
+        except IntegrityError as exc:  # one of its kind is in flight for the same target (summaries)
+            session.rollback()
+            raise Conflict(f"a job like {job_id} is queued or running already; follow that one") from exc
+        self.events.client.delete(stream_key(job.id), cancel_key(job.id))
+        return self._commit_and_send(session, job)
 
     def _queued(self, job: Job) -> dict[str, Any]:
         """The ``queued`` event; for a job that needs the embedded LLM while it is still being built, why it waits."""

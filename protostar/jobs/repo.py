@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from protostar.constants import JobStatus
 from protostar.db.models import Job
-from protostar.errors import NotFound
+from protostar.db.pages import newest_first
+from protostar.errors import Conflict, NotFound
 from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -81,6 +82,67 @@ def request_cancel(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID)
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
         session.refresh(job)
     return job, False
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    kind: str | None = None
+    status: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    document_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+
+
+def page(
+    session: Session, *, tenant_id: uuid.UUID, where: JobFilter, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """The tenant's jobs, newest first, narrowed by ``where``; ``cursor`` continues the previous page."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if where.kind:
+        stmt = stmt.where(Job.kind == where.kind)
+    if where.status:
+        stmt = stmt.where(Job.status == where.status)
+    if where.created_after:
+        stmt = stmt.where(Job.created_at >= where.created_after)
+    if where.created_before:
+        stmt = stmt.where(Job.created_at < where.created_before)
+    if where.document_id:
+        stmt = stmt.where(Job.payload["document_id"].astext == str(where.document_id))
+    if where.session_id:
+        stmt = stmt.where(Job.payload["session_id"].astext == str(where.session_id))
+    return newest_first(session, stmt, model=Job, limit=limit, cursor=cursor)
+
+
+def reopen(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """Put a ``failed`` or ``cancelled`` job back to ``queued`` for a new round of attempts (its work is
+    idempotent as ever); ``Conflict`` for any other status, or when one of its kind is in flight already."""
+    job = get_for_tenant(session, tenant_id=tenant_id, job_id=job_id)
+    reopened = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_((JobStatus.FAILED.value, JobStatus.CANCELLED.value)))
+        .values(
+            status=QUEUED,
+            stage="retry",
+            progress_done=0,
+            progress_total=None,
+            attempts=0,
+            error_code=None,
+            error_message=None,
+            result=None,
+            cancel_requested=False,
+            worker=None,
+            heartbeat_at=None,
+            dispatched_at=None,
+            started_at=None,
+            finished_at=None,
+        )
+        .returning(Job)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if reopened is None:
+        raise Conflict(f"job {job_id} is {job.status}; only a failed or cancelled job can be retried")
+    return reopened
 
 
 # --- worker side ---------------------------------------------------------------------------------------

@@ -1,15 +1,16 @@
-"""Jobs: state, events (SSE), cancel; and the probe an admin sends to check a queue end to end."""
+"""Jobs: list, state, events (SSE), cancel, retry; and the probe an admin sends to check a queue end to end."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
-from protostar.api.schemas import ADMIN_ERRORS, Accepted, JobOut, ProbeIn
+from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, Accepted, JobOut, JobPage, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
 from protostar.db.models import Job
@@ -17,6 +18,33 @@ from protostar.jobs import repo
 from protostar.jobs.cancel import cancel
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    principal: PrincipalDep,
+    session: SessionDep,
+    kind: JobKind | None = None,
+    status: JobStatus | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    document_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobPage:
+    """Your jobs, newest first, narrowed by kind, status, creation time, document or session; pass
+    ``next_cursor`` back as ``cursor`` for the next page. ``status=failed`` is your dead-letter view."""
+    where = repo.JobFilter(
+        kind=kind.value if kind else None,
+        status=status.value if status else None,
+        created_after=created_after,
+        created_before=created_before,
+        document_id=document_id,
+        session_id=session_id,
+    )
+    rows, next_cursor = repo.page(session, tenant_id=principal.tenant_id, where=where, limit=limit, cursor=cursor)
+    return JobPage(items=[JobOut.of(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
@@ -30,6 +58,14 @@ def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, 
     job = cancel(
         session, tenant_id=principal.tenant_id, job_id=job_id, client=state.clients.redis, events=state.clients.events
     )
+    return JobOut.of(job)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=CONFLICT)
+def retry_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
+    """Run a ``failed`` or ``cancelled`` job again, under the same id, with a new round of attempts (the work
+    is idempotent: one set of chunks, one answer, one summary per range); ``409`` for any other status."""
+    job = state.clients.dispatcher.retry(session, tenant_id=principal.tenant_id, job_id=job_id)
     return JobOut.of(job)
 
 

@@ -29,8 +29,8 @@ def delete_document(
 ) -> None:
     document = repo.get_for_tenant(session, tenant_id=tenant_id, document_id=document_id)
     if document.job_id is not None:
-        job = jobs_repo.get_for_tenant(session, tenant_id=tenant_id, job_id=document.job_id)
-        if not JobStatus(job.status).terminal:
+        job = jobs_repo.get(session, job_id=document.job_id)
+        if job is not None and not JobStatus(job.status).terminal:
             cancel(session, tenant_id=tenant_id, job_id=job.id, client=client, events=events)
     # The object first: if the store is down this fails (503) and nothing is half-deleted. The key is the
     # content's, owned by this document alone (content is unique per tenant).

@@ -75,21 +75,19 @@ def upload(
     key = object_key(tenant_id, sha256)
     bucket.put(key, file, size, content_type=kind.content_type, metadata={"sha256": sha256})
     document_id, job_id = uuid.uuid4(), uuid.uuid4()
-    repo.add(
-        session,
-        Document(
-            id=document_id,
-            tenant_id=tenant_id,
-            filename=filename[:512],
-            content_type=kind.content_type,
-            size=size,
-            sha256=sha256,
-            object_key=key,
-            chunk_count=0,
-            metadata_={**metadata, "kind": kind.kind} if "kind" not in metadata else metadata,
-            job_id=job_id,
-        ),
+    document = Document(
+        id=document_id,
+        tenant_id=tenant_id,
+        filename=filename[:512],
+        content_type=kind.content_type,
+        size=size,
+        sha256=sha256,
+        object_key=key,
+        chunk_count=0,
+        metadata_={**metadata, "kind": kind.kind} if "kind" not in metadata else metadata,
+        job_id=job_id,
     )
+    repo.add(session, document)
     try:
         _submit(session, dispatcher, tenant_id=tenant_id, document_id=document_id, kind=kind.kind, job_id=job_id)
     except IntegrityError:
@@ -103,9 +101,7 @@ def upload(
         repo.remove(session, document_id=document_id)
         session.commit()
         raise
-    document = repo.locked(session, document_id=document_id)
-    session.commit()
-    assert document is not None
+    session.refresh(document)  # its status, read from the job just queued
     logger.info("document_id=%s job_id=%s uploaded kind=%s size=%d", document_id, job_id, kind.kind, size)
     return Uploaded(document, created=True)
 
@@ -120,11 +116,9 @@ def _ingest_again(session: Session, document: Document, *, dispatcher: Dispatche
     job_id = uuid.uuid4()
     repo.set_job(session, document_id=locked.id, job_id=job_id)
     _submit(session, dispatcher, tenant_id=locked.tenant_id, document_id=locked.id, kind=kind, job_id=job_id)
-    again = repo.locked(session, document_id=locked.id)
-    session.commit()
-    assert again is not None
+    session.refresh(locked)  # its new job, and the status read from it
     logger.info("document_id=%s job_id=%s queued again after its ingest ended without success", locked.id, job_id)
-    return Uploaded(again, created=False, requeued=True)
+    return Uploaded(locked, created=False, requeued=True)
 
 
 def _submit(

@@ -217,10 +217,10 @@ def launched(
         os.environ.pop(var, None)
     os.environ.update(env(data_dir))
     from protostar import commands
+    from protostar.cli.up import prestart
     from protostar.runtime.stack import Stack
     from protostar.settings import get_settings
     from protostar.supervisor import Supervisor
-    from protostar.up import prestart
 
     get_settings.cache_clear()
     stack = Stack(get_settings())

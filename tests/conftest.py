@@ -22,6 +22,7 @@ import redis
 from sqlalchemy import Engine
 
 from protostar import commands
+from protostar.cli.up import prestart
 from protostar.db.engine import make_engine
 from protostar.jobs.broker import create_celery
 from protostar.jobs.dispatch import Dispatcher
@@ -30,7 +31,6 @@ from protostar.runtime.process import free_port
 from protostar.runtime.stack import Stack
 from protostar.settings import Settings, get_settings
 from protostar.supervisor import Supervisor
-from protostar.up import prestart
 
 LOGS = Path(os.environ.get("PROTOSTAR_TEST_LOGS", tempfile.gettempdir())) / "protostar-test-logs"
 

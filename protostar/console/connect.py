@@ -4,7 +4,6 @@ in a parent folder)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ import typer
 
 from protostar.client import AsyncClient, Client, ClientConfig
 from protostar.client import config as client_file
+from protostar.settings import get_settings
 
 ApiUrl = Annotated[
     str | None,
@@ -36,8 +36,8 @@ class NoAPI(Exception):
 def locate(api_url: str | None, api_key: str | None) -> ClientConfig:
     if api_url and api_key:
         return ClientConfig(api_url, api_key)
-    data_dir = os.environ.get("PROTOSTAR_DATA_DIR")  # where `protostar up` keeps its data, when moved
-    found = client_file.find(Path.cwd(), Path(data_dir) if data_dir else None)
+    found = client_file.find(Path.cwd(), get_settings().data_dir)  # where `protostar up` keeps its data
+
     if found is None:
         raise NoAPI(NOT_FOUND)
     saved = ClientConfig.load(found)

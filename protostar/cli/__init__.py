@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from protostar import commands
+from protostar.cli.up import cmd_up, prestart, resolved_settings
 from protostar.errors import ProtostarError
 from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
-from protostar.up import cmd_up, prestart, resolved_settings
 
 if TYPE_CHECKING:
     pass
@@ -193,7 +193,3 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 (o
     except KeyboardInterrupt:
         return 130
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -91,10 +91,7 @@ class System:
     # processes --------------------------------------------------------------------------------------------
 
     def pid(self, name: str) -> int | None:
-        for n, proc in self.supervisor.procs:
-            if n == name and proc.poll() is None:
-                return int(proc.pid)
-        return None
+        return self.supervisor.pid(name)
 
     def start_worker(self, name: str) -> None:
         """One worker as ``protostar up`` runs it (``commands.worker``), named ``worker-<name>``."""
@@ -114,11 +111,7 @@ class System:
         wait_idle(self.pid(f"worker-{INGEST_WORKER}"), "the ingest worker")
 
     def stop(self, name: str) -> None:
-        from protostar.runtime import process
-
-        for n, proc in self.supervisor.procs:
-            if n == name:
-                process.stop(proc, timeout=self.supervisor.stop_timeout)
+        self.supervisor.stop(name)
 
     # tenants and HTTP -----------------------------------------------------------------------------------
 

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         1024 * 1024, gt=0, description="request bodies (JSON) larger than this answer 413 without being read"
     )
 
+    # --- `protostar up`'s supervisor -------------------------------------------------------------------
+    restart_limit: int = Field(5, ge=0, description="restarts of one process within restart_window before up gives up")
+    restart_window: float = Field(120.0, gt=0, description="seconds; a process up this long starts a fresh count")
+    restart_backoff: float = Field(0.5, gt=0, description="seconds: the first restart's wait, doubling up to the cap")
+    restart_backoff_cap: float = Field(10.0, gt=0, description="seconds: the longest wait before a restart")
+
     # --- Flower ---------------------------------------------------------------------------------------
     flower_user: str = "admin"
     flower_password: SecretStr | None = None

@@ -1,8 +1,38 @@
-"""Run a set of processes in the foreground, their output prefixed by name, and stop them all together."""
+"""Keep a set of units running in the foreground, restart what dies, and stop them all together.
+
+A *unit* is anything with ``launch``, ``wait_ready``, ``alive`` and ``stop``: a ``Program`` (a command line
+run as our child, its output relayed prefixed by its name) or a ``Service`` (an embedded Redis, PostgreSQL, S3
+store or LLM, restarted on its port and data directory). One loop looks after both:
+
+    supervisor = Supervisor(env=env, policy=RestartPolicy.from_settings(settings))
+    supervisor.watch(Service(stack.redis))           # already running: watched from now on
+    supervisor.start("api", commands.api(settings))  # started now
+    gave_up = supervisor.wait()                      # protostar up: the loop on this thread, until a signal
+    supervisor.keep_alive()                          # or the same loop on a thread of its own (the tests)
+    supervisor.stop_all()
+
+A unit that exits is restarted after a capped, jittered backoff (``backoff.delay``), with a line saying so.
+One that dies more than ``policy.limit`` times within ``policy.window`` seconds makes the supervisor give up:
+``wait`` returns its name (``keep_alive`` stops everything itself). A unit that stayed up for a whole window
+starts its count afresh. Once ``stop_all`` begins, nothing is restarted.
+
+Restarts happen on the thread that runs the loop: children die with the thread that spawned them
+(``process.spawn``), so that thread must live as long as they should.
+
+Stop signals: within ``stop_signals()``, SIGINT, SIGTERM or SIGHUP raises ``Interrupted`` in the main thread,
+wherever it is (a start-up wait, a broker ping, a restart), and, should that exception be swallowed, again at
+the next ``check()`` (the supervisor calls it after each launch and each look); once the stop has begun
+(``disarm``) they are ignored (the stop is bounded: SIGTERM, a wait, SIGKILL). The handlers are installed
+explicitly, so a stop signal works even when we were started with SIGINT ignored (as a shell does for a
+command started with ``&``).
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -12,14 +42,229 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
+from typing import IO, ClassVar, Protocol
 
+import psutil
+
+from protostar import backoff
+from protostar.errors import ServiceError
 from protostar.runtime import process
+from protostar.runtime.service import EmbeddedService
+from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 COLORS = ("\033[36m", "\033[32m", "\033[33m", "\033[35m", "\033[34m", "\033[96m", "\033[92m")
 RESET = "\033[0m"
+_TICK = 0.5  # seconds between looks at the units
+
+
+# --- stop signals ---------------------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived (raised by the handler that ``stop_signals`` installs). A KeyboardInterrupt, so
+    that libraries treat it as they treat Ctrl-C (never as an error to retry or log)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` until ``disarm``; after it they are only noted.
+
+    Python ignores (prints) an exception raised where it cannot propagate: in an at-fork callback (logging's
+    runs in every ``fork`` of a ``subprocess`` with ``preexec_fn``), a ``__del__``, a weakref callback. A
+    signal arriving there would be lost, so ``check()``, called between steps, raises it again.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.received: int | None = None
+
+    def disarm(self) -> None:
+        """From now on a stop signal is only noted: the stop under way must not be cut short."""
+        self.armed = False
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` if a stop signal arrived (and its exception was swallowed)."""
+        if self.armed and self.received is not None:
+            raise Interrupted(self.received)
+
+    def _handle(self, signum: int, _: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+        if self.armed:
+            raise Interrupted(signum)
+
+
+@contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    """Install the handlers (main thread only) for the block; the previous ones come back after it."""
+    signals = StopSignals()
+    previous = {s: signal.signal(s, signals._handle) for s in StopSignals.SIGNALS}
+    try:
+        yield signals
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --- units ----------------------------------------------------------------------------------------------
+
+
+class Unit(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    stops_last: ClassVar[bool]  # services: stopped after every program (the programs use them)
+
+    def launch(self) -> None:
+        """Start it without waiting (quick: run under the supervisor's lock)."""
+
+    def wait_ready(self) -> None:
+        """Wait until it serves; raise ServiceError when it will not."""
+
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def exit_status(self) -> str:
+        """How it ended, for the log line ("code 1", "killed by SIGKILL")."""
+
+    def stop(self, timeout: float) -> None:
+        """Stop it (a no-op when it is not running). Never raises."""
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "not running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+@dataclass
+class Program:
+    """A command line run as our child, in its own process group, its output handed to ``relay``."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    relay: Callable[[Program, subprocess.Popen[bytes]], None]
+    proc: subprocess.Popen[bytes] | None = None
+    stops_last: ClassVar[bool] = False
+
+    def launch(self) -> None:
+        if self.proc is not None:
+            _kill_leftovers(self.proc)
+        self.proc = process.spawn(self.argv, name=self.name, env=self.env, stdout=subprocess.PIPE)
+        self.relay(self, self.proc)
+
+    def wait_ready(self) -> None:
+        return None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.alive() and self.proc is not None else None
+
+    def exit_status(self) -> str:
+        return describe_exit(self.proc.poll() if self.proc is not None else None)
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is not None:
+            process.stop(self.proc, timeout=timeout)
+
+
+def _kill_leftovers(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of a dead program's process group (a prefork worker's pool children).
+
+    Only while members other than the (reaped) leader remain: the kernel keeps a process group's id from
+    being reused until its last member is gone, so the group is still the one we started.
+    """
+    if proc.poll() is None:
+        return
+    members = []
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):
+            if pid != proc.pid and os.getpgid(pid) == proc.pid:
+                members.append(pid)
+    if members:
+        logger.info("killing %d leftover process(es) of pid=%d's group", len(members), proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class Service:
+    """An embedded service as a unit: restarted on the same port and data directory."""
+
+    service: EmbeddedService
+    stops_last: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    def launch(self) -> None:
+        self.service.stop()  # forget the dead process (and run the service's clean-up after a stop)
+        self.service.launch()
+
+    def wait_ready(self) -> None:
+        self.service.wait_ready()
+
+    def alive(self) -> bool:
+        return self.service.pid is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self.service.pid
+
+    def exit_status(self) -> str:
+        return describe_exit(self.service.exit_code)
+
+    def stop(self, timeout: float) -> None:
+        try:
+            self.service.stop()  # its own timeout: some servers take longer to flush than a program
+        except Exception:
+            logger.exception("could not stop the embedded %s", self.name)
+
+
+# --- the supervisor -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    limit: int = 5  # restarts allowed within ``window``; one more death and we give up
+    window: float = 120.0  # seconds
+    backoff: float = 0.5  # seconds: the first restart waits up to this, each next one up to twice as long
+    backoff_cap: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RestartPolicy:
+        return cls(
+            limit=settings.restart_limit,
+            window=settings.restart_window,
+            backoff=settings.restart_backoff,
+            backoff_cap=settings.restart_backoff_cap,
+        )
+
+
+@dataclass
+class _Watched:
+    unit: Unit
+    color: str
+    started: float = field(default_factory=time.monotonic)
+    deaths: collections.deque[float] = field(default_factory=collections.deque)
+    due: float | None = None  # when it dies: when to restart it
 
 
 @dataclass
@@ -27,66 +272,202 @@ class Supervisor:
     env: dict[str, str]
     out: IO[str] = sys.stdout
     stop_timeout: float = 8.0
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    signals: StopSignals | None = None  # checked on the main thread after each launch and each look
+    gave_up: str | None = field(default=None, init=False)  # the unit that made us give up
+    _units: dict[str, _Watched] = field(default_factory=dict, init=False)
     _width: int = 14
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)  # the units, and stopping
+    _out_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
+    _keeper: threading.Thread | None = field(default=None, init=False)
+
+    # --- what is supervised ---------------------------------------------------------------------------
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
-        proc = process.spawn(argv, name=name, env={**self.env, **(extra_env or {})}, stdout=subprocess.PIPE)
-        color = COLORS[len(self.procs) % len(COLORS)] if self.out.isatty() else ""
-        self.procs.append((name, proc))
-        threading.Thread(target=self._relay, args=(name, proc, color), daemon=True).start()
+        """Start ``argv`` as the program ``name`` and supervise it (replacing a stopped one of that name)."""
+        program = Program(name, argv, {**self.env, **(extra_env or {})}, self._relay_output)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            if (old := self._units.get(name)) is not None and old.unit.alive():
+                raise ServiceError(f"{name} is already running")
+            self._add(program)
+            program.launch()
+        self._checkpoint()
+
+    def watch(self, service: EmbeddedService) -> None:
+        """Supervise an embedded service that is already running."""
+        with self._lock:
+            self._add(Service(service))
+
+    def reconfigure(self, name: str, argv: list[str]) -> None:
+        """The command line the program ``name`` gets at its next restart."""
+        with self._lock:
+            unit = self._units[name].unit
+            if isinstance(unit, Program):
+                unit.argv = argv
+
+    def stop(self, name: str) -> None:
+        """Stop one unit and stop supervising it."""
+        with self._lock:
+            watched = self._units.pop(name, None)
+        if watched is not None:
+            watched.unit.stop(self.stop_timeout)
+
+    def _add(self, unit: Unit) -> None:
+        color = COLORS[len(self._units) % len(COLORS)] if self.out.isatty() else ""
+        self._units[unit.name] = _Watched(unit, color)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._units)
+
+    def pid(self, name: str) -> int | None:
+        """The current pid of unit ``name``; None while it is down (or unknown)."""
+        with self._lock:
+            watched = self._units.get(name)
+            return watched.unit.pid if watched is not None else None
+
+    # --- output ---------------------------------------------------------------------------------------
+
+    def _relay_output(self, program: Program, proc: subprocess.Popen[bytes]) -> None:
+        color = self._units[program.name].color if program.name in self._units else ""
+        threading.Thread(target=self._relay, args=(program.name, proc, color), daemon=True).start()
 
     def _relay(self, name: str, proc: subprocess.Popen[bytes], color: str) -> None:
         assert proc.stdout is not None
         prefix = f"{color}{name:<{self._width}}|{RESET if color else ''} "
         for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            with self._lock:
-                self.out.write(prefix + line + "\n")
-                self.out.flush()
+            self.say(prefix + raw.decode(errors="replace").rstrip())
 
     def say(self, text: str) -> None:
-        with self._lock:
+        with self._out_lock:
             self.out.write(text + "\n")
             self.out.flush()
 
+    # --- the loop -------------------------------------------------------------------------------------
+
     def wait(self, tick: Callable[[], None] | None = None) -> str | None:
-        """Block until a signal arrives or a process exits; returns the name of a process that exited.
+        """Look after the units on this thread until a stop signal (None) or we give up (the unit's name).
 
         ``tick``, if given, runs every half second on this thread (so what it spawns lives as long as we do).
         """
-        stop = threading.Event()
-        with _signals(stop):
-            while not stop.wait(0.5):
-                for name, proc in self.procs:
-                    if proc.poll() is not None:
-                        return name
-                if tick is not None:
-                    tick()
+        with stop_signals() if self.signals is None else contextlib.nullcontext(self.signals) as signals:
+            self.signals = signals
+            try:
+                while not self._stopping.wait(_TICK):
+                    if (gave_up := self.check()) is not None:
+                        return gave_up
+                    if tick is not None:
+                        tick()
+                        self._checkpoint()
+            except Interrupted:
+                return None
         return None
 
+    def _checkpoint(self) -> None:
+        if self.signals is not None and threading.current_thread() is threading.main_thread():
+            self.signals.check()
+
+    def keep_alive(self) -> None:
+        """Look after the units from a thread of our own until ``stop_all``; giving up stops everything."""
+        with self._lock:
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep, name="supervisor", daemon=True)
+                self._keeper.start()
+
+    def _keep(self) -> None:
+        while not self._stopping.wait(_TICK):
+            try:
+                gave_up = self.check()
+            except Exception:
+                logger.exception("the supervisor's check failed; trying again")
+                continue
+            if gave_up is not None:
+                self.stop_all()
+                return
+
+    def check(self) -> str | None:
+        """One look at every unit: note those that died, restart those whose wait is over.
+
+        Returns the name of a unit that died too often (``gave_up``), after saying so; None otherwise.
+        """
+        self._checkpoint()
+        with self._lock:
+            units = list(self._units.values())
+        for watched in units:
+            self._checkpoint()
+            if self._stopping.is_set():
+                return None
+            if watched.due is None and not watched.unit.alive() and self._died(watched):
+                return self.gave_up
+            if watched.due is not None and time.monotonic() >= watched.due:
+                self._restart(watched)
+        return None
+
+    def _died(self, watched: _Watched) -> bool:
+        """Count a death; schedule the restart, or give up (True)."""
+        now, policy, name = time.monotonic(), self.policy, watched.unit.name
+        if now - watched.started >= policy.window:
+            watched.deaths.clear()  # it stayed up long: a fresh count
+        while watched.deaths and now - watched.deaths[0] > policy.window:
+            watched.deaths.popleft()
+        watched.deaths.append(now)
+        count = len(watched.deaths)
+        if count > policy.limit:
+            self.gave_up = name
+            self.say(
+                f"{name} exited ({watched.unit.exit_status()}) {count} times within {policy.window:.0f} s; "
+                "giving up: stopping everything"
+            )
+            return True
+        pause = backoff.delay(count - 1, base=policy.backoff, cap=policy.backoff_cap)
+        watched.due = now + pause
+        self.say(
+            f"{name} exited ({watched.unit.exit_status()}); restarting in {pause:.1f} s, "
+            f"restart {count} of {policy.limit} in {policy.window:.0f} s"
+        )
+        return False
+
+    def _restart(self, watched: _Watched) -> None:
+        unit = watched.unit
+        with self._lock:  # stop_all takes it to begin: no launch after the stop began
+            if self._stopping.is_set() or self._units.get(unit.name) is not watched:
+                return
+            watched.due, watched.started = None, time.monotonic()
+            try:
+                unit.launch()
+            except (ServiceError, OSError) as exc:
+                self.say(f"{unit.name} could not be restarted: {getattr(exc, 'message', exc)}")
+                return  # not alive: the next look counts it as a death
+        try:
+            unit.wait_ready()
+        except ServiceError as exc:
+            if not self._stopping.is_set():
+                self.say(f"{unit.name} did not come back: {exc.message}")
+                unit.stop(self.stop_timeout)  # not alive: the next look counts it as a death
+            return
+        self.say(f"{unit.name} restarted (pid {unit.pid})")
+
+    # --- stopping -------------------------------------------------------------------------------------
+
     def stop_all(self) -> None:
-        """SIGTERM everything at once (so the stop takes one timeout, not one per process), then SIGKILL."""
-        threads = [
-            threading.Thread(target=process.stop, args=(proc,), kwargs={"timeout": self.stop_timeout})
-            for _, proc in reversed(self.procs)
-        ]
+        """Stop restarting, then stop the programs all at once (so the stop takes one timeout, not one per
+        program: SIGTERM, then SIGKILL), then the services. Never raises."""
+        with self._lock:
+            self._stopping.set()
+            units = [w.unit for w in self._units.values()]
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(self.stop_timeout)
+        self._stop_together([u for u in reversed(units) if not u.stops_last])
+        self._stop_together([u for u in reversed(units) if u.stops_last])
+
+    def _stop_together(self, units: list[Unit]) -> None:
+        threads = [threading.Thread(target=u.stop, args=(self.stop_timeout,)) for u in units]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + self.stop_timeout + 5
+        deadline = time.monotonic() + self.stop_timeout + 12
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
-
-
-@contextmanager
-def _signals(stop: threading.Event) -> Iterator[None]:
-    def handler(signum: int, _: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

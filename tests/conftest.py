@@ -30,7 +30,7 @@ from protostar.jobs.events import EventLog
 from protostar.runtime.process import free_port
 from protostar.runtime.stack import Stack
 from protostar.settings import Settings, get_settings
-from protostar.supervisor import Supervisor
+from protostar.supervisor import RestartPolicy, Supervisor
 
 LOGS = Path(os.environ.get("PROTOSTAR_TEST_LOGS", tempfile.gettempdir())) / "protostar-test-logs"
 
@@ -46,6 +46,8 @@ TEST_ENV = {
     "PROTOSTAR_CHAT_CONCURRENCY": "8",
     "PROTOSTAR_SUMMARY_CONCURRENCY": "2",
     "PROTOSTAR_MAX_UPLOAD_BYTES": str(40 * 1024 * 1024),
+    "PROTOSTAR_RESTART_BACKOFF": "0.2",
+    "PROTOSTAR_RESTART_BACKOFF_CAP": "2",
 }
 
 
@@ -112,11 +114,13 @@ def live(stack: Stack, settings: Settings) -> Iterator[Live]:
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"live-{os.getpid()}.log"
     out = log.open("w")
-    supervisor = Supervisor(env=dict(os.environ), out=out)
+    # As under `protostar up`, a process that dies is restarted (from the supervisor's own thread).
+    supervisor = Supervisor(env=dict(os.environ), out=out, policy=RestartPolicy.from_settings(settings))
     try:
         supervisor.start("api", commands.api(settings))
         for name in commands.WORKERS:
             supervisor.start(f"worker-{name}", commands.worker(settings, name))
+        supervisor.keep_alive()
         live = Live(
             settings,
             stack,

@@ -3,6 +3,7 @@ behind, and a second `up` finds the data of the first."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from protostar.runtime.process import free_port
+from protostar.runtime.process import free_port, port_is_free
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -180,3 +181,87 @@ def test_up_as_root_with_the_data_dir_in_a_closed_home(up_env: dict[str, str], t
         shutil.rmtree(home, ignore_errors=True)
         if placed is not None and placed.parent == Path("/var/lib/protostar"):
             shutil.rmtree(placed, ignore_errors=True)
+
+
+def _child(up: Up, marker: str) -> psutil.Process | None:
+    """The child of ``up`` whose command line contains ``marker`` (None while there is none)."""
+    for child in psutil.Process(up.proc.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if marker in " ".join(child.cmdline()):
+                return child
+    return None
+
+
+def _ready(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_up_restarts_what_dies_and_gives_up_on_what_keeps_dying(up_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL an embedded service or a worker under `up`: it comes back (the API is ready again); a worker
+    killed each time it comes back makes `up` stop everything and exit 1."""
+    up = Up({**up_env, "PROTOSTAR_RESTART_LIMIT": "3", "PROTOSTAR_RESTART_BACKOFF": "0.2"}, tmp_path / "up.log")
+    api = up.value(r"API\s+(http://\S+)")
+    family: dict[int, psutil.Process] = {}
+
+    def note_family() -> None:
+        with contextlib.suppress(psutil.Error):
+            family.update({p.pid: p for p in psutil.Process(up.proc.pid).children(recursive=True)})
+
+    try:
+        for name, marker in (("redis", "redis-server"), ("postgres", "pgdata"), ("s3", "weed")):
+            note_family()
+            first = _child(up, marker)
+            assert first is not None, name
+            first.kill()
+            wait_for(
+                lambda m=marker, old=first.pid: (c := _child(up, m)) is not None and c.pid != old,
+                timeout=60,
+                what=f"a new {name} (log: {up.log})",
+            )
+            wait_for(lambda: _ready(api), timeout=60, what=f"/readyz after {name} came back (log: {up.log})")
+            assert f"{name} exited (killed by SIGKILL); restarting in" in up.log.read_text()
+        for _ in range(20):  # the chat worker, each time it is back, until `up` gives up on it
+            note_family()
+            if up.proc.poll() is not None:
+                break
+            chat = wait_for(lambda: _child(up, "chat@") or up.proc.poll() is not None, timeout=30, what="worker-chat")
+            if isinstance(chat, psutil.Process):
+                with contextlib.suppress(psutil.Error):
+                    chat.kill()
+        assert up.proc.wait(timeout=60) == 1, up.log.read_text()[-3000:]
+    finally:
+        if up.proc.poll() is None:
+            up.interrupt()
+        up.out.close()
+    text = up.log.read_text()
+    assert "worker-chat exited (killed by SIGKILL) 4 times within 120 s; giving up" in text
+    assert not psutil.wait_procs(list(family.values()), timeout=10)[1]
+
+
+def test_a_stop_signal_during_the_start_up_stops_everything(up_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGINT while `up` is still starting, even with SIGINT ignored as a shell ignores it for a command started
+    with `&`: it stops within seconds, exits 0 and leaves no process and no port behind."""
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "protostar.cli", "up"],
+            env=up_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
+        )
+        try:
+            wait_for(lambda: "started api" in log.read_text(), timeout=120, what=f"the API's start (log: {log})")
+            family = psutil.Process(proc.pid).children(recursive=True)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "Protostar is up" not in log.read_text()
+    assert not psutil.wait_procs(family, timeout=10)[1]
+    ports = [int(v) for k, v in up_env.items() if k.endswith("_PORT")]
+    assert all(port_is_free("127.0.0.1", port) for port in ports)

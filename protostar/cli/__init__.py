@@ -37,13 +37,17 @@ USER_COMMANDS = frozenset({"ingest", "search", "ask", "chat", "jobs", "documents
 
 def cmd_services(settings: Settings) -> int:
     from protostar.runtime.stack import Stack
-    from protostar.supervisor import Supervisor
+    from protostar.supervisor import RestartPolicy, Supervisor
 
     with Stack(settings) as stack:
         for name, value in stack.env().items():
             print(f"export {name}={value}")
-        Supervisor(env={}).wait()
-    return 0
+        supervisor = Supervisor(env={}, policy=RestartPolicy.from_settings(settings))
+        for service in stack.services:
+            supervisor.watch(service)
+        gave_up = supervisor.wait()
+        supervisor.stop_all()
+    return 0 if gave_up is None else 1
 
 
 def _admin_settings(settings: Settings) -> Settings:

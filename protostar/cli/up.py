@@ -12,6 +12,7 @@ from urllib.error import HTTPError, URLError
 
 from protostar import commands
 from protostar.constants import Queue
+from protostar.errors import ServiceError
 from protostar.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def prestart(settings: Settings) -> None:
     prepare_local_model(settings)  # once, here, rather than in the first process to embed
 
 
-def _wait_http(url: str, timeout: float, *, ok: tuple[int, ...] = (200,)) -> bool:
+def _wait_http(url: str, timeout: float, *, ok: tuple[int, ...] = (200,), between: Callable[[], None]) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -53,11 +54,12 @@ def _wait_http(url: str, timeout: float, *, ok: tuple[int, ...] = (200,)) -> boo
                 return True
         except (URLError, OSError):
             pass
+        between()
         time.sleep(0.2)
     return False
 
 
-def _wait_workers(settings: Settings, names: list[str], timeout: float) -> dict[str, str]:
+def _wait_workers(settings: Settings, names: list[str], timeout: float, between: Callable[[], None]) -> dict[str, str]:
     """Until every worker answers a ping, so Flower's first look finds them all: their node names by name."""
     from protostar.jobs.broker import create_celery
 
@@ -67,6 +69,7 @@ def _wait_workers(settings: Settings, names: list[str], timeout: float) -> dict[
     while time.monotonic() < deadline and not set(names) <= set(seen):
         replies = control.ping(timeout=1.0) or []
         seen.update({node.split("@")[0]: node for reply in replies for node in reply})
+        between()
     return seen
 
 
@@ -88,7 +91,8 @@ def _start_workers(supervisor: Supervisor, settings: Settings, *, llm_ready: boo
 
 
 def _llm_ready(supervisor: Supervisor, settings: Settings, nodes: dict[str, str]) -> None:
-    """The LLM answers: start the workers left out, and have the others (``nodes``) consume their LLM queues."""
+    """The LLM answers: start the workers left out, and have the others (``nodes``) consume their LLM queues
+    (and get every queue when they restart)."""
     from protostar.jobs.broker import create_celery
 
     for name, spec in commands.WORKERS.items():
@@ -99,6 +103,7 @@ def _llm_ready(supervisor: Supervisor, settings: Settings, nodes: dict[str, str]
         queues = [q for q in spec.queues if q in _LLM_QUEUES]
         if not queues or len(queues) == len(spec.queues):
             continue
+        supervisor.reconfigure(f"worker-{name}", commands.worker(settings, name))
         for queue in queues:
             node = nodes.get(name)
             replies = control.add_consumer(queue.value, destination=[node], reply=True, timeout=5.0) if node else []
@@ -125,56 +130,83 @@ def _llm_line(launcher: Launcher | None, settings: Settings) -> str:
 
 
 def cmd_up(settings: Settings) -> int:
-    from protostar.client import ClientConfig
+    """Start everything, then look after it until a stop signal (0) or a process that keeps dying (1)."""
     from protostar.runtime.stack import Stack
-    from protostar.supervisor import Supervisor
+    from protostar.supervisor import Interrupted, RestartPolicy, Supervisor, stop_signals
 
-    stack = Stack(settings)
-    supervisor: Supervisor | None = None
-    launcher: Launcher | None = None
-    try:
-        stack.start(defer_llm=True)
-        env = {**os.environ, **stack.env()}
-        if settings.bootstrap_api_key is None:
-            env["PROTOSTAR_BOOTSTRAP_API_KEY"] = "ps_" + stack.secret("bootstrap_api_key")
-        flower_password = (
-            settings.flower_password.get_secret_value() if settings.flower_password else stack.secret("flower_password")
-        )
-        resolved = resolved_settings(settings, env)
-        prestart(resolved)
-        supervisor = Supervisor(env=env)
-        launcher = _begin_llm(stack, resolved, supervisor)
-        supervisor.start("api", commands.api(resolved))
-        _start_workers(supervisor, resolved, llm_ready=launcher is None)
-        supervisor.start("beat", commands.beat(resolved))
-        names = [p.removeprefix("worker-") for p, _ in supervisor.procs if p.startswith("worker-")]
-        nodes = _wait_workers(resolved, names, 90)
-        if not set(names) <= set(nodes):
-            supervisor.say("not every worker answered within 90 s; see their logs above")
-        supervisor.start("flower", commands.flower(resolved), commands.flower_env(resolved, flower_password))
-        api = resolved.public_api_url
-        if not _wait_http(f"{api}/readyz", 60):
-            supervisor.say("the API is not ready after 60 s; see its log above")
-        flower_url = f"http://{resolved.host}:{resolved.flower_port}"
-        if not _wait_http(f"{flower_url}/healthcheck", 30, ok=(200, 401)):
-            supervisor.say("Flower did not answer within 30 s; see its log above")
-        if launcher is not None and launcher.poll():  # already installed: ready within seconds
-            _llm_ready(supervisor, resolved, nodes)
-        key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
-        ClientConfig(api, key).save(resolved.data_dir / "client.json")  # mode 0600; `protostar ask` reads it
-        supervisor.say(_banner(resolved, api, key, flower_url, flower_password, _llm_line(launcher, resolved)))
-        exited = supervisor.wait(tick=_llm_tick(launcher, supervisor, resolved, nodes))
-        if exited:
-            supervisor.say(f"{exited} exited; stopping everything")
-            return 1
-        supervisor.say("stopping...")
-        return 0
-    finally:
-        if launcher is not None:
-            launcher.stop()
-        if supervisor is not None:
+    # First of all: from here on a stop signal, at any moment of the start-up too, stops everything.
+    with stop_signals() as signals:
+        stack = Stack(settings)
+        supervisor = Supervisor(env={}, policy=RestartPolicy.from_settings(settings), signals=signals)
+        launcher: list[Launcher] = []  # filled once the LLM's install begins, for the clean-up
+        try:
+            gave_up = _up(settings, stack, supervisor, launcher)
+        except Interrupted as exc:
+            signals.disarm()
+            supervisor.say(f"{exc} during the start-up: stopping everything")
+            return 0
+        finally:
+            signals.disarm()  # a second Ctrl-C must not cut the stop short (it is bounded anyway)
+            for each in launcher:
+                each.stop()
             supervisor.stop_all()
-        stack.stop()
+            stack.stop()
+        return 0 if gave_up is None else 1
+
+
+def _up(settings: Settings, stack: Stack, supervisor: Supervisor, launcher: list[Launcher]) -> str | None:
+    """Start, then supervise; the name of the process we gave up on, or None after a stop signal."""
+    from protostar.client import ClientConfig
+
+    stack.start(defer_llm=True)
+    supervisor.check()  # a stop signal that arrived during a fork (see supervisor.StopSignals) counts now
+    for service in stack.services:
+        if service.pid is not None:
+            supervisor.watch(service)
+    env = {**os.environ, **stack.env()}
+    if settings.bootstrap_api_key is None:
+        env["PROTOSTAR_BOOTSTRAP_API_KEY"] = "ps_" + stack.secret("bootstrap_api_key")
+    flower_password = (
+        settings.flower_password.get_secret_value() if settings.flower_password else stack.secret("flower_password")
+    )
+    resolved = resolved_settings(settings, env)
+    prestart(resolved)
+    supervisor.env = env
+    llm = _begin_llm(stack, resolved, supervisor)
+    launcher += [llm] if llm is not None else []
+    supervisor.check()
+    between = _looker(supervisor)  # what dies during the start-up is restarted as later
+    supervisor.start("api", commands.api(resolved))
+    _start_workers(supervisor, resolved, llm_ready=llm is None)
+    supervisor.start("beat", commands.beat(resolved))
+    names = [n.removeprefix("worker-") for n in supervisor.names() if n.startswith("worker-")]
+    nodes = _wait_workers(resolved, names, 90, between)
+    if not set(names) <= set(nodes):
+        supervisor.say("not every worker answered within 90 s; see their logs above")
+    supervisor.start("flower", commands.flower(resolved), commands.flower_env(resolved, flower_password))
+    api = resolved.public_api_url
+    if not _wait_http(f"{api}/readyz", 60, between=between):
+        supervisor.say("the API is not ready after 60 s; see its log above")
+    flower_url = f"http://{resolved.host}:{resolved.flower_port}"
+    if not _wait_http(f"{flower_url}/healthcheck", 30, ok=(200, 401), between=between):
+        supervisor.say("Flower did not answer within 30 s; see its log above")
+    tick = _llm_tick(llm, stack, supervisor, resolved, nodes)
+    if tick is not None:
+        tick()  # already installed: ready within seconds
+    key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
+    ClientConfig(api, key).save(resolved.data_dir / "client.json")  # mode 0600; `protostar ask` reads it
+    supervisor.say(_banner(resolved, api, key, flower_url, flower_password, _llm_line(llm, resolved)))
+    gave_up = supervisor.wait(tick=tick)
+    supervisor.say("stopping..." if gave_up is None else f"{gave_up} keeps dying; stopped everything")
+    return gave_up
+
+
+def _looker(supervisor: Supervisor) -> Callable[[], None]:
+    def look() -> None:
+        if (name := supervisor.check()) is not None:
+            raise ServiceError(f"{name} keeps dying; stopped everything (see its log above)")
+
+    return look
 
 
 def _banner(settings: Settings, api: str, key: str, flower_url: str, flower_password: str, llm: str) -> str:
@@ -219,13 +251,15 @@ def _begin_llm(stack: Stack, settings: Settings, supervisor: Supervisor) -> Laun
 
 
 def _llm_tick(
-    launcher: Launcher | None, supervisor: Supervisor, settings: Settings, nodes: dict[str, str]
+    launcher: Launcher | None, stack: Stack, supervisor: Supervisor, settings: Settings, nodes: dict[str, str]
 ) -> Callable[[], None] | None:
     if launcher is None:
         return None
 
     def tick() -> None:
         if launcher.poll():
+            if stack.llm is not None:
+                supervisor.watch(stack.llm)
             _llm_ready(supervisor, settings, nodes)
             supervisor.say(
                 f"\n  The embedded LLM is ready ({settings.llm_base_url}, model {settings.llm_model}): "

@@ -55,6 +55,11 @@ class EmbeddedService(ABC):
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
+    @property
+    def exit_code(self) -> int | None:
+        """The code the server exited with (negative: killed by that signal); None while it runs or unstarted."""
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self, timeout: float | None = None) -> None:
         self.launch()
         self.wait_ready(timeout)

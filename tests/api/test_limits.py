@@ -25,7 +25,9 @@ SLACK = 32 * 1024 * 1024  # what socket buffers may take on top of what the API 
 
 
 def api_process(live: Live) -> psutil.Process:
-    return next(psutil.Process(proc.pid) for name, proc in live.supervisor.procs if name == "api")
+    pid = live.supervisor.pid("api")
+    assert pid is not None
+    return psutil.Process(pid)
 
 
 def rss(live: Live) -> int:

@@ -211,10 +211,10 @@ def test_up_restarts_what_dies_and_gives_up_on_what_keeps_dying(up_env: dict[str
             family.update({p.pid: p for p in psutil.Process(up.proc.pid).children(recursive=True)})
 
     try:
-        for name, marker in (("redis", "redis-server"), ("postgres", "pgdata"), ("s3", "weed")):
+        services = (("redis", "redis-server"), ("postgres", "pgdata"), ("s3", "weed"), ("llm", "llama-server"))
+        for name, marker in services:
+            first = wait_for(lambda m=marker: _child(up, m), timeout=60, what=f"{name} (log: {up.log})")
             note_family()
-            first = _child(up, marker)
-            assert first is not None, name
             first.kill()
             wait_for(
                 lambda m=marker, old=first.pid: (c := _child(up, m)) is not None and c.pid != old,

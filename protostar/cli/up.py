@@ -196,8 +196,9 @@ def _up(settings: Settings, stack: Stack, supervisor: Supervisor, launcher: list
     key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
     ClientConfig(api, key).save(resolved.data_dir / "client.json")  # mode 0600; `protostar ask` reads it
     supervisor.say(_banner(resolved, api, key, flower_url, flower_password, _llm_line(llm, resolved)))
-    gave_up = supervisor.wait(tick=tick)
-    supervisor.say("stopping..." if gave_up is None else f"{gave_up} keeps dying; stopped everything")
+    gave_up = supervisor.wait(tick=tick)  # on giving up, it said so
+    if gave_up is None:
+        supervisor.say("stopping...")
     return gave_up
 
 

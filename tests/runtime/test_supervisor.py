@@ -22,7 +22,7 @@ from protostar.runtime.postgres import EmbeddedPostgres
 from protostar.runtime.process import free_port
 from protostar.runtime.redis import EmbeddedRedis
 from protostar.supervisor import RestartPolicy, Supervisor
-from tests.conftest import wait_for
+from tests.conftest import Live, wait_for
 
 FAST = RestartPolicy(limit=3, window=60, backoff=0.05, backoff_cap=0.2)
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)"]
@@ -154,3 +154,19 @@ def _count(url: str) -> int | None:
     except psycopg.OperationalError:
         return None
     return int(row[0]) if row else None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_of_the_live_stack_comes_back(live: Live) -> None:
+    """The test stack's supervisor restarts what dies too: the fault tests rely on it."""
+    first = live.supervisor.pid("worker-chat")
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: new_pid(live.supervisor, "worker-chat", first), timeout=20, what="a new worker-chat")
+    with live.client() as api:
+        job_id = api.post("/v1/probes", json={"queue": "chat", "steps": 1}).json()["job_id"]
+        wait_for(
+            lambda: api.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded",
+            timeout=60,
+            what=f"a probe on the restarted chat worker (log: {live.log})",
+        )

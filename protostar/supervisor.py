@@ -182,10 +182,11 @@ class Program:
     def stop(self, timeout: float) -> None:
         if self.proc is not None:
             process.stop(self.proc, timeout=timeout)
+            _kill_leftovers(self.proc)
 
 
 def _kill_leftovers(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL what is left of a dead program's process group (a prefork worker's pool children).
+    """SIGKILL what is left of a dead program's process group (a killed prefork worker's pool children).
 
     Only while members other than the (reaped) leader remain: the kernel keeps a process group's id from
     being reused until its last member is gone, so the group is still the one we started.

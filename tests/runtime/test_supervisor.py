@@ -97,6 +97,18 @@ def test_nothing_restarts_once_the_stop_began(supervisor: Supervisor) -> None:
     assert supervisor.pid("sleeper") is None
 
 
+def test_what_a_killed_program_left_running_goes_before_it_restarts(supervisor: Supervisor) -> None:
+    """A prefork worker killed with SIGKILL leaves its pool children: they must not run beside the new one."""
+    forker = "import os, sys, time; pid = os.fork(); print(pid, flush=True); time.sleep(600)"
+    supervisor.start("forker", [sys.executable, "-c", forker])
+    first = wait_for(lambda: supervisor.pid("forker"), what="the forker")
+    child = wait_for(lambda: psutil.Process(first).children(), what="its child")[0]
+    supervisor.keep_alive()
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: new_pid(supervisor, "forker", first), timeout=10, what="a new forker")
+    wait_for(lambda: not child.is_running(), timeout=10, what="the old child to be gone")
+
+
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="protostar-supervisor-"))

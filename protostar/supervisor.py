@@ -75,8 +75,9 @@ class StopSignals:
     """SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` until ``disarm``; after it they are only noted.
 
     Python ignores (prints) an exception raised where it cannot propagate: in an at-fork callback (logging's
-    runs in every ``fork`` of a ``subprocess`` with ``preexec_fn``), a ``__del__``, a weakref callback. A
-    signal arriving there would be lost, so ``check()``, called between steps, raises it again.
+    run in every ``fork``; ``process.spawn`` blocks the stop signals around its fork for that reason), a
+    ``__del__``, a weakref callback. A signal arriving there would be lost, so ``check()``, called between
+    steps, raises it again.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -466,7 +467,8 @@ class Supervisor:
         self._stop_together([u for u in reversed(units) if u.stops_last])
 
     def _stop_together(self, units: list[Unit]) -> None:
-        threads = [threading.Thread(target=u.stop, args=(self.stop_timeout,)) for u in units]
+        # Daemons: a stop that hangs past the deadline must not keep us from exiting.
+        threads = [threading.Thread(target=u.stop, args=(self.stop_timeout,), daemon=True) for u in units]
         for t in threads:
             t.start()
         deadline = time.monotonic() + self.stop_timeout + 12

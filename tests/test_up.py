@@ -1,5 +1,5 @@
 """`protostar up` as a new user runs it: everything starts, Flower sees the workers, Ctrl-C leaves nothing
-behind, and a second `up` finds the data of the first."""
+behind (during the start-up too), a second `up` finds the data of the first, and what dies is restarted."""
 
 from __future__ import annotations
 
@@ -241,9 +241,12 @@ def test_up_restarts_what_dies_and_gives_up_on_what_keeps_dying(up_env: dict[str
     assert not psutil.wait_procs(list(family.values()), timeout=10)[1]
 
 
-def test_a_stop_signal_during_the_start_up_stops_everything(up_env: dict[str, str], tmp_path: Path) -> None:
-    """SIGINT while `up` is still starting, even with SIGINT ignored as a shell ignores it for a command started
-    with `&`: it stops within seconds, exits 0 and leaves no process and no port behind."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_the_start_up_stops_everything(
+    up_env: dict[str, str], tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGINT or SIGTERM while `up` is still starting (SIGINT ignored, as a shell ignores it for a command
+    started with `&`): it stops within seconds, exits 0 and leaves no process and no port behind."""
     log = tmp_path / "up.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -256,7 +259,7 @@ def test_a_stop_signal_during_the_start_up_stops_everything(up_env: dict[str, st
         try:
             wait_for(lambda: "started api" in log.read_text(), timeout=120, what=f"the API's start (log: {log})")
             family = psutil.Process(proc.pid).children(recursive=True)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
         finally:
             if proc.poll() is None:

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 SERVICE_USER = "protostar"
 _LOG_TAIL_LINES = 30
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def spawn(
             os._exit(126)
         if os.getppid() != parent_pid:  # we died between fork and prctl
             os._exit(1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the signals blocked around the fork (see below)
 
     output: int | None = stdout
     log_fd: int | None = None
@@ -104,6 +106,10 @@ def spawn(
         if user is not None:
             os.fchown(log_fd, user.pw_uid, user.pw_gid)
         output = log_fd
+    # The stop signals wait until the fork is done: a Python handler that raises (Ctrl-C's KeyboardInterrupt)
+    # would otherwise run inside an at-fork callback, where the exception is swallowed and logging's lock,
+    # taken before the fork, is never released (every later log line from another thread then hangs).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         proc = subprocess.Popen(
             argv,
@@ -121,6 +127,7 @@ def spawn(
     finally:
         if log_fd is not None:
             os.close(log_fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal that came meanwhile is handled now
     logger.info("started %s pid=%d user=%s", name, proc.pid, run_as or "<current>")
     return proc
 

@@ -5,7 +5,7 @@ run as our child, its output relayed prefixed by its name) or a ``Service`` (an 
 store or LLM, restarted on its port and data directory). One loop looks after both:
 
     supervisor = Supervisor(env=env, policy=RestartPolicy.from_settings(settings))
-    supervisor.watch(Service(stack.redis))           # already running: watched from now on
+    supervisor.watch(stack.redis)                    # already running: watched from now on
     supervisor.start("api", commands.api(settings))  # started now
     gave_up = supervisor.wait()                      # protostar up: the loop on this thread, until a signal
     supervisor.keep_alive()                          # or the same loop on a thread of its own (the tests)
@@ -19,12 +19,9 @@ starts its count afresh. Once ``stop_all`` begins, nothing is restarted.
 Restarts happen on the thread that runs the loop: children die with the thread that spawned them
 (``process.spawn``), so that thread must live as long as they should.
 
-Stop signals: within ``stop_signals()``, SIGINT, SIGTERM or SIGHUP raises ``Interrupted`` in the main thread,
-wherever it is (a start-up wait, a broker ping, a restart), and, should that exception be swallowed, again at
-the next ``check()`` (the supervisor calls it after each launch and each look); once the stop has begun
-(``disarm``) they are ignored (the stop is bounded: SIGTERM, a wait, SIGKILL). The handlers are installed
-explicitly, so a stop signal works even when we were started with SIGINT ignored (as a shell does for a
-command started with ``&``).
+Stop signals (``runtime.signals``): ``wait`` installs the handlers unless given ``signals`` already installed,
+and calls ``signals.check()`` after each launch and each look, so a stop signal whose exception Python
+swallowed still stops us.
 """
 
 from __future__ import annotations
@@ -38,10 +35,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import IO, ClassVar, Protocol
 
 import psutil
@@ -50,6 +45,7 @@ from protostar import backoff
 from protostar.errors import ServiceError
 from protostar.runtime import process
 from protostar.runtime.service import EmbeddedService
+from protostar.runtime.signals import Interrupted, StopSignals, stop_signals
 from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,61 +53,6 @@ logger = logging.getLogger(__name__)
 COLORS = ("\033[36m", "\033[32m", "\033[33m", "\033[35m", "\033[34m", "\033[96m", "\033[92m")
 RESET = "\033[0m"
 _TICK = 0.5  # seconds between looks at the units
-
-
-# --- stop signals ---------------------------------------------------------------------------------------
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal arrived (raised by the handler that ``stop_signals`` installs). A KeyboardInterrupt, so
-    that libraries treat it as they treat Ctrl-C (never as an error to retry or log)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StopSignals:
-    """SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` until ``disarm``; after it they are only noted.
-
-    Python ignores (prints) an exception raised where it cannot propagate: in an at-fork callback (logging's
-    run in every ``fork``; ``process.spawn`` blocks the stop signals around its fork for that reason), a
-    ``__del__``, a weakref callback. A signal arriving there would be lost, so ``check()``, called between
-    steps, raises it again.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.armed = True
-        self.received: int | None = None
-
-    def disarm(self) -> None:
-        """From now on a stop signal is only noted: the stop under way must not be cut short."""
-        self.armed = False
-
-    def check(self) -> None:
-        """Raise ``Interrupted`` if a stop signal arrived (and its exception was swallowed)."""
-        if self.armed and self.received is not None:
-            raise Interrupted(self.received)
-
-    def _handle(self, signum: int, _: FrameType | None) -> None:
-        if self.received is None:
-            self.received = signum
-        if self.armed:
-            raise Interrupted(signum)
-
-
-@contextmanager
-def stop_signals() -> Iterator[StopSignals]:
-    """Install the handlers (main thread only) for the block; the previous ones come back after it."""
-    signals = StopSignals()
-    previous = {s: signal.signal(s, signals._handle) for s in StopSignals.SIGNALS}
-    try:
-        yield signals
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 # --- units ----------------------------------------------------------------------------------------------

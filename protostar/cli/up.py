@@ -131,8 +131,9 @@ def _llm_line(launcher: Launcher | None, settings: Settings) -> str:
 
 def cmd_up(settings: Settings) -> int:
     """Start everything, then look after it until a stop signal (0) or a process that keeps dying (1)."""
+    from protostar.runtime.signals import Interrupted, stop_signals
     from protostar.runtime.stack import Stack
-    from protostar.supervisor import Interrupted, RestartPolicy, Supervisor, stop_signals
+    from protostar.supervisor import RestartPolicy, Supervisor
 
     # First of all: from here on a stop signal, at any moment of the start-up too, stops everything.
     with stop_signals() as signals:

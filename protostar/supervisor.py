@@ -19,9 +19,9 @@ starts its count afresh. Once ``stop_all`` begins, nothing is restarted.
 Restarts happen on the thread that runs the loop: children die with the thread that spawned them
 (``process.spawn``), so that thread must live as long as they should.
 
-Stop signals (``runtime.signals``): ``wait`` installs the handlers unless given ``signals`` already installed,
-and calls ``signals.check()`` after each launch and each look, so a stop signal whose exception Python
-swallowed still stops us.
+Stop signals (``runtime.signals``): ``wait`` installs the handlers unless some are installed already (by
+``protostar up``, from its first line), and checks for a stop signal noted but not raised after each launch
+and each look.
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ import psutil
 
 from protostar import backoff
 from protostar.errors import ServiceError
-from protostar.runtime import process
+from protostar.runtime import process, signals
 from protostar.runtime.service import EmbeddedService
-from protostar.runtime.signals import Interrupted, StopSignals, stop_signals
 from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -216,7 +215,6 @@ class Supervisor:
     out: IO[str] = sys.stdout
     stop_timeout: float = 8.0
     policy: RestartPolicy = field(default_factory=RestartPolicy)
-    signals: StopSignals | None = None  # checked on the main thread after each launch and each look
     gave_up: str | None = field(default=None, init=False)  # the unit that made us give up
     _units: dict[str, _Watched] = field(default_factory=dict, init=False)
     _width: int = 14
@@ -296,8 +294,7 @@ class Supervisor:
 
         ``tick``, if given, runs every half second on this thread (so what it spawns lives as long as we do).
         """
-        with stop_signals() if self.signals is None else contextlib.nullcontext(self.signals) as signals:
-            self.signals = signals
+        with signals.stop_signals() if signals.installed() is None else contextlib.nullcontext():
             try:
                 while not self._stopping.wait(_TICK):
                     if (gave_up := self.check()) is not None:
@@ -305,13 +302,12 @@ class Supervisor:
                     if tick is not None:
                         tick()
                         self._checkpoint()
-            except Interrupted:
+            except signals.Interrupted:
                 return None
         return None
 
     def _checkpoint(self) -> None:
-        if self.signals is not None and threading.current_thread() is threading.main_thread():
-            self.signals.check()
+        signals.checkpoint()  # on the main thread: a stop signal noted during a launch (see runtime.signals)
 
     def keep_alive(self) -> None:
         """Look after the units from a thread of our own until ``stop_all``; giving up stops everything."""

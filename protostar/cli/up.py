@@ -138,7 +138,7 @@ def cmd_up(settings: Settings) -> int:
     # First of all: from here on a stop signal, at any moment of the start-up too, stops everything.
     with stop_signals() as signals:
         stack = Stack(settings)
-        supervisor = Supervisor(env={}, policy=RestartPolicy.from_settings(settings), signals=signals)
+        supervisor = Supervisor(env={}, policy=RestartPolicy.from_settings(settings))
         launcher: list[Launcher] = []  # filled once the LLM's install begins, for the clean-up
         try:
             gave_up = _up(settings, stack, supervisor, launcher)
@@ -160,7 +160,7 @@ def _up(settings: Settings, stack: Stack, supervisor: Supervisor, launcher: list
     from protostar.client import ClientConfig
 
     stack.start(defer_llm=True)
-    supervisor.check()  # a stop signal that arrived during a fork (see supervisor.StopSignals) counts now
+    supervisor.check()  # also raises a stop signal noted during a fork (see runtime.signals)
     for service in stack.services:
         if service.pid is not None:
             supervisor.watch(service)

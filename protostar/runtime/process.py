@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protostar.errors import PortInUse, ServiceError
+from protostar.runtime import signals
 
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 SERVICE_USER = "protostar"
 _LOG_TAIL_LINES = 30
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,6 @@ def spawn(
             os._exit(126)
         if os.getppid() != parent_pid:  # we died between fork and prctl
             os._exit(1)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the signals blocked around the fork (see below)
 
     output: int | None = stdout
     log_fd: int | None = None
@@ -106,28 +105,26 @@ def spawn(
         if user is not None:
             os.fchown(log_fd, user.pw_uid, user.pw_gid)
         output = log_fd
-    # The stop signals wait until the fork is done: a Python handler that raises (Ctrl-C's KeyboardInterrupt)
-    # would otherwise run inside an at-fork callback, where the exception is swallowed and logging's lock,
-    # taken before the fork, is never released (every later log line from another thread then hangs).
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    # A stop signal during the fork is only noted: raised in an at-fork callback, its exception would be
+    # swallowed with logging's lock left held (see runtime.signals); the caller's next checkpoint raises it.
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT if output is not None else None,
-            env=env,
-            cwd=cwd,
-            # Only preexec_fn can set the parent-death signal. Stack spawns from one thread; see the module doc.
-            preexec_fn=preexec,  # noqa: PLW1509
-            close_fds=True,
-        )
+        with signals.deferred():
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output is not None else None,
+                env=env,
+                cwd=cwd,
+                # Only preexec_fn can set the parent-death signal. Stack spawns from one thread; see the module doc.
+                preexec_fn=preexec,  # noqa: PLW1509
+                close_fds=True,
+            )
     except (OSError, subprocess.SubprocessError) as exc:
         raise ServiceError(f"could not start {name} ({argv[0]}): {exc}") from exc
     finally:
         if log_fd is not None:
             os.close(log_fd)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal that came meanwhile is handled now
     logger.info("started %s pid=%d user=%s", name, proc.pid, run_as or "<current>")
     return proc
 
@@ -223,6 +220,7 @@ def wait_until(
     """Poll ``check`` until it returns True; raise ServiceError if ``proc`` exits first or time runs out."""
     deadline = time.monotonic() + timeout
     while True:
+        signals.checkpoint()  # a stop signal noted during a spawn
         if check():
             return
         if proc is not None and proc.poll() is not None:

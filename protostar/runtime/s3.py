@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,9 @@ _AUX_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_
 
 @dataclass(kw_only=True)
 class EmbeddedS3(EmbeddedService):
-    """Stopped with SIGTERM, then SIGKILL after 5 s: weed can take 30 s to stop on its own."""
+    """Stopped with SIGTERM, then SIGKILL after 5 s: weed can take 30 s to stop on its own. When we die without
+    stopping it (SIGKILLed), nobody is left to send that SIGKILL, so our death sends SIGKILL at once: a SIGTERM
+    alone left weed running for minutes beside a restarted ``up``."""
 
     access_key: str
     secret_key: str
@@ -45,6 +48,7 @@ class EmbeddedS3(EmbeddedService):
     title = "S3 (weed mini)"
     log_name = "weed.log"
     stop_timeout = 5.0
+    death_signal = signal.SIGKILL
     poll_interval = 0.1
 
     @property

@@ -38,7 +38,8 @@ class EmbeddedService(ABC):
     name: ClassVar[str]  # in logs, errors and the port's setting (PROTOSTAR_<NAME>_PORT)
     title: ClassVar[str]  # in "embedded <title> on host:port" when it does not start
     log_name: ClassVar[str]  # the log file under data_dir
-    stop_signal: ClassVar[signal.Signals] = signal.SIGTERM  # also the parent-death signal
+    stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+    death_signal: ClassVar[signal.Signals | None] = None  # sent when we die; None: ``stop_signal``
     refuses_root: ClassVar[bool] = False  # True: as root, run as ``system_user`` (see the module doc)
     start_timeout: ClassVar[float] = 30.0
     stop_timeout: ClassVar[float] = 10.0
@@ -80,7 +81,7 @@ class EmbeddedService(ABC):
             log_file=self.log_file,
             env=env,
             run_as=owner.name if owner else None,
-            death_signal=self.stop_signal,
+            death_signal=self.death_signal or self.stop_signal,
             cwd=self.data_dir,
         )
 

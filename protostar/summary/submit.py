@@ -46,9 +46,20 @@ def after_answer(
     return submitted.job
 
 
-def resummarize(session: Session, *, dispatcher: Dispatcher, stale_after: float, batch: int) -> list[uuid.UUID]:
+def resummarize(
+    session: Session,
+    *,
+    dispatcher: Dispatcher,
+    stale_after: float,
+    batch: int,
+    backoff_base: float = 60.0,
+    backoff_cap: float = 6 * 3600.0,
+) -> list[uuid.UUID]:
     """Beat: queue summaries for up to ``batch`` sessions whose unsummarized answers are older than
-    ``stale_after`` seconds and that have no summary job in flight; the ids of the sessions queued."""
+    ``stale_after`` seconds, that have no summary job in flight and whose backoff is over; the ids of the
+    sessions queued. Each try counts on the session row and pushes its next try out (``backoff_base`` doubled
+    per try since the last success, capped at ``backoff_cap``), so a summary that always fails is tried ever
+    less often, not every minute."""
     stale = repo.stale_sessions(session, stale_after=stale_after, limit=batch)
     session.commit()
     queued = []
@@ -57,6 +68,8 @@ def resummarize(session: Session, *, dispatcher: Dispatcher, stale_after: float,
             session, dispatcher=dispatcher, kind=JobKind.SUMMARY_SESSION, tenant_id=tenant_id, target_id=session_id
         )
         if submitted.created:
+            repo.tried(session, session_id=session_id, base=backoff_base, cap=backoff_cap)
+            session.commit()
             queued.append(session_id)
     if stale:
         logger.info("resummarize: %d stale sessions, %d queued", len(stale), len(queued))

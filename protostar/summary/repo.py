@@ -185,6 +185,12 @@ def stale_sessions(session: Session, *, stale_after: float, limit: int) -> list[
     return [(r[0], r[1]) for r in rows]
 
 
+def backing_off(db: Connection | Session, *, session_id: uuid.UUID) -> bool:
+    """Whether the session's next automatic summary try is still to wait (see :func:`tried`)."""
+    stmt = select(func.coalesce(ChatSession.summary_retry_at > func.now(), False)).where(ChatSession.id == session_id)
+    return bool(db.execute(stmt).scalar())
+
+
 def tried(conn: Connection | Session, *, session_id: uuid.UUID, base: float, cap: float) -> None:
     """Beat queued a summary for the session: count the try and back off the next one, ``base * 2**tries``
     seconds capped at ``cap`` (the tries before this one; :func:`save` resets both on success)."""

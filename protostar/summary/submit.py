@@ -1,6 +1,8 @@
 """Queueing summary jobs, at most one in flight per session or document (a partial unique index on ``jobs``
 decides, so concurrent callers never queue two): on request (the API), after a chat answer once enough
-messages are unsummarized, and from beat for sessions that went stale."""
+messages are unsummarized, and from beat for sessions that went stale. The two automatic ways count their
+tries on the session row and back off (exponentially, capped) while the session's summaries keep failing;
+a request through the API always queues."""
 
 from __future__ import annotations
 
@@ -29,11 +31,19 @@ def submit(
 
 
 def after_answer(
-    session: Session, *, dispatcher: Dispatcher, tenant_id: uuid.UUID, session_id: uuid.UUID, every: int
+    session: Session,
+    *,
+    dispatcher: Dispatcher,
+    tenant_id: uuid.UUID,
+    session_id: uuid.UUID,
+    every: int,
+    backoff_base: float = 60.0,
+    backoff_cap: float = 6 * 3600.0,
 ) -> Job | None:
-    """Queue the session's summary once ``every`` messages are unsummarized and none is in flight."""
+    """Queue the session's summary once ``every`` messages are unsummarized, none is in flight and the session
+    is not backing off after failed tries (each automatic try counts, as beat's do; see :func:`resummarize`)."""
     unsummarized = repo.count_after(session, session_id=session_id)
-    if unsummarized < every:
+    if unsummarized < every or repo.backing_off(session, session_id=session_id):
         return None
     if jobs_repo.in_flight(session, kind=JobKind.SUMMARY_SESSION.value, key="session_id", value=str(session_id)):
         return None  # cheap check first; the unique index is what decides
@@ -42,6 +52,8 @@ def after_answer(
     )
     if not submitted.created:
         return None
+    repo.tried(session, session_id=session_id, base=backoff_base, cap=backoff_cap)
+    session.commit()
     logger.info("job_id=%s session_id=%s summary queued (%d unsummarized)", submitted.job.id, session_id, unsummarized)
     return submitted.job
 

@@ -1,6 +1,6 @@
-"""A session whose summary keeps failing is tried by beat ever less often (exponential, capped), not every
-minute; a summary that succeeds starts the count over. The sends go nowhere here: each try is ended by hand,
-as a failing one would end."""
+"""A session whose summary keeps failing is tried by beat (and after chat answers) ever less often (exponential,
+capped), not every minute; a summary that succeeds starts the count over. The sends go nowhere here: each try
+is ended by hand, as a failing one would end."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from protostar.db.models import Job
 from protostar.jobs import repo as jobs_repo
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.ending import Ending
-from protostar.summary.submit import resummarize
+from protostar.summary.submit import after_answer, resummarize
 from tests.chat.test_chat_api import new_session
-from tests.summary.test_summary import add_summary, seed, summary_jobs
+from tests.summary.test_summary import add_summary, seed, summary_jobs, tenant_of
 
 
 @dataclass
@@ -65,6 +65,12 @@ def test_a_failing_session_summary_backs_off_and_a_success_starts_over(
     first_wait = retry_at - now
     fail_open_summary(engine, session_id)
     assert session_id not in beat()  # failed, but its backoff is not over: not queued again
+    with Session(engine) as session:  # nor after the next chat answer
+        sid = uuid.UUID(session_id)
+        assert (
+            after_answer(session, dispatcher=unsent, tenant_id=tenant_of(engine, session_id), session_id=sid, every=1)
+            is None
+        )
     assert [s for _, s in summary_jobs(engine, session_id)] == ["failed"]
 
     with engine.begin() as conn:  # the backoff is over

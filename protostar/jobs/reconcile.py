@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from protostar.constants import EventType, JobStatus
 from protostar.db.models import Job
 from protostar.jobs import repo
-from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs.dispatch import BROKER_ERRORS, Dispatcher
 from protostar.jobs.ending import Ending
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,11 @@ def held_by_live_workers(dispatcher: Dispatcher, job_ids: set[str]) -> set[str]:
     answered by every worker that is alive, whatever its name."""
     if not job_ids:
         return set()
-    replies = dispatcher.celery.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*sorted(job_ids)) or {}
+    try:
+        replies = dispatcher.celery.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*sorted(job_ids)) or {}
+    except BROKER_ERRORS as exc:  # no answer is no proof: count them held, and ask again next run
+        logger.warning("could not ask the workers which messages they hold: %s", exc)
+        return set(job_ids)
     held: set[str] = set()
     for tasks in replies.values():
         if isinstance(tasks, dict):

@@ -6,7 +6,8 @@ choices (pool, concurrency, child recycling) are command-line flags built in ``p
 
 from __future__ import annotations
 
-from celery.schedules import crontab as _crontab
+from datetime import timedelta as _timedelta
+
 from kombu.entity import Exchange as _Exchange
 from kombu.entity import Queue as _KombuQueue
 
@@ -64,17 +65,17 @@ task_track_started = True
 task_soft_time_limit = 60
 task_time_limit = 90
 
-# --- beat: crontab schedules, each send expires before the next run could start ---------------------------
-_every = _settings.reconcile_every
+# --- beat: interval schedules; each send expires before the next one, so a backlog never piles up ---------
+_reconcile = _timedelta(seconds=_settings.reconcile_interval)
 beat_schedule = {
     "reconcile-jobs": {
         "task": _TaskName.RECONCILE.value,
-        "schedule": _crontab(minute=f"*/{_every}"),
-        "options": {"expires": _every * 60 - 5, "queue": _Queue.MAINTENANCE.value},
+        "schedule": _reconcile,
+        "options": {"expires": max(1.0, _settings.reconcile_interval - 1), "queue": _Queue.MAINTENANCE.value},
     },
     "resummarize-sessions": {
         "task": _TaskName.RESUMMARIZE.value,
-        "schedule": _crontab(minute="*/1"),
+        "schedule": _timedelta(minutes=1),
         "options": {"expires": 55, "queue": _Queue.MAINTENANCE.value},
     },
 }

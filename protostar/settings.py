@@ -65,12 +65,19 @@ class Settings(BaseSettings):
 
     # --- jobs -----------------------------------------------------------------------------------------
     task_expires: int = Field(24 * 3600, gt=0, description="seconds a sent task may wait in its queue")
-    heartbeat_interval: float = Field(5.0, gt=0)
-    takeover_after: float = Field(30.0, gt=0, description="a redelivered job may take over after this")
-    reap_after: float = Field(300.0, gt=0, description="the reconciler acts on a silent job after this")
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between a running job's heartbeats")
+    takeover_after: float = Field(
+        20.0, gt=0, description="seconds of heartbeat silence after which a redelivered message takes the job over"
+    )
+    reap_after: float = Field(
+        45.0,
+        gt=0,
+        description="seconds of heartbeat silence after which the reconciler re-queues a running job (or fails it "
+        "past max_attempts); also how long a queued job waits before the reconciler looks for its message",
+    )
     unsent_grace: float = Field(30.0, gt=0, description="a row not sent after this is sent by beat")
-    max_attempts: int = Field(3, ge=1)
-    reconcile_every: int = Field(1, ge=1, description="minutes between reconciler runs")
+    max_attempts: int = Field(3, ge=1, description="deliveries of a job, redeliveries after a lost worker included")
+    reconcile_interval: float = Field(15.0, gt=0, description="seconds between reconciler runs")
     events_ttl: int = Field(24 * 3600, gt=0, description="seconds a job's event stream is kept")
     events_maxlen: int = Field(20_000, gt=0)
 
@@ -92,6 +99,7 @@ class Settings(BaseSettings):
     ingest_concurrency: int = Field(2, ge=1)
     chat_concurrency: int = Field(50, ge=1)
     summary_concurrency: int = Field(2, ge=1)
+    maintenance_concurrency: int = Field(2, ge=1, description="threads of the maintenance worker (beat's tasks)")
     ingest_soft_time_limit: int = Field(1800, gt=0)
     ingest_time_limit: int = Field(1900, gt=0)
     chat_soft_time_limit: int = Field(300, gt=0)
@@ -127,6 +135,12 @@ class Settings(BaseSettings):
     summary_stale_after: float = Field(600.0, gt=0, description="seconds before beat summarizes left-over messages")
     summary_batch: int = Field(100, ge=1, description="sessions beat queues a summary for, per run")
     summary_max_tokens: int = Field(200, ge=16, description="longest summary (and partial summary), in tokens")
+    summary_backoff_base: float = Field(
+        60.0, gt=0, description="seconds beat waits before queueing a session's summary again after one try"
+    )
+    summary_backoff_cap: float = Field(
+        6 * 3600.0, gt=0, description="longest wait between beat's tries of a session whose summary keeps failing"
+    )
 
     ingest_memory_limit_mb: int = Field(
         6144, ge=512, description="address-space cap of an ingest child; a document needing more fails out_of_memory"
@@ -150,8 +164,7 @@ class Settings(BaseSettings):
             raise ValueError("llm_total_timeout must be below summary_soft_time_limit")
         if self.summary_max_tokens * 3 > self.chat_prompt_tokens:
             raise ValueError("chat_prompt_tokens must hold three summaries of summary_max_tokens")
-        if self.takeover_after >= self.reap_after:
-            raise ValueError("takeover_after must be below reap_after")
+        self._refuse_unsafe_recovery()
         if self.environment == "production":
             missing = [
                 name
@@ -164,6 +177,15 @@ class Settings(BaseSettings):
             if key is not None and len(key.get_secret_value()) < 32:
                 raise ValueError("PROTOSTAR_BOOTSTRAP_API_KEY must be at least 32 characters in production")
         return self
+
+    def _refuse_unsafe_recovery(self) -> None:
+        """The recovery timings: a live job is never taken over, and beat's reconciler sends can expire."""
+        if self.takeover_after >= self.reap_after:
+            raise ValueError("takeover_after must be below reap_after")
+        if self.heartbeat_interval * 2 > self.takeover_after:
+            raise ValueError("takeover_after must be at least two heartbeat intervals, or live jobs are taken over")
+        if self.reconcile_interval < 2:
+            raise ValueError("reconcile_interval must be at least 2 s (each send expires 1 s before the next)")
 
     @property
     def time_limits(self) -> dict[Queue, tuple[int, int]]:
@@ -178,7 +200,12 @@ class Settings(BaseSettings):
     @property
     def worker_concurrency(self) -> dict[str, int]:
         """Processes or threads of each worker (by the worker's name, see ``jobs.kinds.WORKERS``)."""
-        return {"ingest": self.ingest_concurrency, "chat": self.chat_concurrency, "summary": self.summary_concurrency}
+        return {
+            "ingest": self.ingest_concurrency,
+            "chat": self.chat_concurrency,
+            "summary": self.summary_concurrency,
+            "maintenance": self.maintenance_concurrency,
+        }
 
     @property
     def public_api_url(self) -> str:

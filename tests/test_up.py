@@ -94,12 +94,20 @@ def test_up_serves_shows_workers_in_flower_and_stops_clean(up_env: dict[str, str
                 )
                 for name, w in body.items()
             }
-            return seen if {"ingest", "chat", "summary"} <= set(seen) else None
+            return seen if {"ingest", "chat", "summary", "maintenance"} <= set(seen) else None
 
         seen = wait_for(workers, timeout=60, every=1, what="Flower to list the workers")
         assert seen["ingest"][0] == ["ingest"] and "prefork" in seen["ingest"][1]
         assert seen["chat"][0] == ["chat"] and "thread" in seen["chat"][1]
-        assert sorted(seen["summary"][0]) == ["maintenance", "summary"]
+        assert seen["summary"][0] == ["summary"]
+        assert seen["maintenance"][0] == ["maintenance"]  # beat's tasks on a worker of their own
+
+        def reconciled() -> bool:  # beat sends the reconciler every few seconds; the maintenance worker runs it
+            lines = up.log.read_text().splitlines()
+            ran = "protostar.maintenance.reconcile["
+            return any(line.startswith("worker-maintenance") and ran in line and "succeeded" in line for line in lines)
+
+        wait_for(reconciled, timeout=60, every=1, what="the maintenance worker to run the reconciler")
     finally:
         family = up.interrupt()
     gone = psutil.wait_procs(family, timeout=10)[1]

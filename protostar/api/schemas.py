@@ -142,7 +142,11 @@ class ProbeIn(BaseModel):
     queue: Queue = Field(Queue.INGEST, description="one of " + ", ".join(q.value for q in PROBE_QUEUES))
     steps: int = Field(3, ge=1, le=10_000)
     sleep: float = Field(0.0, ge=0, le=60)
-    fail: str | None = Field(None, pattern="^(input|transient)$")
+    fail: str | None = Field(
+        None,
+        pattern="^(input|transient|crash)$",
+        description="end as a real job can: input (rejected), transient (retried), crash (its prefork child dies)",
+    )
 
 
 class DocumentOut(BaseModel):

@@ -191,6 +191,9 @@ class ChatSession(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+    # Beat's summary tries since the last success, and when it may try again (backoff, see summary.submit).
+    summary_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    summary_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Message(Base):

@@ -138,9 +138,10 @@ class Dispatcher:
         except BROKER_ERRORS as exc:
             logger.warning("job_id=%s could not be sent: %s", job.id, exc)
             failed = Ending(JobStatus.FAILED, BrokerUnavailable.code, NOT_QUEUED)
-            with self.engine.begin() as conn:
-                if repo.finish(conn, job_id=job.id, ending=failed, only_from=(JobStatus.QUEUED,)):
-                    raise BrokerUnavailable(NOT_QUEUED) from exc
+            with self.engine.begin() as conn:  # raising inside would roll the ending back and leave it queued
+                ended = repo.finish(conn, job_id=job.id, ending=failed, only_from=(JobStatus.QUEUED,))
+            if ended:
+                raise BrokerUnavailable(NOT_QUEUED) from exc
             logger.warning("job_id=%s left the queued state meanwhile: the send went through", job.id)
             return job
         repo.mark_dispatched(self.engine, job_id=job.id)

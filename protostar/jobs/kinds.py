@@ -66,11 +66,13 @@ class Worker:
 
 # The chat and summary workers spend their time waiting on the LLM's HTTP stream, so a thread pool serves
 # many at once without monkey-patching (gevent would have to patch psycopg, redis and httpx alike); the
-# ingest worker parses documents, CPU-bound work that needs processes to use every core.
+# ingest worker parses documents, CPU-bound work that needs processes to use every core. Beat's tasks (the
+# reconciler, re-summarizing) have a worker of their own, so no backlog of tenant work delays job recovery.
 WORKERS: dict[str, Worker] = {
     "ingest": Worker((Queue.INGEST,), "prefork", "CPU-bound parsing and embedding: one process per core"),
     "chat": Worker((Queue.CHAT,), "threads", "streaming I/O to the LLM: many concurrent answers"),
-    "summary": Worker(
-        (Queue.SUMMARY, Queue.MAINTENANCE), "threads", "LLM calls and beat's maintenance jobs: I/O-bound"
+    "summary": Worker((Queue.SUMMARY,), "threads", "LLM calls: I/O-bound"),
+    "maintenance": Worker(
+        (Queue.MAINTENANCE,), "threads", "beat's short maintenance tasks, never queued behind tenant work"
     ),
 }

@@ -1,18 +1,36 @@
-"""The reconciler: makes the queues agree with the ``jobs`` table. Run by beat, single-flight.
+"""The reconciler: makes the queues agree with the ``jobs`` table. Run by beat every ``reconcile_interval``
+seconds on the maintenance worker (no tenant work queues in front of it), single-flight.
 
 * **unsent**: committed but never sent (the API died between commit and send) → sent now.
 * **silent**: running, but no heartbeat for ``reap_after`` → re-queued while attempts remain, else failed
-  with a reason that says the worker stopped answering (or ``cancelled`` when a cancel was pending).
-* **long queued**: sent more than ``reap_after`` ago and not started. If its message is still in the
-  broker (in the queue, or reserved by a worker) it is *waiting* behind others and left alone; if the
-  message is gone (broker data lost) it is *lost* and sent again; past ``task_expires`` it has *expired*
-  and is failed, since its message would be discarded by the worker anyway.
+  ``worker_lost`` with a reason that says its worker kept dying (or ``cancelled`` when a cancel was pending).
+  This is how a thread-pool worker's jobs come back after its process died: their messages sit in kombu's
+  ``unacked`` hash until the visibility timeout (hours), so nothing else would redeliver them soon. A prefork
+  child's message is redelivered at once and takes over by itself once the heartbeat is ``takeover_after`` old.
+* **long queued**: sent more than ``reap_after`` ago and not started. Where is its message?
+
+  - in kombu's ``unacked`` hash: a worker took it (prefetched, or holding a retry's countdown). Whether that
+    worker is alive is decided exactly: every live worker is asked once per run, with one broadcast
+    (``control.inspect().query_task(ids)``, answered from its request table, which holds reserved, scheduled
+    and active requests), whether it holds these ids. The node name is not trusted (a restarted worker has the
+    dead one's name but not its requests), nor the delivery time, except that a delivery younger than
+    ``FRESH_DELIVERY`` s (``unacked_index`` scores) counts as held, since its worker may not have registered
+    it yet. A message no live worker holds is *orphaned*: its ``unacked`` entry is dropped (or kombu would
+    deliver it again hours later) and the job is sent again. A worker that misses the one-second reply window
+    costs at most a second delivery, which its claim turns away (``jobs.repo.claim``);
+  - in its queue: *waiting* behind others, left alone;
+  - nowhere (broker data lost): *lost*, sent again;
+  - past ``task_expires``: *expired* and failed, since a worker would discard its message anyway.
+
+No job runs twice to visible effect whatever the reconciler sends: a delivery runs only after claiming the row
+(attempts + 1), and every final write checks that the delivery still owns it (``jobs.repo.lock_owned``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -24,16 +42,18 @@ from sqlalchemy.orm import Session
 
 from protostar.constants import EventType, JobStatus
 from protostar.db.models import Job
-from protostar.errors import WorkerLost
 from protostar.jobs import repo
-from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs.dispatch import BROKER_ERRORS, Dispatcher
 from protostar.jobs.ending import Ending
 
 logger = logging.getLogger(__name__)
 
 PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport keeps priorities 3, 6, 9 in lists "<queue>\x06\x16<p>"
-UNACKED = "unacked"  # kombu's hash of messages delivered to a worker and not yet acknowledged
+UNACKED = "unacked"  # kombu's hash of messages delivered to a worker and not yet acknowledged (by delivery tag)
+UNACKED_INDEX = "unacked_index"  # kombu's sorted set of those delivery tags, scored by delivery time
 SCAN_LIMIT = 20_000  # a longer queue is assumed to still hold its messages (they are waiting)
+FRESH_DELIVERY = 5.0  # seconds: a delivery this young counts as held (its worker may not have registered it)
+INSPECT_TIMEOUT = 1.0  # seconds live workers have to say which of the ids they hold
 
 
 @dataclass
@@ -43,11 +63,18 @@ class Report:
     failed_silent: int = 0
     cancelled_silent: int = 0
     expired: int = 0
+    resent_orphaned: int = 0
     resent_lost: int = 0
     waiting: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    tag: str
+    delivered_at: float  # the worker's clock, seconds since the epoch
 
 
 def _message_id(raw: bytes | str) -> str | None:
@@ -64,8 +91,8 @@ def _matching(raws: Iterable[bytes | str], job_ids: set[str]) -> set[str]:
     return {i for i in map(_message_id, raws) if i is not None and i in job_ids}
 
 
-def in_broker(client: redis.Redis, queue: str, job_ids: set[str]) -> set[str]:
-    """Which of ``job_ids`` still have a message in ``queue`` or reserved by a worker."""
+def in_queue(client: redis.Redis, queue: str, job_ids: set[str]) -> set[str]:
+    """Which of ``job_ids`` have a message waiting in ``queue`` (any priority)."""
     found: set[str] = set()
     for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in (3, 6, 9))]:
         length = int(client.llen(key))
@@ -73,8 +100,52 @@ def in_broker(client: redis.Redis, queue: str, job_ids: set[str]) -> set[str]:
             return set(job_ids)
         for start in range(0, length, 1000):
             found |= _matching(client.lrange(key, start, start + 999), job_ids)
-    found |= _matching((raw for _, raw in client.hscan_iter(UNACKED, count=1000)), job_ids)
     return found
+
+
+def unacked(client: redis.Redis, job_ids: set[str]) -> dict[str, list[Delivery]]:
+    """The deliveries of ``job_ids`` that a worker took and has not acknowledged, by job id."""
+    found: dict[str, list[Delivery]] = defaultdict(list)
+    for key, raw in client.hscan_iter(UNACKED, count=1000):
+        job_id = _message_id(raw)
+        if job_id is None or job_id not in job_ids:
+            continue
+        tag = key.decode() if isinstance(key, bytes) else str(key)
+        score = client.zscore(UNACKED_INDEX, tag)
+        found[job_id].append(Delivery(tag, float(score) if score is not None else time.time()))
+    return dict(found)
+
+
+def in_broker(client: redis.Redis, queue: str, job_ids: set[str]) -> set[str]:
+    """Which of ``job_ids`` still have a message in ``queue`` or taken by a worker (alive or not)."""
+    return in_queue(client, queue, job_ids) | set(unacked(client, job_ids))
+
+
+def held_by_live_workers(dispatcher: Dispatcher, job_ids: set[str]) -> set[str]:
+    """Which of ``job_ids`` a live worker holds (reserved, waiting for its countdown, or running): one broadcast,
+    answered by every worker that is alive, whatever its name."""
+    if not job_ids:
+        return set()
+    try:
+        replies = dispatcher.celery.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*sorted(job_ids)) or {}
+    except BROKER_ERRORS as exc:  # no answer is no proof: count them held, and ask again next run
+        logger.warning("could not ask the workers which messages they hold: %s", exc)
+        return set(job_ids)
+    held: set[str] = set()
+    for tasks in replies.values():
+        if isinstance(tasks, dict):
+            held |= set(tasks) & job_ids
+    return held
+
+
+def drop_unacked(client: redis.Redis, deliveries: Iterable[Delivery]) -> None:
+    """Forget deliveries whose worker is dead, so kombu does not hand them out again at the visibility timeout."""
+    tags = [d.tag for d in deliveries]
+    if tags:
+        pipe = client.pipeline()
+        pipe.hdel(UNACKED, *tags)
+        pipe.zrem(UNACKED_INDEX, *tags)
+        pipe.execute()
 
 
 def reconcile(*, session: Session, client: redis.Redis, dispatcher: Dispatcher, batch: int = 500) -> Report:
@@ -92,7 +163,7 @@ def reconcile(*, session: Session, client: redis.Redis, dispatcher: Dispatcher, 
             ending = _reap_silent(conn, job, dispatcher, report, now=now)
             if ending is not None:
                 ended.append((job, ending))
-        by_queue: dict[str, list[Job]] = defaultdict(list)
+        waiting: list[Job] = []
         for job in repo.long_queued(session, dispatched_before=repo.ago(now, settings.reap_after), limit=batch):
             if job.created_at < repo.ago(now, settings.task_expires):
                 expired = Ending(
@@ -102,22 +173,51 @@ def reconcile(*, session: Session, client: redis.Redis, dispatcher: Dispatcher, 
                     ended.append((job, expired))
                     report.expired += 1
             else:
-                by_queue[job.queue].append(job)
-        for queue, jobs in by_queue.items():
-            present = in_broker(client, queue, {str(j.id) for j in jobs})
-            for job in jobs:
-                if str(job.id) in present:
-                    report.waiting += 1
-                    continue
-                logger.warning("job_id=%s queue=%s lost its message; sending again", job.id, queue)
-                dispatcher.send(job)
-                repo.mark_sent(conn, job_id=job.id)
-                report.resent_lost += 1
+                waiting.append(job)
+        _find_messages(conn, waiting, client, dispatcher, report)
     for job, ending in ended:  # after the commit: a follower that sees ``done`` finds the row ended
         dispatcher.events.publish_many(job.id, ending.events())
     if any(report.as_dict().values()):
         logger.info("reconciled: %s", report.as_dict())
     return report
+
+
+def _find_messages(
+    conn: Connection, jobs: list[Job], client: redis.Redis, dispatcher: Dispatcher, report: Report
+) -> None:
+    """Long-queued jobs: left alone while a live worker or the queue holds their message, else sent again."""
+    if not jobs:
+        return
+    taken = unacked(client, {str(j.id) for j in jobs})
+    fresh = time.time() - FRESH_DELIVERY
+    ask = {i for i, ds in taken.items() if all(d.delivered_at < fresh for d in ds)}
+    live = held_by_live_workers(dispatcher, ask)
+    by_queue: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        job_id = str(job.id)
+        if job_id not in taken:
+            by_queue[job.queue].append(job)
+        elif job_id in ask and job_id not in live:
+            logger.warning("job_id=%s queue=%s: its message is held by a dead worker; sending again", job.id, job.queue)
+            drop_unacked(client, taken[job_id])
+            _send_again(conn, job, dispatcher)
+            report.resent_orphaned += 1
+        else:
+            report.waiting += 1
+    for queue, queued in by_queue.items():
+        present = in_queue(client, queue, {str(j.id) for j in queued})
+        for job in queued:
+            if str(job.id) in present:
+                report.waiting += 1
+                continue
+            logger.warning("job_id=%s queue=%s lost its message; sending again", job.id, queue)
+            _send_again(conn, job, dispatcher)
+            report.resent_lost += 1
+
+
+def _send_again(conn: Connection, job: Job, dispatcher: Dispatcher) -> None:
+    dispatcher.send(job)
+    repo.mark_sent(conn, job_id=job.id)
 
 
 def _reap_silent(conn: Connection, job: Job, dispatcher: Dispatcher, report: Report, *, now: Any) -> Ending | None:
@@ -138,10 +238,6 @@ def _reap_silent(conn: Connection, job: Job, dispatcher: Dispatcher, report: Rep
         report.requeued_silent += 1
         return None
     else:
-        message = (
-            f"its worker sent no heartbeat for {silent_for:.0f} s "
-            f"(attempt {job.attempts} of {settings.max_attempts}); giving up"
-        )
-        ending = Ending(JobStatus.FAILED, WorkerLost.code, message)
+        ending = repo.worker_lost(job.attempts, settings.max_attempts, silent_for)
         report.failed_silent += 1
     return ending if repo.finish(conn, job_id=job.id, ending=ending, only_from=(JobStatus.RUNNING,)) else None

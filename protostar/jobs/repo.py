@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from protostar.constants import JobStatus
 from protostar.db.models import Job
 from protostar.db.pages import newest_first
-from protostar.errors import Conflict, NotFound
+from protostar.errors import Conflict, NotFound, WorkerLost
 from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -151,22 +151,36 @@ def reopen(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
 @dataclass(frozen=True)
 class Claim:
     job: Job | None
-    reason: str  # "claimed", "missing", "finished", "cancelled", "busy"
+    reason: str  # "claimed", "missing", "finished", "cancelled", "busy", "worker_lost"
+    retry_in: float | None = None  # "busy": seconds until the holder's heartbeat would be stale
+    ending: Ending | None = None  # "worker_lost": how the job ended here (its followers are to be told)
 
 
-def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: float) -> Claim:
+def worker_lost(attempts: int, max_attempts: int, silent_for: float) -> Ending:
+    """The ending of a job whose worker died (or stopped answering) on its last allowed delivery."""
+    message = (
+        f"the worker running it kept dying or stopped answering (no heartbeat for {silent_for:.0f} s "
+        f"on attempt {attempts} of {max_attempts}); giving up"
+    )
+    return Ending(JobStatus.FAILED, WorkerLost.code, message)
+
+
+def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: float, max_attempts: int) -> Claim:
     """Take the job for this delivery, or say why not.
 
     A queued job is taken at once. A running job is taken only when its heartbeat is older than
-    ``takeover_after`` (its worker died and the broker redelivered the message).
+    ``takeover_after`` (its worker died and the broker redelivered the message), and only while attempts
+    remain: every delivery counts, so an input that kills its worker each time runs ``max_attempts`` times and
+    then ends ``failed`` with ``worker_lost`` here (reason ``"worker_lost"``; the caller publishes the end).
     """
     stale = text("now() - make_interval(secs => :takeover)").bindparams(takeover=takeover_after)
+    taken_over = and_(Job.status == RUNNING, Job.heartbeat_at < stale)
     stmt = (
         update(Job)
         .where(
             Job.id == job_id,
             Job.cancel_requested.is_(False),
-            or_(Job.status == QUEUED, and_(Job.status == RUNNING, Job.heartbeat_at < stale)),
+            or_(Job.status == QUEUED, and_(taken_over, Job.attempts < max_attempts)),
         )
         .values(
             status=RUNNING,
@@ -183,14 +197,26 @@ def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: flo
         job = session.execute(stmt).scalar_one_or_none()
         if job is not None:
             return Claim(job, "claimed")
-        current = session.get(Job, job_id)
+        current = session.execute(
+            select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+        ).scalar_one_or_none()
         if current is None:
             return Claim(None, "missing")
         if current.status == QUEUED and current.cancel_requested:
             return Claim(current, "cancelled")
         if JobStatus(current.status).terminal:
             return Claim(current, "finished")
-        return Claim(current, "busy")
+        age = session.execute(
+            select(func.extract("epoch", func.now() - Job.heartbeat_at)).where(Job.id == job_id)
+        ).scalar_one()
+        silent_for = float(age) if age is not None else takeover_after
+        if current.status == RUNNING and silent_for > takeover_after and current.attempts >= max_attempts:
+            ending = worker_lost(current.attempts, max_attempts, silent_for)
+            if current.cancel_requested:
+                ending = Ending(JobStatus.CANCELLED, "cancelled", "cancelled; its worker stopped answering")
+            if finish(session.connection(), job_id=job_id, ending=ending, only_from=(JobStatus.RUNNING,)):
+                return Claim(current, "worker_lost", ending=ending)
+        return Claim(current, "busy", retry_in=max(1.0, takeover_after - silent_for + 1.0))
 
 
 def _owned(job_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -104,6 +104,11 @@ def save(
     inserted = conn.execute(
         statement.on_conflict_do_nothing(index_elements=[Summary.session_id, Summary.covers_seq]).returning(Summary.id)
     ).first()
+    conn.execute(  # a summary succeeded: beat's backoff for this session starts over
+        update(ChatSession)
+        .where(ChatSession.id == session_id, ChatSession.summary_tries != 0)
+        .values(summary_tries=0, summary_retry_at=None)
+    )
     return inserted is not None
 
 
@@ -152,7 +157,7 @@ def save_document(
 
 def stale_sessions(session: Session, *, stale_after: float, limit: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """(session id, tenant id) of sessions with an answer older than ``stale_after`` seconds that no summary
-    covers yet and no summary job in flight, oldest first."""
+    covers yet, no summary job in flight and no backoff running (``summary_retry_at``), oldest first."""
     rows = session.execute(
         text(
             """
@@ -170,6 +175,7 @@ def stale_sessions(session: Session, *, stale_after: float, limit: int) -> list[
                 SELECT 1 FROM jobs j
                 WHERE j.kind = :kind AND j.status IN ('queued', 'running') AND j.payload->>'session_id' = s.id::text
             )
+            AND (s.summary_retry_at IS NULL OR s.summary_retry_at <= now())
             ORDER BY s.updated_at
             LIMIT :limit
             """
@@ -177,3 +183,23 @@ def stale_sessions(session: Session, *, stale_after: float, limit: int) -> list[
         {"stale_after": stale_after, "kind": JobKind.SUMMARY_SESSION.value, "limit": limit},
     ).all()
     return [(r[0], r[1]) for r in rows]
+
+
+def backing_off(db: Connection | Session, *, session_id: uuid.UUID) -> bool:
+    """Whether the session's next automatic summary try is still to wait (see :func:`tried`)."""
+    stmt = select(func.coalesce(ChatSession.summary_retry_at > func.now(), False)).where(ChatSession.id == session_id)
+    return bool(db.execute(stmt).scalar())
+
+
+def tried(conn: Connection | Session, *, session_id: uuid.UUID, base: float, cap: float) -> None:
+    """Beat queued a summary for the session: count the try and back off the next one, ``base * 2**tries``
+    seconds capped at ``cap`` (the tries before this one; :func:`save` resets both on success)."""
+    retry_in = func.least(cap, base * func.power(2, func.least(ChatSession.summary_tries, 40)))
+    conn.execute(
+        update(ChatSession)
+        .where(ChatSession.id == session_id)
+        .values(
+            summary_tries=ChatSession.summary_tries + 1,
+            summary_retry_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, retry_in),
+        )
+    )

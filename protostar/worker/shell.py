@@ -90,13 +90,21 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
     """Take the job for this delivery; ``None`` when it is not to run (finished, cancelled, gone)."""
     settings = clients.settings
     claim = repo.claim(
-        clients.engine, job_id=job_id, worker=clients.worker_name, takeover_after=settings.takeover_after
+        clients.engine,
+        job_id=job_id,
+        worker=clients.worker_name,
+        takeover_after=settings.takeover_after,
+        max_attempts=settings.max_attempts,
     )
     if claim.reason == "busy":
         # Another delivery holds a fresh heartbeat. Look again once it would be stale.
-        logger.info("job_id=%s is running elsewhere; checking again later", job_id)
+        logger.info("job_id=%s is running elsewhere; checking again in %.0f s", job_id, claim.retry_in)
         max_retries = int(settings.reap_after / settings.takeover_after) + 2
-        raise task.retry(countdown=settings.takeover_after, max_retries=max_retries)
+        raise task.retry(countdown=claim.retry_in or settings.takeover_after, max_retries=max_retries)
+    if claim.reason == "worker_lost" and claim.ending is not None:  # its worker died on every attempt
+        logger.warning("job_id=%s ended: %s", job_id, claim.ending.message)
+        clients.events.publish_many(job_id, claim.ending.events())
+        return None
     if claim.job is None or claim.reason != "claimed":
         logger.info("job_id=%s not run: %s", job_id, claim.reason)
         return None

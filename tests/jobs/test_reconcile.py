@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import timedelta
 
 import httpx
+import pytest
 import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
@@ -13,12 +16,13 @@ from sqlalchemy.orm import Session
 from protostar.auth import DEFAULT_TENANT, ensure_tenant
 from protostar.constants import JobKind, TaskName
 from protostar.db.models import Job
+from protostar.jobs import reconcile as reconcile_module
 from protostar.jobs import repo
 from protostar.jobs.dispatch import Dispatcher
-from protostar.jobs.reconcile import in_broker, reconcile
+from protostar.jobs.reconcile import UNACKED, UNACKED_INDEX, in_broker, reconcile, unacked
 from protostar.settings import Settings
 from tests.api.test_jobs import wait_status
-from tests.conftest import Live
+from tests.conftest import Live, wait_for
 
 
 def make_job(engine: Engine, *, queue: str = "chat", **columns: object) -> uuid.UUID:
@@ -87,7 +91,7 @@ def test_a_silent_job_out_of_attempts_fails_with_a_reason(
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert job["error"]["code"] == "worker_lost"
-    assert "sent no heartbeat" in job["error"]["message"] and "gone:2" not in job["error"]["message"]  # no host names
+    assert "kept dying" in job["error"]["message"] and "gone:2" not in job["error"]["message"]  # no host names
 
 
 def test_a_job_whose_message_was_lost_is_sent_again(
@@ -128,9 +132,62 @@ def test_a_job_past_its_expiry_fails_as_expired(
     assert job["status"] == "failed" and job["error"]["code"] == "expired"
 
 
-def test_beat_schedules_the_reconciler_with_an_expiry() -> None:
+def test_beat_schedules_the_reconciler_every_few_seconds_with_an_expiry() -> None:
     import celeryconfig
 
     entry = celeryconfig.beat_schedule["reconcile-jobs"]
     assert entry["task"] == TaskName.RECONCILE.value
-    assert 0 < entry["options"]["expires"] < 60 * celeryconfig._settings.reconcile_every
+    interval = celeryconfig._settings.reconcile_interval
+    assert entry["schedule"] == timedelta(seconds=interval)
+    assert 0 < entry["options"]["expires"] < interval  # a send that waited that long is dropped, the next one runs
+    assert entry["options"]["queue"] == "maintenance"
+
+
+def park_in_unacked(client: redis.Redis, job_id: uuid.UUID, *, queue: str = "chat", age: float = 3600) -> str:
+    """A delivery of the job's message as kombu records one: in ``unacked`` under a delivery tag, with its
+    delivery time in ``unacked_index``; a worker that died holding it never acknowledges it."""
+    tag = uuid.uuid4().hex
+    message = {"headers": {"id": str(job_id), "task": TaskName.PROBE.value}, "body": "", "properties": {}}
+    client.hset(UNACKED, tag, json.dumps([message, queue, queue]))
+    client.zadd(UNACKED_INDEX, {tag: time.time() - age})
+    return tag
+
+
+def test_a_queued_job_whose_message_a_dead_worker_holds_is_sent_again(
+    live: Live, engine: Engine, client: redis.Redis, dispatcher: Dispatcher, api: httpx.Client
+) -> None:
+    job_id = make_job(engine, dispatched_at="now() - interval '1 hour'")
+    tag = park_in_unacked(client, job_id)
+    assert in_broker(client, "chat", {str(job_id)}) == {str(job_id)}  # it looks "in the broker"...
+    report = run(engine, client, dispatcher)
+    assert report["resent_orphaned"] >= 1  # ...but no live worker holds it
+    assert not client.hexists(UNACKED, tag) and client.zscore(UNACKED_INDEX, tag) is None
+    job = wait_status(api, str(job_id), "succeeded")
+    assert job["attempts"] == 1
+
+
+def test_a_queued_job_whose_message_a_live_worker_holds_is_left_alone(
+    live: Live,
+    engine: Engine,
+    client: redis.Redis,
+    dispatcher: Dispatcher,
+    api: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile_module, "FRESH_DELIVERY", 0.0)  # ask the workers even about a fresh delivery
+    job_id = make_job(engine)
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        dispatcher.celery.send_task(  # a retry's countdown: the chat worker holds it, unacknowledged, meanwhile
+            job.task_name, kwargs={"job_id": str(job_id)}, task_id=str(job_id), queue="chat", countdown=20
+        )
+    wait_for(lambda: unacked(client, {str(job_id)}), timeout=10, what="the chat worker to take the message")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET dispatched_at = now() - interval '1 hour' WHERE id = :id"), {"id": job_id})
+    report = run(engine, client, dispatcher)
+    assert report["waiting"] >= 1 and report["resent_orphaned"] == 0
+    assert len(unacked(client, {str(job_id)})[str(job_id)]) == 1  # still the one delivery, not a second one
+    dispatcher.celery.control.revoke(str(job_id))
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job_id})

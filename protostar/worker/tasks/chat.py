@@ -45,6 +45,8 @@ def queue_summary(clients: Clients, *, ctx: JobContext) -> None:
                 tenant_id=ctx.tenant_id,
                 session_id=uuid.UUID(ctx.payload["session_id"]),
                 every=clients.settings.summary_every,
+                backoff_base=clients.settings.summary_backoff_base,
+                backoff_cap=clients.settings.summary_backoff_cap,
             )
     except (BrokerUnavailable, SQLAlchemyError) as exc:
         logger.warning("job_id=%s summary not queued now: %s", ctx.job_id, exc)

@@ -52,7 +52,12 @@ def resummarize_task() -> dict[str, Any] | None:
     def run(session: Session, res: Clients) -> dict[str, Any]:
         settings = res.settings
         queued = resummarize(
-            session, dispatcher=res.dispatcher, stale_after=settings.summary_stale_after, batch=settings.summary_batch
+            session,
+            dispatcher=res.dispatcher,
+            stale_after=settings.summary_stale_after,
+            batch=settings.summary_batch,
+            backoff_base=settings.summary_backoff_base,
+            backoff_cap=settings.summary_backoff_cap,
         )
         return {"queued": len(queued)}
 

@@ -1,13 +1,20 @@
 """The probe: a synthetic job an operator sends to any queue to check it end to end.
 
 It walks ``steps`` progress steps of ``sleep`` seconds each, honours cancel, and reports where it ran.
-``fail`` makes it end the way a real job can: ``input`` (rejected, no retry) or ``transient`` (retried).
+``fail`` makes it end the way a real job can: ``input`` (rejected, no retry) or ``transient`` (retried); or
+``crash``: after its steps the prefork child running it kills itself (SIGKILL), as a poison input would, so
+an operator (or the fault tests) can check that a child dying on every delivery ends the job ``worker_lost``
+after ``max_attempts``. Only a prefork child crashes: elsewhere (a thread pool, whose process every other job
+shares) the probe rejects its input instead.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
+from billiard.process import current_process  # type: ignore[import-untyped]
 from celery import Task, shared_task
 
 from protostar.constants import TaskName
@@ -26,6 +33,10 @@ def probe(ctx: JobContext, *, worker: str) -> dict[str, Any]:
             ctx.sleep(pause)
         ctx.check_cancelled()
         ctx.progress("probe", step, steps)
+    if fail == "crash":
+        if not current_process().name.startswith("ForkPoolWorker"):
+            raise InputRejected("the probe crashes only a prefork child; this worker runs a thread pool")
+        os.kill(os.getpid(), signal.SIGKILL)
     if fail == "input":
         raise InputRejected("the probe was asked to reject its input")
     if fail == "transient":

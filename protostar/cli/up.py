@@ -79,7 +79,7 @@ _LLM_QUEUES = (Queue.CHAT, Queue.SUMMARY)
 
 
 def _start_workers(supervisor: Supervisor, settings: Settings, *, llm_ready: bool) -> None:
-    """The workers; before the LLM is ready, only what runs without it (the summary worker's maintenance)."""
+    """The workers; before the LLM is ready, only what runs without it (ingest and maintenance)."""
     for name, spec in commands.WORKERS.items():
         argv = commands.worker(settings, name)
         waiting = [q for q in spec.queues if q in _LLM_QUEUES]

@@ -46,7 +46,15 @@ TEST_ENV = {
     "PROTOSTAR_CHAT_CONCURRENCY": "8",
     "PROTOSTAR_SUMMARY_CONCURRENCY": "2",
     "PROTOSTAR_MAX_UPLOAD_BYTES": str(40 * 1024 * 1024),
+    # Beat runs only for the fault tests (tests/faults): the reconciler every 2 s recovers what a fault left.
+    "PROTOSTAR_RECONCILE_INTERVAL": "2",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault tests (tests/faults) last: they stop, freeze and kill parts of the shared stack."""
+    faults = Path(__file__).resolve().parent / "faults"
+    items.sort(key=lambda item: faults in Path(str(item.path)).parents)
 
 
 @dataclass

@@ -59,15 +59,28 @@ class Scenario:
     notes: list[str] = field(default_factory=list)
 
     def restarted(self, name: str, old_pid: int | None, timeout: float = 30.0) -> int | None:
-        """Wait for the supervisor to run ``name`` again (a new pid); None (and a note) if it did not."""
+        """Wait for the supervisor to run ``name`` again (a new pid). If it does not, note it (the scenario fails)
+        and start it here, so the rest of the scenario (what became of the jobs) is still checked."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid = pid_of(self.live, name)
             if pid is not None and pid != old_pid:
                 return pid
             time.sleep(0.2)
-        self.notes.append(f"the supervisor did not restart {name} within {timeout:.0f} s")
+        self.notes.append(f"the supervisor did not restart {name} within {timeout:.0f} s: the test started it")
+        self.live.supervisor.start(name, argv_of(self.live, name))
         return None
+
+    def revive_dead(self, grace: float = 20.0) -> None:
+        """Any supervised process still dead after ``grace`` seconds: noted (the supervisor's job) and started
+        here, so what became of the jobs is still checked."""
+        deadline = time.monotonic() + grace
+        for name in names(self.live):
+            while pid_of(self.live, name) is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if pid_of(self.live, name) is None:
+                self.notes.append(f"{name} died and the supervisor did not restart it: the test started it")
+                self.live.supervisor.start(name, argv_of(self.live, name))
 
 
 def heal(live: Live, notes: list[str] | None = None, *, grace: float = 20.0) -> None:

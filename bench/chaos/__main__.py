@@ -372,11 +372,12 @@ class Chaos:
             assert out is not None
             st = out.status
             lost = len(out.lost) + len(out.stuck)
-            reasons = ", ".join(f"{n} x {r[:80]}" for r, n in out.failed_by.most_common()) or "0"
+            reasons = ", ".join(f"{n} x {r[:80]}" for r, n in out.failed_by.most_common())
+            failures = f"{st['failed']}: {reasons}" if reasons else "0"
             rec = f"{pct(phase.recoveries, 0.5):.1f} / {pct(phase.recoveries, 0.99):.1f}" if phase.recoveries else "—"
             table.append(
                 f"| {phase.name} | {phase.faults} | {len(out.jobs) + len(out.lost)} | {st['succeeded']} | "
-                f"{st['failed']}: {reasons} | {lost} | {len(out.duplicated)} | {len(out.wrong)} | {rec} | "
+                f"{failures} | {lost} | {len(out.duplicated)} | {len(out.wrong)} | {rec} | "
                 f"{phase.unrecovered} |"
             )
             total.update(
@@ -395,7 +396,10 @@ class Chaos:
             for what, counts in phase.outages:
                 n = sum(counts.values())
                 ok = sum(v for k, v in counts.items() if k.startswith("2"))
-                other = sum(v for k, v in counts.items() if k[0] in "45" and k != "503")
+                others = {k: v for k, v in counts.items() if k[0] in "45" and k != "503"}
+                other = f"{sum(others.values())}" + (
+                    f" ({', '.join(f'{k}: {v}' for k, v in others.items())})" * bool(others)
+                )
                 outages.append(
                     f"| {what} | {n} | {ok} | {counts['503']} | {other} | {counts['error']} | {counts['hang']} |"
                 )

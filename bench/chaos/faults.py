@@ -76,10 +76,6 @@ class Traffic:
         with self._lock:
             return collections.Counter(c.outcome for c in self.calls if start <= c.sent <= end)
 
-    def slow(self, start: float, end: float) -> list[Call]:
-        with self._lock:
-            return [c for c in self.calls if start <= c.sent <= end]
-
 
 # --- tenants and submissions ----------------------------------------------------------------------------
 

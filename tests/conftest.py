@@ -54,6 +54,12 @@ TEST_ENV = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault tests (tests/faults) last: they stop, freeze and kill parts of the shared stack."""
+    faults = Path(__file__).resolve().parent / "faults"
+    items.sort(key=lambda item: faults in Path(str(item.path)).parents)
+
+
 @dataclass
 class Live:
     settings: Settings

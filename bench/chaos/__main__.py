@@ -108,11 +108,10 @@ class Chaos:
     # processes ---------------------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        return list(dict.fromkeys(n for n, _ in self.system.supervisor.procs))
+        return self.system.supervisor.names()
 
     def pid(self, name: str) -> int | None:
-        pid = getattr(self.system.supervisor, "pid", None)
-        return pid(name) if callable(pid) else self.system.pid(name)
+        return self.system.supervisor.pid(name)
 
     def argv(self, name: str) -> list[str]:
         from protostar import commands

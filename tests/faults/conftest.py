@@ -28,14 +28,8 @@ SETTLE = 120.0  # seconds for every accepted job to end after a fault (the issue
 
 
 def pid_of(live: Live, name: str) -> int | None:
-    """The current pid of a supervised process (``Supervisor.pid`` where the supervisor has it)."""
-    pid = getattr(live.supervisor, "pid", None)
-    if callable(pid):
-        return pid(name)  # type: ignore[no-any-return]
-    for n, proc in reversed(live.supervisor.procs):
-        if n == name and proc.poll() is None:
-            return int(proc.pid)
-    return None
+    """The current pid of a supervised process."""
+    return live.supervisor.pid(name)
 
 
 def argv_of(live: Live, name: str) -> list[str]:
@@ -47,7 +41,7 @@ def argv_of(live: Live, name: str) -> list[str]:
 
 
 def names(live: Live) -> list[str]:
-    return list(dict.fromkeys(n for n, _ in live.supervisor.procs))
+    return live.supervisor.names()
 
 
 @dataclass

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 CANCEL_POLL = 0.25  # seconds between looks at the cancel flag
 PROGRESS_EVERY = 0.5  # seconds between progress writes, except at stage changes and completion
+FAILURE_LOG_EVERY = 10.0  # seconds between log lines while the watcher's checks keep failing
+EVENTS_PAUSE = 5.0  # seconds events are not even tried after Redis failed to take one
 
 
 @dataclass
@@ -39,6 +41,7 @@ class JobContext:
     cancelled: threading.Event = field(default_factory=threading.Event)
     _last_progress: tuple[str, float] = ("", 0.0)
     _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
+    _events_paused_until: float = 0.0
 
     @contextmanager
     def owned(self) -> Iterator[Connection]:
@@ -67,8 +70,26 @@ class JobContext:
             hook()
         return lambda: self._cancel_hooks.remove(hook) if hook in self._cancel_hooks else None
 
-    def emit(self, type_: EventType, data: dict[str, Any]) -> str:
-        return self.events.publish(self.job_id, type_, data)
+    def emit(self, type_: EventType, data: dict[str, Any]) -> str | None:
+        """Publish one event; its stream id, or None when Redis did not take it (see :meth:`publish`)."""
+        ids = self.publish([(type_, data)])
+        return ids[0] if ids else None
+
+    def publish(self, events: list[tuple[EventType, dict[str, Any]]]) -> list[str]:
+        """Publish events for the job's followers, at most once each. Events are a live view, not the record
+        (the row is, and a follower is told the end from it), so an unavailable Redis costs followers the events
+        meanwhile and never the job: the failure is logged, and for ``EVENTS_PAUSE`` seconds no event is even
+        tried, so a frozen Redis does not hold a token stream up by a socket timeout per token."""
+        if time.monotonic() < self._events_paused_until:
+            return []
+        try:
+            return self.events.publish_many(self.job_id, events)
+        except redis.RedisError as exc:
+            self._events_paused_until = time.monotonic() + EVENTS_PAUSE
+            logger.warning(
+                "job_id=%s events not published for %.0fs, Redis unavailable: %s", self.job_id, EVENTS_PAUSE, exc
+            )
+            return []
 
     def progress(self, stage: str, done: int, total: int | None = None, *, persist: bool = True) -> None:
         """A ``progress`` event, and the job row's stage and counts (throttled). ``persist=False``: the event
@@ -100,6 +121,8 @@ class Watcher(threading.Thread):
         self.ctx, self.client, self.interval = ctx, client, heartbeat_interval
         self.stopped = threading.Event()
         self.lost = False
+        self._failing_since: float | None = None
+        self._logged_at = 0.0
 
     def run(self) -> None:
         ctx = self.ctx
@@ -117,8 +140,20 @@ class Watcher(threading.Thread):
                         ctx.cancel()
                     elif state:
                         ctx.cancel()
-            except Exception:  # boundary: a failed beat is retried next round, the job goes on
-                logger.exception("job_id=%s heartbeat failed", ctx.job_id)
+            except Exception as exc:  # noqa: BLE001 (boundary: logged; a failed beat is retried next round)
+                self._failed(exc)
+            else:
+                self._failing_since = None
+
+    def _failed(self, exc: Exception) -> None:
+        """Log the first failure of a run of them, and then one line every ``FAILURE_LOG_EVERY`` seconds."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = self._logged_at = now
+            logger.warning("job_id=%s heartbeat or cancel check failed, retrying: %r", self.ctx.job_id, exc)
+        elif now - self._logged_at >= FAILURE_LOG_EVERY:
+            self._logged_at = now
+            logger.warning("job_id=%s heartbeat failing for %.0fs: %r", self.ctx.job_id, now - self._failing_since, exc)
 
     def stop(self) -> None:
         self.stopped.set()

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from protostar import __version__
 from protostar.api import errors
+from protostar.api.deadline import Deadline
 from protostar.api.guard import Guard
 from protostar.api.metrics import BacklogCollector, RequestMetrics
 from protostar.api.routes import admin, documents, health, jobs, sessions
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Protostar", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.add_middleware(Guard)  # the key, then the body's size, before any route reads a byte
+    app.add_middleware(Deadline, timeout=settings.dependency_timeout)  # outside the guard: its key look-up too
     app.add_middleware(RequestMetrics, registry=registry)  # added last: outermost, so it counts 401s and 413s
     errors.install(app)
     app.include_router(health.router)

@@ -19,9 +19,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from protostar import backoff
 from protostar.bundle import Clients
-from protostar.constants import EventType, JobStatus
+from protostar.constants import EventType, JobStatus, Queue
 from protostar.db.models import Job
-from protostar.errors import Cancelled, OutOfMemory, ProtostarError, Transient
+from protostar.errors import Cancelled, OutOfMemory, ProtostarError, TimeLimitExceeded, Transient
 from protostar.jobs import faults, repo
 from protostar.jobs.context import JobContext, Watcher
 from protostar.jobs.ending import Ending
@@ -50,13 +50,17 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
         payload=job.payload,
         engine=clients.engine,
         events=clients.events,
+        deadline=time.monotonic() + _soft_limit(task, settings, job.queue),
     )
     ctx.emit(EventType.STATUS, {"status": JobStatus.RUNNING.value, "attempt": job.attempts})
     logger.info("job_id=%s kind=%s attempt=%d started", jid, job.kind, job.attempts)
     watcher = Watcher(ctx, clients.redis, heartbeat_interval=settings.heartbeat_interval)
     watcher.start()
     try:
-        result = pipeline(ctx)
+        result = _run(pipeline, ctx)
+    except TimeLimitExceeded as exc:
+        _end(ctx, _failure(JobStatus.FAILED, exc))
+        return None
     except Cancelled as exc:
         if not watcher.lost:
             _end(ctx, _failure(JobStatus.CANCELLED, exc))
@@ -82,6 +86,17 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
     return result
 
 
+def _run(pipeline: Pipeline, ctx: JobContext) -> dict[str, Any]:
+    """The pipeline; past its deadline, whatever the stop made it raise (a cancel, a closed stream) is the time
+    limit's doing."""
+    try:
+        return pipeline(ctx)
+    except Exception as exc:
+        if ctx.timed_out and not isinstance(exc, TimeLimitExceeded):
+            raise ctx.stopped_error() from exc
+        raise
+
+
 def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
     """Take the job for this delivery; ``None`` when it is not to run (finished, cancelled, gone)."""
     settings = clients.settings
@@ -105,6 +120,15 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
         logger.info("job_id=%s not run: %s", job_id, claim.reason)
         return None
     return claim.job
+
+
+def _soft_limit(task: Task, settings: Settings, queue: str) -> float:
+    """Seconds the job may run: the soft time limit its message carries (``jobs.kinds.send_options``), else its
+    queue's. The worker's watcher enforces it on every pool (Celery's thread pool ignores time limits)."""
+    _, soft = task.request.timelimit or (None, None)
+    if soft:
+        return float(soft)
+    return float(settings.time_limits[Queue(queue)][0])
 
 
 def _failure(status: JobStatus, error: BaseException, *, job_id: uuid.UUID | None = None) -> Ending:

@@ -6,8 +6,8 @@ the exception's text, which may carry hosts, SQL or keys.
     dependency(exc)    "PostgreSQL" | "Redis" | "the object store" | None
     as_transient(exc)  Transient("PostgreSQL unavailable") | None
 
-The exception's causes are looked at too (``raise ... from`` and the exception being handled), so a library that
-wraps a lost connection in its own error type is still recognised; our own typed errors are taken as they are.
+The exception's causes are looked at too (``raise ... from``), so a library that wraps a lost connection in its own
+error type is still recognised; our own typed errors are taken as they are.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def dependency(exc: BaseException) -> str | None:
         seen.add(id(current))
         if (name := _own(current)) is not None:
             return name
-        current = current.__cause__ or current.__context__
+        current = current.__cause__  # explicit chaining only: an error raised while handling one is not its doing
     return None
 
 

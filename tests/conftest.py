@@ -46,6 +46,9 @@ TEST_ENV = {
     "PROTOSTAR_CHAT_CONCURRENCY": "8",
     "PROTOSTAR_SUMMARY_CONCURRENCY": "2",
     "PROTOSTAR_MAX_UPLOAD_BYTES": str(40 * 1024 * 1024),
+    # Above the 2 s default: on a loaded 2-core test machine a first search (model load) or a large upload's
+    # hashing may take that long, which is not a dependency being down.
+    "PROTOSTAR_DEPENDENCY_TIMEOUT": "5",
 }
 
 

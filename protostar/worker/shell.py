@@ -125,7 +125,8 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
 def _soft_limit(task: Task, settings: Settings, queue: str) -> float:
     """Seconds the job may run: the soft time limit its message carries (``jobs.kinds.send_options``), else its
     queue's. The worker's watcher enforces it on every pool (Celery's thread pool ignores time limits)."""
-    _, soft = task.request.timelimit or (None, None)
+    request = getattr(task, "request", None)  # no task: the shell called directly (tests)
+    _, soft = getattr(request, "timelimit", None) or (None, None)
     if soft:
         return float(soft)
     return float(settings.time_limits[Queue(queue)][0])
@@ -164,7 +165,8 @@ def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *,
         "job_id=%s transient failure (%s), retry in %.1fs: %s", ctx.job_id, type(cause).__name__, delay, error.message
     )
     ctx.emit(EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(delay, 1), "reason": error.message})
-    raise task.retry(countdown=delay, max_retries=settings.max_attempts) from cause
+    # The cap is the job's attempts (above); Celery's count also holds the deliveries that waited for PostgreSQL.
+    raise task.retry(countdown=delay, max_retries=settings.max_attempts + CLAIM_RETRIES) from cause
 
 
 def _end(ctx: JobContext, ending: Ending) -> None:

@@ -111,3 +111,23 @@ def _ready(api: httpx.Client) -> bool:
         return api.get("/readyz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_postgresql_restarted_under_a_running_job_retries_it_instead_of_failing(live: Live, api: httpx.Client) -> None:
+    """PostgreSQL stops while a job runs: its next write fails, which is transient. The retry cannot be recorded
+    either (PostgreSQL is down), so the row stays running; the retry's delivery waits for PostgreSQL, takes the
+    job over once its heartbeat is stale, and the job succeeds."""
+    postgres = live.stack.postgres
+    assert postgres is not None
+    job_id = submit(api, queue="chat", steps=24, sleep=0.25)
+    wait_for(lambda: (api.get(f"/v1/jobs/{job_id}").json().get("progress") or {}).get("done", 0) >= 2, timeout=60)
+    postgres.stop()
+    try:
+        time.sleep(2)
+    finally:
+        postgres.start()
+    wait_for(lambda: _ready(api), timeout=60, what="readiness after PostgreSQL returned")
+    job = wait_status(api, job_id, "succeeded", "failed", timeout=120)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] >= 2  # type: ignore[operator]
+    _all_queues_run_a_probe(api)

@@ -12,8 +12,13 @@ every route and the shared synchronous pipeline code for one failure mode. So th
 
 * The route runs in its own task. Until the response starts, the middleware waits at most the deadline after the
   request began or after the last body chunk arrived (an upload that streams in is not cut off; once its body is
-  complete, storing it gets ``UPLOAD_RATE`` more time per byte). Past it the caller gets ``503
-  dependency_timeout``, a message that names nothing internal, and the connection is closed.
+  complete, storing it gets ``UPLOAD_RATE`` more time per byte). Past it, if a dependency is down or frozen, the
+  caller gets ``503 dependency_timeout``, a message that names nothing internal, and the connection is closed.
+* Whether one is, a :class:`Monitor` knows: a thread per dependency pings it (PostgreSQL, Redis, the object
+  store) every ``PING_EVERY`` seconds, and one whose last answer is older than half the deadline is taken as
+  down (a frozen one never answers, so its thread just waits). A request past its deadline while every
+  dependency answers is slow for another reason (a starved CPU while workers start on a small machine, a cold
+  model): it goes on, looked at again after each further deadline, rather than being told a dependency is down.
 * The abandoned route is left to finish in the background: its thread is blocked in the driver and cannot be
   interrupted, and it finishes when the dependency answers again (or fails by its own timeouts). Whatever it sends
   is dropped, it reads a disconnect, and the request's dependencies (``api.deps``) refuse to start any more work,
@@ -28,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +46,37 @@ logger = logging.getLogger(__name__)
 
 ABANDONED = "protostar.abandoned"  # set in the scope of a request answered by the deadline
 UPLOAD_RATE = 8 * 1024 * 1024  # bytes per second the API hashes and stores a received body at, at least
+PING_EVERY = 0.25  # seconds between a dependency's pings
+
+
+class Monitor:
+    """Pings each dependency from its own thread; :meth:`down` names those without a recent answer."""
+
+    def __init__(self, pings: dict[str, Callable[[], object]], *, stale_after: float) -> None:
+        self.pings, self.stale_after = pings, stale_after
+        now = time.monotonic()
+        self.answered = dict.fromkeys(pings, now)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        for name in self.pings:
+            threading.Thread(target=self._watch, args=(name,), name=f"ping-{name}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def down(self) -> list[str]:
+        now = time.monotonic()
+        return [name for name, at in self.answered.items() if now - at > self.stale_after]
+
+    def _watch(self, name: str) -> None:
+        ping = self.pings[name]
+        while not self._stop.wait(PING_EVERY):
+            try:
+                ping()
+            except Exception:  # noqa: BLE001, S112 (a failed ping is the answer: the dependency is down)
+                continue
+            self.answered[name] = time.monotonic()
 
 
 class Deadline:
@@ -83,6 +121,9 @@ class Deadline:
                 allowed = self.timeout + (received / UPLOAD_RATE if body_done else 0.0)
                 remaining = last_activity + allowed - time.monotonic()
                 if remaining <= 0:
+                    if _dependencies_answer(scope):
+                        last_activity = time.monotonic()  # slow, but not waiting on a dead dependency: wait on
+                        continue
                     await self._answer(scope, send, task)
                     return
                 await asyncio.wait({task}, timeout=min(remaining, self.timeout))
@@ -113,6 +154,13 @@ class Deadline:
         self._abandoned.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.info("a request answered by the deadline ended later with %r", exc)
+
+
+def _dependencies_answer(scope: Scope) -> bool:
+    """Whether every dependency answered its latest pings (``True`` when the app keeps no monitor)."""
+    state = getattr(getattr(scope.get("app"), "state", None), "protostar", None)
+    monitor: Monitor | None = getattr(state, "monitor", None)
+    return monitor is None or not monitor.down()
 
 
 async def _no_body() -> Message:

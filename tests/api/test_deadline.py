@@ -1,5 +1,6 @@
-"""The API's request deadline on its own: a route that waits answers 503 at the deadline; a response that has
-started (a stream) is never cut off; a route that answers in time is untouched."""
+"""The API's request deadline on its own: a route that waits while a dependency is down answers 503 at the
+deadline; one that is only slow (every dependency answers) goes on; a response that has started (a stream) is
+never cut off; a route that answers in time is untouched."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from protostar.api.deadline import Deadline
+from protostar.api.deadline import Deadline, Monitor
 
 TIMEOUT = 0.3
 
@@ -20,6 +21,11 @@ TIMEOUT = 0.3
 async def _slow(_: Request) -> Response:
     await asyncio.sleep(30)  # a dependency that never answers
     return JSONResponse({"late": True})
+
+
+async def _busy(_: Request) -> Response:
+    await asyncio.sleep(3 * TIMEOUT)  # slow, with every dependency answering
+    return JSONResponse({"done": True})
 
 
 async def _quick(_: Request) -> Response:
@@ -35,13 +41,21 @@ async def _stream(_: Request) -> Response:
     return StreamingResponse(body(), media_type="text/plain")
 
 
-def _client() -> TestClient:
-    app = Starlette(routes=[Route("/slow", _slow), Route("/quick", _quick), Route("/stream", _stream)])
+class _State:
+    def __init__(self, *, answering: bool) -> None:
+        self.monitor = Monitor({"postgres": lambda: None if answering else 1 / 0}, stale_after=TIMEOUT / 2)
+        self.monitor.start()
+
+
+def _client(*, answering: bool = False) -> TestClient:
+    routes = [Route("/slow", _slow), Route("/busy", _busy), Route("/quick", _quick), Route("/stream", _stream)]
+    app = Starlette(routes=routes)
+    app.state.protostar = _State(answering=answering)
     return TestClient(Deadline(app, timeout=TIMEOUT))
 
 
-def test_a_route_that_waits_answers_503_at_the_deadline() -> None:
-    with _client() as client:
+def test_a_route_that_waits_on_a_dependency_that_is_down_answers_503_at_the_deadline() -> None:
+    with _client(answering=False) as client:
         response = client.get("/slow")
     assert response.status_code == 503
     assert response.json() == {
@@ -50,6 +64,11 @@ def test_a_route_that_waits_answers_503_at_the_deadline() -> None:
             "message": f"a service the API depends on did not answer within {TIMEOUT:g} s; try again shortly",
         }
     }
+
+
+def test_a_slow_route_goes_on_while_every_dependency_answers() -> None:
+    with _client(answering=True) as client:
+        assert client.get("/busy").json() == {"done": True}
 
 
 def test_a_started_stream_is_not_cut_off_and_a_quick_route_is_untouched() -> None:

@@ -15,16 +15,17 @@ every route and the shared synchronous pipeline code for one failure mode. So th
   complete, storing it gets ``UPLOAD_RATE`` more time per byte). Past it, if a dependency is down or frozen, the
   caller gets ``503 dependency_timeout``, a message that names nothing internal, and the connection is closed.
 * Whether one is, a :class:`Monitor` knows: a thread per dependency pings it (PostgreSQL, Redis, the object
-  store) every ``PING_EVERY`` seconds, and one whose last answer is older than half the deadline is taken as
-  down (a frozen one never answers, so its thread just waits). A request past its deadline while every
+  store) every ``PING_EVERY`` seconds, and one whose last answer is older than half the deadline (at least 1 s)
+  is taken as down (a frozen one never answers, so its thread just waits). A request past its deadline while every
   dependency answers is slow for another reason (a starved CPU while workers start on a small machine, a cold
   model): it goes on, looked at again after each further deadline, rather than being told a dependency is down.
 * The abandoned route is left to finish in the background: its thread is blocked in the driver and cannot be
   interrupted, and it finishes when the dependency answers again (or fails by its own timeouts). Whatever it sends
   is dropped, it reads a disconnect, and the request's dependencies (``api.deps``) refuse to start any more work,
   so a route that had not begun its writes never makes them. A write already under way when the deadline passed
-  may still commit: the caller was told ``503``, as with any timeout whose outcome is unknown, and every retried
-  submit is safe to repeat (uploads are deduplicated by content, summaries are one in flight per target).
+  may still commit: the caller was told ``503``, as with any timeout whose outcome is unknown (an upload sent again
+  is deduplicated by content and a summary is one in flight per target; a chat message sent again is a second
+  message). Requests rarely get that far: a frozen PostgreSQL holds them at their first query.
 * Once the response has started (a Server-Sent Events stream, a large download), there is no deadline: the
   response is the caller's to read at its own pace.
 """

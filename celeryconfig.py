@@ -43,6 +43,12 @@ broker_transport_options = {
     "health_check_interval": 25,
 }
 broker_connection_retry_on_startup = True
+# A worker never gives up on the broker: after a Redis restart, however long, it reconnects and consumes again
+# (Celery's default stops the worker after 100 failed reconnects). Its jobs in flight go on meanwhile: their
+# events and heartbeats ride out the outage (protostar.jobs.context), their acks are restored by Redis.
+broker_connection_max_retries = None
+# Celery's consumer with the fix that keeps a lost connection from crashing the worker (see the module's doc).
+worker_consumer = "protostar.worker.consumer:Consumer"
 worker_cancel_long_running_tasks_on_connection_loss = False
 # An ingest child loads the parsers and the embedding model after fork (worker_process_init): allow it time.
 worker_proc_alive_timeout = 120

@@ -54,7 +54,9 @@ class Clients:
         if self.role == "api":
             # A connection for each threadpool worker (where every sync route and dependency runs), kept open: a
             # smaller pool opened and closed overflow connections under load (0.17 per request, bench.dispatch).
-            return make_engine(self.settings, pool_size=API_THREADS, max_overflow=10)
+            # Waits are bounded by the request deadline (protostar.api.deadline) rather than the pool's defaults.
+            wait = self.settings.dependency_timeout
+            return make_engine(self.settings, pool_size=API_THREADS, max_overflow=10, wait=wait)
         if self.threads:
             # Kept open: with 50 chat threads, a pool of 2 (+ 2 opened and closed on demand) opened a connection
             # for most bursts of work (bench.chat). Two more for the jobs' heartbeat and cancel watchers.
@@ -69,7 +71,10 @@ class Clients:
         if self.role == "api":  # the API answers 503 quickly when Redis is down rather than hang
             timeout = self.settings.broker_connect_timeout
             return redis.Redis.from_url(
-                url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 2.0), max_connections=200
+                url,
+                socket_connect_timeout=timeout,
+                socket_timeout=max(timeout, self.settings.dependency_timeout),
+                max_connections=200,
             )
         return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25)
 

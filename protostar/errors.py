@@ -10,12 +10,14 @@
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── Unavailable (503 unavailable)
-    │   └── BrokerUnavailable (503 broker_unavailable)
+    │   ├── BrokerUnavailable (503 broker_unavailable)
+    │   └── DependencyTimeout (503 dependency_timeout): the API's request deadline passed (a dependency is slow)
     ├── JobFailed (500 job_failed): raised inside workers; its code and message are recorded on the job
     │   ├── InputRejected (422 input_rejected): the input can never succeed, do not retry
     │   │   └── OutOfMemory (413 out_of_memory): the work needed more memory than a worker may use
     │   ├── Transient (503 transient): worth retrying with backoff
     │   ├── LLMFailed (502 llm_failed): the LLM refused, broke its stream, or missed a deadline, past retries
+    │   ├── TimeLimitExceeded (504 time_limit): the job ran past its soft time limit and was stopped
     │   ├── WorkerLost (500 worker_lost): the reconciler gave up on a job whose heartbeat stopped
     │   └── Cancelled (409 cancelled): a running job saw its cancel request
     └── ServiceError (500 service_error): an embedded service could not start or stop
@@ -88,6 +90,10 @@ class BrokerUnavailable(Unavailable):
     code = "broker_unavailable"
 
 
+class DependencyTimeout(Unavailable):
+    code = "dependency_timeout"
+
+
 class JobFailed(ProtostarError):
     code = "job_failed"
 
@@ -110,6 +116,11 @@ class Transient(JobFailed):
 class LLMFailed(JobFailed):
     status = 502
     code = "llm_failed"
+
+
+class TimeLimitExceeded(JobFailed):
+    status = 504
+    code = "time_limit"
 
 
 class WorkerLost(JobFailed):

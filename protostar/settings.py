@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # --- API ------------------------------------------------------------------------------------------
     bootstrap_api_key: SecretStr | None = None
     broker_connect_timeout: float = Field(1.0, gt=0, description="seconds; the API answers 503 past it")
+    dependency_timeout: float = Field(
+        2.0, gt=0, description="seconds an API request may wait on PostgreSQL, Redis or the object store; then 503"
+    )
     api_url: str | None = None  # the public base URL, used in `events_url`; defaults to host:api_port
     max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="request bodies (JSON) larger than this answer 413 without being read"
@@ -140,6 +143,9 @@ class Settings(BaseSettings):
     )
     summary_backoff_cap: float = Field(
         6 * 3600.0, gt=0, description="longest wait between beat's tries of a session whose summary keeps failing"
+    )
+    summary_max_llm_calls: int = Field(
+        300, ge=1, description="LLM calls a document summary may make; a longer document fails before the first"
     )
 
     ingest_memory_limit_mb: int = Field(

@@ -51,6 +51,9 @@ TEST_ENV = {
     "PROTOSTAR_MAX_UPLOAD_BYTES": str(40 * 1024 * 1024),
     "PROTOSTAR_RESTART_BACKOFF": "0.2",
     "PROTOSTAR_RESTART_BACKOFF_CAP": "2",
+    # Above the 2 s default: on a loaded 2-core test machine a first search (model load) or a large upload's
+    # hashing may take that long, which is not a dependency being down.
+    "PROTOSTAR_DEPENDENCY_TIMEOUT": "5",
 }
 
 

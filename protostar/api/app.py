@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
@@ -13,11 +13,13 @@ from prometheus_client import CollectorRegistry
 
 from protostar import __version__
 from protostar.api import errors
+from protostar.api.deadline import Deadline, Monitor
 from protostar.api.guard import Guard
 from protostar.api.metrics import BacklogCollector, RequestMetrics
 from protostar.api.routes import admin, documents, health, jobs, sessions
 from protostar.api.schemas import ADMIN_ERRORS, ERRORS
 from protostar.api.state import AppState
+from protostar.db.engine import ping
 from protostar.embeddings.index import ensure_configured_index
 from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
@@ -38,6 +40,19 @@ def _warm(state: AppState) -> None:
         logger.exception("could not load the query embedder")
 
 
+def _monitor(state: AppState) -> Monitor:
+    """The dependencies the request deadline asks about before it answers 503 (``protostar.api.deadline``)."""
+    clients = state.clients
+    pings: dict[str, Callable[[], object]] = {
+        "postgres": lambda: ping(clients.engine),
+        "redis": clients.redis.ping,
+        "object_store": clients.bucket.ready,
+    }
+    monitor = Monitor(pings, stale_after=max(state.settings.dependency_timeout / 2, 1.0))
+    monitor.start()
+    return monitor
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging(settings.log_level)
@@ -48,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState.build(settings)
         await to_thread.run_sync(ensure_configured_index, settings)  # searches need the model's index
         registry.register(BacklogCollector(state.clients.redis, state.clients.engine))
+        state.monitor = _monitor(state)
         state.metrics = registry
         app.state.protostar = state
         threading.Thread(target=_warm, args=(state,), name="warm-embedder", daemon=True).start()
@@ -55,10 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            state.monitor.stop()
             await state.close()
 
     app = FastAPI(title="Protostar", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.add_middleware(Guard)  # the key, then the body's size, before any route reads a byte
+    app.add_middleware(Deadline, timeout=settings.dependency_timeout)  # outside the guard: its key look-up too
     app.add_middleware(RequestMetrics, registry=registry)  # added last: outermost, so it counts 401s and 413s
     errors.install(app)
     app.include_router(health.router)

@@ -8,13 +8,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from protostar.api.deadline import ABANDONED
 from protostar.api.guard import AUTH_ERROR, PRINCIPAL
 from protostar.api.state import AppState
 from protostar.auth import Principal
-from protostar.errors import Forbidden
+from protostar.errors import DependencyTimeout, Forbidden
 
 
 def get_state(request: Request) -> AppState:
+    if request.scope.get(ABANDONED):  # answered 503 by the deadline already: start no work for it
+        raise DependencyTimeout("the request was answered already")
     state: AppState = request.app.state.protostar
     return state
 

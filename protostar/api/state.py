@@ -18,6 +18,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
+from protostar.api.deadline import Monitor
 from protostar.auth import Principal, bearer_key, bootstrap_principal, hash_key, resolve, revocation_stamp
 from protostar.bundle import Clients
 from protostar.db.engine import make_sessionmaker
@@ -59,6 +60,7 @@ class AppState:
     sessions: sessionmaker[Session]
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
     auth_cache: AuthCache = field(default_factory=AuthCache)
+    monitor: Monitor | None = None  # which dependencies answer, for the request deadline (api.deadline)
     _bootstrap: Principal | None = None
 
     @classmethod

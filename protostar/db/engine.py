@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -9,9 +11,12 @@ from protostar.errors import ServiceError
 from protostar.settings import Settings
 
 
-def make_engine(settings: Settings, *, pool_size: int = 5, max_overflow: int | None = None) -> Engine:
+def make_engine(
+    settings: Settings, *, pool_size: int = 5, max_overflow: int | None = None, wait: float | None = None
+) -> Engine:
     """``pool_size`` connections are kept; up to ``max_overflow`` (default: as many) more are opened when all are
-    busy and closed on return, so a pool smaller than its users' concurrency opens a connection per burst."""
+    busy and closed on return, so a pool smaller than its users' concurrency opens a connection per burst.
+    ``wait``: the longest wait for a pooled connection and for a new one to connect (default 30 s and 5 s)."""
     if not settings.database_url:
         raise ServiceError("PROTOSTAR_DATABASE_URL is not set; start the stack with `protostar up`")
     return create_engine(
@@ -20,8 +25,13 @@ def make_engine(settings: Settings, *, pool_size: int = 5, max_overflow: int | N
         max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5, "options": "-c statement_timeout=30000"},
+        pool_timeout=30.0 if wait is None else wait,
+        # libpq counts whole seconds and treats 1 as 2
+        connect_args={"connect_timeout": 5 if wait is None else max(math.ceil(wait), 2), "options": _OPTIONS},
     )
+
+
+_OPTIONS = "-c statement_timeout=30000"
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

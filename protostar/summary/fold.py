@@ -56,6 +56,18 @@ def pack(pieces: Sequence[str], budget: int) -> list[str]:
     return groups
 
 
+def planned_calls(pieces: Sequence[str], *, budget: int, limit: int) -> int:
+    """How many calls :func:`fold` makes at most for ``pieces``: the map groups, then reduce rounds as if every
+    summary were ``limit`` tokens long (shorter ones only pack tighter), before any call is made."""
+    groups = len(pack([p for p in pieces if p.strip()], budget))
+    calls = groups
+    per_call = max(budget // (limit + 2), 2)
+    while groups > 1:
+        groups = -(-groups // per_call)
+        calls += groups
+    return calls
+
+
 def fold(
     pieces: Sequence[str],
     *,

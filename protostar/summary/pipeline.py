@@ -113,7 +113,9 @@ def summarize_document(ctx: JobContext, *, engine: Engine, llm: LLM, settings: S
         chunks = repo.chunk_texts(conn, document_id=document_id, tenant_id=ctx.tenant_id)
     if not chunks:
         raise InputRejected(f"document {document_id} has no ingested text to summarize")
-    content, calls, usage = _fold(ctx, [text for text, _ in chunks], fold.DOCUMENT, llm=llm, settings=settings)
+    texts = [text for text, _ in chunks]
+    _check_calls(texts, fold.DOCUMENT, settings=settings)
+    content, calls, usage = _fold(ctx, texts, fold.DOCUMENT, llm=llm, settings=settings)
     tokens_before = sum(estimate(text) for text, _ in chunks)
     tokens_after = estimate(content)
     with ctx.owned() as conn:
@@ -147,14 +149,34 @@ def summarize_document(ctx: JobContext, *, engine: Engine, llm: LLM, settings: S
     }
 
 
+def _check_calls(pieces: list[str], instructions: str, *, settings: Settings) -> None:
+    """Refuse, before the first call, a text that needs more LLM calls than ``summary_max_llm_calls``."""
+    budget = fold.text_budget(instructions, settings.chat_prompt_tokens)
+    planned = fold.planned_calls(pieces, budget=budget, limit=settings.summary_max_tokens)
+    if planned > settings.summary_max_llm_calls:
+        raise InputRejected(
+            f"the document is too long to summarize: it needs about {planned} LLM calls, above the limit of "
+            f"{settings.summary_max_llm_calls} (PROTOSTAR_SUMMARY_MAX_LLM_CALLS)"
+        )
+
+
 def _fold(
     ctx: JobContext, pieces: list[str], instructions: str, *, llm: LLM, settings: Settings
 ) -> tuple[str, int, dict[str, int]]:
     """Map-reduce ``pieces`` into one summary through the LLM (within the shared LLM limits)."""
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
+    calls = 0
+
     def summarize(text: str) -> str:
+        nonlocal calls
         ctx.check_cancelled()
+        calls += 1
+        if calls > settings.summary_max_llm_calls:  # the plan is an upper bound: this is the backstop
+            raise InputRejected(
+                f"the summary took more than {settings.summary_max_llm_calls} LLM calls "
+                "(PROTOSTAR_SUMMARY_MAX_LLM_CALLS)"
+            )
         generation = Generation()
         llm.stream(
             fold.messages(instructions, text),

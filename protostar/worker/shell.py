@@ -9,26 +9,31 @@ and the task modules know Celery.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from protostar import backoff
 from protostar.bundle import Clients
-from protostar.constants import EventType, JobStatus
+from protostar.constants import EventType, JobStatus, Queue
 from protostar.db.models import Job
-from protostar.errors import Cancelled, OutOfMemory, ProtostarError, Transient
-from protostar.jobs import repo
+from protostar.errors import Cancelled, OutOfMemory, ProtostarError, TimeLimitExceeded, Transient
+from protostar.jobs import faults, repo
 from protostar.jobs.context import JobContext, Watcher
 from protostar.jobs.ending import Ending
+from protostar.settings import Settings
 from protostar.worker.limits import describe as _limit_text
 
 logger = logging.getLogger(__name__)
 
 Pipeline = Callable[[JobContext], dict[str, Any]]
+
+CLAIM_RETRIES = 20  # deliveries that found PostgreSQL down before claiming (backoff capped at 30 s: ~8 min)
+END_TRIES = 3  # tries to record a job's end while PostgreSQL is unavailable, before leaving it to recovery
 
 
 def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> dict[str, Any] | None:
@@ -45,29 +50,21 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
         payload=job.payload,
         engine=clients.engine,
         events=clients.events,
+        deadline=time.monotonic() + _soft_limit(task, settings, job.queue),
     )
     ctx.emit(EventType.STATUS, {"status": JobStatus.RUNNING.value, "attempt": job.attempts})
     logger.info("job_id=%s kind=%s attempt=%d started", jid, job.kind, job.attempts)
     watcher = Watcher(ctx, clients.redis, heartbeat_interval=settings.heartbeat_interval)
     watcher.start()
     try:
-        result = pipeline(ctx)
+        result = _run(pipeline, ctx)
+    except TimeLimitExceeded as exc:
+        _end(ctx, _failure(JobStatus.FAILED, exc))
+        return None
     except Cancelled as exc:
         if not watcher.lost:
             _end(ctx, _failure(JobStatus.CANCELLED, exc))
         return None
-    except Transient as exc:
-        if job.attempts < settings.max_attempts and repo.release(
-            clients.engine, job_id=jid, attempt=job.attempts, stage="retrying"
-        ):
-            delay = backoff.delay(job.attempts, base=2.0, cap=60.0)
-            logger.warning("job_id=%s transient failure, retry in %.1fs: %s", jid, delay, exc.message)
-            ctx.emit(
-                EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(delay, 1), "reason": exc.message}
-            )
-            raise task.retry(countdown=delay, max_retries=settings.max_attempts) from exc
-        _end(ctx, _failure(JobStatus.FAILED, exc))
-        raise
     except SoftTimeLimitExceeded:
         _end(ctx, Ending(JobStatus.FAILED, "time_limit", "time limit exceeded"))
         raise
@@ -77,7 +74,10 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
         error = OutOfMemory(f"the job needed more memory than a worker may use ({_limit_text()})")
         _end(ctx, _failure(JobStatus.FAILED, error))
         raise error from None  # Celery re-raises a MemoryError itself, which would take the child down
-    except Exception as exc:  # boundary: record the failure on the job, then let Celery see it
+    except Exception as exc:  # boundary: record the failure on the job (or retry it), then let Celery see it
+        transient = faults.as_transient(exc)
+        if transient is not None:
+            _retry(task, ctx, settings, transient, cause=exc)
         _end(ctx, _failure(JobStatus.FAILED, exc, job_id=jid))
         raise
     finally:
@@ -86,16 +86,35 @@ def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> di
     return result
 
 
+def _run(pipeline: Pipeline, ctx: JobContext) -> dict[str, Any]:
+    """The pipeline; past its deadline, whatever the stop made it raise (a cancel, a closed stream) is the time
+    limit's doing."""
+    try:
+        return pipeline(ctx)
+    except Exception as exc:
+        if ctx.timed_out and not isinstance(exc, TimeLimitExceeded):
+            raise ctx.stopped_error() from exc
+        raise
+
+
 def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
     """Take the job for this delivery; ``None`` when it is not to run (finished, cancelled, gone)."""
     settings = clients.settings
-    claim = repo.claim(
-        clients.engine,
-        job_id=job_id,
-        worker=clients.worker_name,
-        takeover_after=settings.takeover_after,
-        max_attempts=settings.max_attempts,
-    )
+    try:
+        claim = repo.claim(
+            clients.engine,
+            job_id=job_id,
+            worker=clients.worker_name,
+            takeover_after=settings.takeover_after,
+            max_attempts=settings.max_attempts,
+        )
+    except Exception as exc:
+        if (name := faults.dependency(exc)) is None:
+            raise
+        # Nothing is recorded yet (no attempt spent): deliver the message again later, with backoff.
+        delay = backoff.delay(task.request.retries, base=1.0, cap=30.0)
+        logger.warning("job_id=%s not claimed, %s unavailable; delivered again in %.1fs", job_id, name, delay)
+        raise task.retry(countdown=delay, max_retries=CLAIM_RETRIES) from None
     if claim.reason == "busy":
         # Another delivery holds a fresh heartbeat. Look again once it would be stale.
         logger.info("job_id=%s is running elsewhere; checking again in %.0f s", job_id, claim.retry_in)
@@ -111,6 +130,16 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
     return claim.job
 
 
+def _soft_limit(task: Task, settings: Settings, queue: str) -> float:
+    """Seconds the job may run: the soft time limit its message carries (``jobs.kinds.send_options``), else its
+    queue's. The worker's watcher enforces it on every pool (Celery's thread pool ignores time limits)."""
+    request = getattr(task, "request", None)  # no task: the shell called directly (tests)
+    _, soft = getattr(request, "timelimit", None) or (None, None)
+    if soft:
+        return float(soft)
+    return float(settings.time_limits[Queue(queue)][0])
+
+
 def _failure(status: JobStatus, error: BaseException, *, job_id: uuid.UUID | None = None) -> Ending:
     """How the job ends. A typed error's message is written for callers and kept; anything else may carry SQL,
     object keys or internal URLs, so the job says only "internal error" with an id that the log line carries
@@ -122,12 +151,55 @@ def _failure(status: JobStatus, error: BaseException, *, job_id: uuid.UUID | Non
     return Ending(status, "internal", f"internal error (error id {error_id}); the details are in the worker log")
 
 
+def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *, cause: Exception) -> NoReturn:
+    """A transient failure: put the job back to ``queued`` and send it again after a backoff, while attempts are
+    left; then it fails with the transient reason. When even that cannot be recorded (PostgreSQL is down), the
+    row stays ``running``: its heartbeat goes stale, and the retry (or the reconciler) takes it over."""
+    if ctx.attempt >= settings.max_attempts:
+        _end(ctx, _failure(JobStatus.FAILED, error))
+        raise error from cause
+    try:
+        released = repo.release(ctx.engine, job_id=ctx.job_id, attempt=ctx.attempt, stage="retrying")
+    except Exception as exc:
+        if (name := faults.dependency(exc)) is None:
+            raise
+        logger.warning("job_id=%s retry not recorded, %s unavailable: left running for takeover", ctx.job_id, name)
+        released = True
+    if not released:
+        logger.warning("job_id=%s failed transiently but another delivery owns it now", ctx.job_id)
+        raise error from cause
+    delay = backoff.delay(ctx.attempt, base=2.0, cap=60.0)
+    logger.warning(
+        "job_id=%s transient failure (%s), retry in %.1fs: %s", ctx.job_id, type(cause).__name__, delay, error.message
+    )
+    ctx.emit(EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(delay, 1), "reason": error.message})
+    # The cap is the job's attempts (above); Celery's count also holds the deliveries that waited for PostgreSQL.
+    raise task.retry(countdown=delay, max_retries=settings.max_attempts + CLAIM_RETRIES) from cause
+
+
 def _end(ctx: JobContext, ending: Ending) -> None:
-    """Record the end if this delivery still owns the job, then tell the job's followers."""
-    with ctx.engine.begin() as conn:
-        ours = repo.finish(conn, job_id=ctx.job_id, ending=ending, attempt=ctx.attempt)
+    """Record the end if this delivery still owns the job, then tell the job's followers. While PostgreSQL is
+    unavailable the write is tried ``END_TRIES`` times; then the row is left ``running``, so that its stale
+    heartbeat makes recovery run the job again (a re-run is idempotent), rather than the job never ending."""
+    for attempt in range(1, END_TRIES + 1):
+        try:
+            with ctx.engine.begin() as conn:
+                ours = repo.finish(conn, job_id=ctx.job_id, ending=ending, attempt=ctx.attempt)
+            break
+        except Exception as exc:
+            if (name := faults.dependency(exc)) is None:
+                raise
+            if attempt == END_TRIES:
+                logger.error(
+                    "job_id=%s ended %s but %s is unavailable: left running for recovery",
+                    ctx.job_id,
+                    ending.status.value,
+                    name,
+                )
+                return
+            time.sleep(backoff.delay(attempt, base=0.5, cap=5.0))
     if not ours:
         logger.warning("job_id=%s ended %s but another delivery owns it now", ctx.job_id, ending.status.value)
         return
     logger.info("job_id=%s ended %s code=%s message=%s", ctx.job_id, ending.status.value, ending.code, ending.message)
-    ctx.events.publish_many(ctx.job_id, ending.events())
+    ctx.publish(ending.events())

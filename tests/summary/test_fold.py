@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protostar.llm.tokens import clip, estimate, split
-from protostar.summary.fold import fold, pack
+from protostar.summary.fold import fold, pack, planned_calls
 
 
 def test_split_cuts_between_words_within_the_budget() -> None:
@@ -65,3 +65,12 @@ def test_every_summary_is_clipped_to_the_limit() -> None:
 def test_a_budget_that_cannot_hold_two_summaries_is_refused() -> None:
     with pytest.raises(ValueError, match="two summaries"):
         fold(["x"], budget=100, limit=60, summarize=lambda t: t)
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 40, 300])
+def test_the_planned_calls_bound_the_calls_made(pieces: int) -> None:
+    """The document summary is refused before its first call from this plan (PROTOSTAR_SUMMARY_MAX_LLM_CALLS)."""
+    texts = [f"chunk {n} " + "words " * 60 for n in range(pieces)]
+    planned = planned_calls(texts, budget=400, limit=50)
+    _, made = fold(texts, budget=400, limit=50, summarize=lambda text: "summary " * 60)
+    assert made <= planned

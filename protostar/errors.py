@@ -16,7 +16,8 @@
     │   ├── InputRejected (422 input_rejected): the input can never succeed, do not retry
     │   │   └── OutOfMemory (413 out_of_memory): the work needed more memory than a worker may use
     │   ├── Transient (503 transient): worth retrying with backoff
-    │   ├── LLMFailed (502 llm_failed): the LLM refused, broke its stream, or missed a deadline, past retries
+    │   │   └── LLMUnavailable (503 llm_unavailable): the LLM could not be reached, or its stream broke, past retries
+    │   ├── LLMFailed (502 llm_failed): the LLM refused the request, sent a malformed stream, or missed a deadline
     │   ├── TimeLimitExceeded (504 time_limit): the job ran past its soft time limit and was stopped
     │   ├── WorkerLost (500 worker_lost): the reconciler gave up on a job whose heartbeat stopped
     │   └── Cancelled (409 cancelled): a running job saw its cancel request
@@ -111,6 +112,13 @@ class OutOfMemory(InputRejected):
 class Transient(JobFailed):
     status = 503
     code = "transient"
+
+
+class LLMUnavailable(Transient):
+    """The LLM server went away (refused connections, 5xx, a stream cut mid-answer): it is being restarted or
+    replaced, so the job is retried as a whole, with backoff, instead of failing for good."""
+
+    code = "llm_unavailable"
 
 
 class LLMFailed(JobFailed):

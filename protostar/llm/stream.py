@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protostar import backoff
-from protostar.errors import Cancelled, LLMFailed
+from protostar.errors import Cancelled, LLMFailed, LLMUnavailable
 from protostar.llm.http import LazyClient, retryable_status
 from protostar.settings import Settings
 
@@ -130,11 +130,13 @@ class ChatLLM:
                     self._stream_once(messages, generation, max_tokens=max_tokens, on_text=on_text)
                     return generation
                 except _Retryable as exc:
+                    # Past the first token a retry here would repeat the text already sent: the job is retried
+                    # as a whole instead (LLMUnavailable is transient), its followers told to start over.
                     if generation.chunks or attempt == self.max_retries:
-                        raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
+                        raise LLMUnavailable(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
                     delay = backoff.delay(attempt + 1, base=0.5, cap=self.max_backoff)
                     if time.monotonic() + delay >= deadline:
-                        raise LLMFailed(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
+                        raise LLMUnavailable(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
                     logger.warning("LLM call failed (%s); retry %d in %.2f s", exc.reason, attempt + 1, delay)
                     if generation._stop.wait(delay):
                         self._raise_stopped(generation)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import httpx2
 import pytest
 
-from protostar.errors import Cancelled, LLMFailed
+from protostar.errors import Cancelled, LLMFailed, LLMUnavailable, Transient
 from protostar.llm.stream import ChatLLM, Generation
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -108,9 +108,10 @@ def test_after_the_cap_the_call_fails_with_the_reason() -> None:
         calls.append(request)
         return httpx2.Response(429, json={"error": {"message": "slow down"}})
 
-    with pytest.raises(LLMFailed, match="after 2 retries: HTTP 429"):
+    with pytest.raises(LLMUnavailable, match="after 2 retries: HTTP 429") as caught:
         run(llm(handler))
     assert len(calls) == 3
+    assert isinstance(caught.value, Transient)  # the job is retried as a whole, with backoff
 
 
 def test_a_refusal_is_not_retried() -> None:
@@ -129,7 +130,7 @@ def test_timeouts_are_retried_then_reported() -> None:
     def handler(request: httpx2.Request) -> httpx2.Response:
         raise httpx2.ReadTimeout("no first token", request=request)
 
-    with pytest.raises(LLMFailed, match="timed out"):
+    with pytest.raises(LLMUnavailable, match="timed out"):
         run(llm(handler))
 
 
@@ -146,8 +147,28 @@ def test_a_provider_that_is_down_fails_with_a_reason() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     client = ChatLLM(base_url=f"http://127.0.0.1:{port}/v1", api_key=None, model="m", max_retries=1, max_backoff=0.01)
-    with pytest.raises(LLMFailed, match="connection to the LLM failed"):
+    with pytest.raises(LLMUnavailable, match="connection to the LLM failed"):
         run(client)
+
+
+def test_a_stream_cut_after_its_first_tokens_is_transient_and_keeps_its_text() -> None:
+    """The LLM server killed mid-answer: no retry inside the call (it would repeat the text already sent); the
+    job is retried as a whole (LLMUnavailable is transient), and what arrived is kept for the partial answer."""
+    calls = []
+
+    def cut() -> Iterator[bytes]:
+        yield sse("half an", usage=False).split(b"\n\n")[0] + b"\n\n"  # the first piece, no end
+        raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request)
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=cut())
+
+    generation = Generation()
+    with pytest.raises(LLMUnavailable, match="stream broke after 1 tokens"):
+        llm(handler).generate(MESSAGES, generation, max_tokens=8, on_text=print)
+    assert len(calls) == 1
+    assert generation.text == "half an"
 
 
 class _SlowStream(http.server.BaseHTTPRequestHandler):

@@ -451,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in commands.WORKERS:
             system.start_worker(name)
         system.supervisor.start("beat", commands.beat(system.settings))
+        system.supervisor.keep_alive()  # as `protostar up` does: what dies is restarted (the services by us)
         for queue in ("ingest", "chat", "summary"):
             with system.client(system.admin_key) as api:
                 job_id = api.post("/v1/probes", json={"queue": queue, "steps": 1}).json()["job_id"]

@@ -57,8 +57,13 @@ class Settings(BaseSettings):
     )
 
     # --- `protostar up`'s supervisor -------------------------------------------------------------------
-    restart_limit: int = Field(5, ge=0, description="restarts of one process within restart_window before up gives up")
-    restart_window: float = Field(120.0, gt=0, description="seconds; a process up this long starts a fresh count")
+    restart_limit: int = Field(
+        5, ge=0, description="failed starts of one process within restart_window before up gives up"
+    )
+    restart_window: float = Field(120.0, gt=0, description="seconds in which restart_limit failed starts give up")
+    restart_min_uptime: float = Field(
+        5.0, gt=0, description="seconds: a process that dies sooner after its start failed to start (counted)"
+    )
     restart_backoff: float = Field(0.5, gt=0, description="seconds: the first restart's wait, doubling up to the cap")
     restart_backoff_cap: float = Field(10.0, gt=0, description="seconds: the longest wait before a restart")
 

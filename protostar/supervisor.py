@@ -12,9 +12,12 @@ store or LLM, restarted on its port and data directory). One loop looks after bo
     supervisor.stop_all()
 
 A unit that exits is restarted after a capped, jittered backoff (``backoff.delay``), with a line saying so.
-One that dies more than ``policy.limit`` times within ``policy.window`` seconds makes the supervisor give up:
-``wait`` returns its name (``keep_alive`` stops everything itself). A unit that stayed up for a whole window
-starts its count afresh. Once ``stop_all`` begins, nothing is restarted.
+One that fails to *start* more than ``policy.limit`` times within ``policy.window`` seconds makes the supervisor
+give up: ``wait`` returns its name (``keep_alive`` stops everything itself). As supervisord's ``startsecs``: a
+death counts as a failed start only when the unit had run less than ``policy.min_uptime``; one that ran longer
+(killed from outside, an out-of-memory kill, a crash after hours) is restarted with a fresh count, so a storm of
+kills on a running worker never makes ``up`` give up, while a crash loop (a bad setting, a port taken) does.
+Once ``stop_all`` begins, nothing is restarted.
 
 Restarts happen on the thread that runs the loop: children die with the thread that spawned them
 (``process.spawn``), so that thread must live as long as they should.
@@ -185,8 +188,9 @@ class Service:
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    limit: int = 5  # restarts allowed within ``window``; one more death and we give up
+    limit: int = 5  # failed starts allowed within ``window``; one more and we give up
     window: float = 120.0  # seconds
+    min_uptime: float = 5.0  # seconds: a unit that dies sooner after its start failed to start
     backoff: float = 0.5  # seconds: the first restart waits up to this, each next one up to twice as long
     backoff_cap: float = 10.0
 
@@ -195,6 +199,7 @@ class RestartPolicy:
         return cls(
             limit=settings.restart_limit,
             window=settings.restart_window,
+            min_uptime=settings.restart_min_uptime,
             backoff=settings.restart_backoff,
             backoff_cap=settings.restart_backoff_cap,
         )
@@ -348,8 +353,8 @@ class Supervisor:
     def _died(self, watched: _Watched) -> bool:
         """Count a death; schedule the restart, or give up (True)."""
         now, policy, name = time.monotonic(), self.policy, watched.unit.name
-        if now - watched.started >= policy.window:
-            watched.deaths.clear()  # it stayed up long: a fresh count
+        if now - watched.started >= policy.min_uptime:
+            watched.deaths.clear()  # it had started well and ran: not a failed start, a fresh count
         while watched.deaths and now - watched.deaths[0] > policy.window:
             watched.deaths.popleft()
         watched.deaths.append(now)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,25 @@ def test_a_process_that_keeps_dying_makes_it_give_up_and_stop_everything(
     text = out.getvalue()
     assert text.count("quitter exited (code 3); restarting") == FAST.limit
     assert "quitter exited (code 3) 4 times within 60 s; giving up" in text
+
+
+def test_a_storm_of_kills_on_a_process_that_had_started_never_makes_it_give_up(out: io.StringIO) -> None:
+    """Only a failed start counts (a death sooner than ``min_uptime`` after the start): a running worker killed
+    again and again from outside is restarted every time."""
+    policy = RestartPolicy(limit=2, window=60, min_uptime=0.3, backoff=0.05, backoff_cap=0.1)
+    supervisor = Supervisor(env=dict(os.environ), out=out, policy=policy, stop_timeout=3)
+    try:
+        supervisor.start("sleeper", SLEEPER)
+        supervisor.keep_alive()
+        pid = wait_for(lambda: supervisor.pid("sleeper"), what="the sleeper")
+        for _ in range(policy.limit + 3):
+            time.sleep(policy.min_uptime + 0.2)  # it ran: past its start
+            os.kill(pid, signal.SIGKILL)
+            pid = wait_for(lambda old=pid: new_pid(supervisor, "sleeper", old), timeout=10, what="a new sleeper")
+        assert supervisor.gave_up is None
+        assert out.getvalue().count("sleeper exited (killed by SIGKILL); restarting") == policy.limit + 3
+    finally:
+        supervisor.stop_all()
 
 
 def test_giving_up_in_the_background_stops_everything(supervisor: Supervisor) -> None:

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     )
     unsent_grace: float = Field(30.0, gt=0, description="a row not sent after this is sent by beat")
     max_attempts: int = Field(3, ge=1, description="deliveries of a job, redeliveries after a lost worker included")
+    transient_retries: int = Field(
+        12,
+        ge=0,
+        description="retries of a job whose run met an unavailable dependency (Redis, PostgreSQL, the object store, "
+        "the LLM), with backoff capped at 30 s (minutes of outage), before it fails; they spend no attempt",
+    )
     reconcile_interval: float = Field(15.0, gt=0, description="seconds between reconciler runs")
     events_ttl: int = Field(24 * 3600, gt=0, description="seconds a job's event stream is kept")
     events_maxlen: int = Field(20_000, gt=0)

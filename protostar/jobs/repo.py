@@ -279,12 +279,21 @@ def finish(
 
 
 def release(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str) -> bool:
-    """Put an owned job back to ``queued`` (a retry is about to be sent)."""
+    """Put an owned job back to ``queued``: a retry after a transient failure is about to be sent. The delivery
+    that met an unavailable dependency gives its attempt back (``max_attempts`` bounds deliveries that died or
+    failed on the job itself; ``transient_retries`` bounds these), so an outage cannot use up a job's attempts."""
     with engine.begin() as conn:
         row = conn.execute(
             update(Job)
             .where(_owned(job_id, attempt))
-            .values(status=QUEUED, stage=stage, worker=None, heartbeat_at=None, dispatched_at=text("now()"))
+            .values(
+                status=QUEUED,
+                stage=stage,
+                worker=None,
+                heartbeat_at=None,
+                dispatched_at=text("now()"),
+                attempts=Job.attempts - 1,
+            )
             .returning(Job.id)
         ).first()
     return row is not None

@@ -152,10 +152,12 @@ def _failure(status: JobStatus, error: BaseException, *, job_id: uuid.UUID | Non
 
 
 def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *, cause: Exception) -> NoReturn:
-    """A transient failure: put the job back to ``queued`` and send it again after a backoff, while attempts are
-    left; then it fails with the transient reason. When even that cannot be recorded (PostgreSQL is down), the
-    row stays ``running``: its heartbeat goes stale, and the retry (or the reconciler) takes it over."""
-    if ctx.attempt >= settings.max_attempts:
+    """A transient failure: put the job back to ``queued`` (giving this delivery's attempt back) and send it again
+    after a backoff, up to ``transient_retries`` times (counted by the message's retries); then it fails with the
+    transient reason. When even that cannot be recorded (PostgreSQL is down), the row stays ``running``: its
+    heartbeat goes stale, and the retry (or the reconciler) takes it over."""
+    retries = task.request.retries or 0
+    if retries >= settings.transient_retries:
         _end(ctx, _failure(JobStatus.FAILED, error))
         raise error from cause
     try:
@@ -168,13 +170,14 @@ def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *,
     if not released:
         logger.warning("job_id=%s failed transiently but another delivery owns it now", ctx.job_id)
         raise error from cause
-    delay = backoff.delay(ctx.attempt, base=2.0, cap=60.0)
+    delay = backoff.delay(retries + 1, base=1.0, cap=30.0)
     logger.warning(
         "job_id=%s transient failure (%s), retry in %.1fs: %s", ctx.job_id, type(cause).__name__, delay, error.message
     )
     ctx.emit(EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(delay, 1), "reason": error.message})
-    # The cap is the job's attempts (above); Celery's count also holds the deliveries that waited for PostgreSQL.
-    raise task.retry(countdown=delay, max_retries=settings.max_attempts + CLAIM_RETRIES) from cause
+    # The cap is checked above; Celery's count also holds the deliveries that waited for PostgreSQL or for a busy
+    # holder, so its own cap leaves room for those.
+    raise task.retry(countdown=delay, max_retries=settings.transient_retries + CLAIM_RETRIES) from cause
 
 
 def _end(ctx: JobContext, ending: Ending) -> None:

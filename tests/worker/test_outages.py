@@ -130,5 +130,6 @@ def test_postgresql_restarted_under_a_running_job_retries_it_instead_of_failing(
     wait_for(lambda: _ready(api), timeout=60, what="readiness after PostgreSQL returned")
     job = wait_status(api, job_id, "succeeded", "failed", timeout=120)
     assert job["status"] == "succeeded", job
-    assert job["attempts"] >= 2  # type: ignore[operator]
+    # A retry recorded gives its attempt back (1); one left running for takeover was a delivery lost (2).
+    assert job["attempts"] in (1, 2)
     _all_queues_run_a_probe(api)

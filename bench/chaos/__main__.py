@@ -190,21 +190,7 @@ class Chaos:
         return [a.job_id for a in self.load.accepted[mark:]]
 
     def running(self, job_ids: list[str], kind: str | None = None, attempts: int | None = None) -> list[dict[str, Any]]:
-        from sqlalchemy import text
-
-        with self.system.engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT id::text AS id, kind, attempts, worker, progress_done FROM jobs"
-                    " WHERE status = 'running' AND id::text = ANY(:ids) AND worker IS NOT NULL"
-                ),
-                {"ids": job_ids},
-            ).mappings()
-            return [
-                {**r, "pid": int(r["worker"].rsplit(":", 1)[1])}
-                for r in rows
-                if (kind is None or r["kind"] == kind) and (attempts is None or r["attempts"] == attempts)
-            ]
+        return faults.running(self.system.engine, job_ids, kind=kind, attempts=attempts)
 
     def ingest_kills(self) -> None:
         phase = Phase(f"ingest children SIGKILLed mid-job (target {self.args.ingest_kills})")

@@ -329,6 +329,28 @@ def recovery_seconds(out: Outcome, since: float) -> float | None:
     return latest - since
 
 
+def running(
+    engine: Any, job_ids: list[str], *, kind: str | None = None, attempts: int | None = None
+) -> list[dict[str, Any]]:
+    """Rows of ``job_ids`` now running (optionally of one kind / at one attempt), with the worker's pid (the
+    ``jobs.worker`` column holds ``host:pid``)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id::text AS id, kind, attempts, worker, progress_done FROM jobs"
+                " WHERE status = 'running' AND id::text = ANY(:ids) AND worker IS NOT NULL"
+            ),
+            {"ids": job_ids},
+        ).mappings()
+        return [
+            {**r, "pid": int(r["worker"].rsplit(":", 1)[1])}
+            for r in rows
+            if (kind is None or r["kind"] == kind) and (attempts is None or r["attempts"] == attempts)
+        ]
+
+
 # --- faults ---------------------------------------------------------------------------------------------
 
 

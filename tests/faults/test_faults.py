@@ -16,7 +16,6 @@ import uuid
 
 import pytest
 import redis
-from sqlalchemy import text
 
 from bench.chaos import faults
 from protostar.jobs.events import stream_key
@@ -37,20 +36,7 @@ def check(s: Scenario, out: faults.Outcome, traffic: faults.Traffic | None = Non
 
 
 def running(s: Scenario, job_ids: list[str], *, kind: str | None = None, attempts: int | None = None) -> list[dict]:
-    """Rows of ``job_ids`` now running (optionally of one kind / at one attempt), with the worker's pid."""
-    with s.engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT id::text AS id, kind, attempts, worker, progress_done FROM jobs"
-                " WHERE status = 'running' AND id::text = ANY(:ids) AND worker IS NOT NULL"
-            ),
-            {"ids": job_ids},
-        ).mappings()
-        return [
-            {**r, "pid": int(r["worker"].rsplit(":", 1)[1])}
-            for r in rows
-            if (kind is None or r["kind"] == kind) and (attempts is None or r["attempts"] == attempts)
-        ]
+    return faults.running(s.engine, job_ids, kind=kind, attempts=attempts)
 
 
 def sessions(load: faults.Workload, tenant: faults.Tenant, n: int) -> list[str]:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from protostar.errors import ProtostarError
+from protostar.jobs import faults
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ def _describe(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# A dependency that is down or frozen (``jobs.faults.dependency`` names it): 503 and "try again", never 500.
+_UNAVAILABLE = {
+    faults.POSTGRES: ("database_unavailable", "the database"),
+    faults.REDIS: ("redis_unavailable", "the event store"),
+    faults.OBJECT_STORE: ("object_store_unavailable", "the object store"),
+}
+
+
 def render(exc: Exception) -> JSONResponse:
     """The response for ``exc``, as the handlers below render it (for middleware, which runs outside them)."""
     if isinstance(exc, ProtostarError):
@@ -45,15 +54,11 @@ def render(exc: Exception) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, HTTPException):
         return error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail))
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or "connect" in str(exc.orig).lower():
-            logger.warning("database unavailable: %s", exc.orig)
-            return error_response(503, "database_unavailable", "the database is unavailable; try again")
-        logger.error("database error", exc_info=exc)
-        return error_response(500, "internal", "internal error; the details are in the server log")
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        logger.warning("redis unavailable: %s", exc)
-        return error_response(503, "redis_unavailable", "the event store is unavailable; try again")
+    dependency = faults.dependency(exc)
+    if dependency is not None:
+        code, what = _UNAVAILABLE[dependency]
+        logger.warning("%s unavailable: %r", dependency, exc)
+        return error_response(503, code, f"{what} is unavailable; try again")
     logger.error("unhandled error", exc_info=exc)
     return error_response(500, "internal", "internal error; the details are in the server log")
 
@@ -73,5 +78,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the details are in the server log")
+        if faults.dependency(exc) is None:
+            logger.error("unhandled error on %s %s", request.method, request.url.path)
+        return render(exc)  # a dependency's failure (the object store refusing, say) is a 503, not a 500

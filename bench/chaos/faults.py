@@ -203,6 +203,7 @@ class Outcome:
     stuck: list[str] = field(default_factory=list)  # queued or running
     duplicated: list[str] = field(default_factory=list)  # more effect than one run makes
     wrong: list[str] = field(default_factory=list)  # succeeded with less (or other) effect than expected
+    refused: list[str] = field(default_factory=list)  # rows of submits answered 503 (nothing queued): not accepted
 
     @property
     def status(self) -> collections.Counter[str]:
@@ -233,7 +234,8 @@ class Outcome:
 
     def summary(self) -> str:
         return (
-            f"{len(self.accepted)} accepted, {dict(self.status)}, lost {len(self.lost)}, stuck {len(self.stuck)}, "
+            f"{len(self.accepted)} accepted, {dict(self.status)}, refused (503) {len(self.refused)}, "
+            f"lost {len(self.lost)}, stuck {len(self.stuck)}, "
             f"duplicated {len(self.duplicated)}, wrong {len(self.wrong)}"
         )
 
@@ -260,6 +262,11 @@ def outcome(
             {"ids": accepted, "tenants": tenant_ids},
         ).mappings()
         jobs = {r["id"]: dict(r) for r in rows}
+        # A submit the API answered 503 leaves its row failed `broker_unavailable` (the row decides: nothing was
+        # queued). The caller was told so; it is no accepted job, so it is counted apart, not as a failure.
+        refused = [j for j, r in jobs.items() if r["error_code"] == "broker_unavailable" and j not in accepted]
+        for job_id in refused:
+            del jobs[job_id]
         for job in jobs.values():
             payload = job["payload"] or {}
             if job["kind"] == "ingest":
@@ -291,7 +298,7 @@ def outcome(
             elif job["kind"] == "probe":
                 job["effect"] = None if job["status"] != "succeeded" else (job["result"] or {}).get("steps")
                 job["expected"] = payload.get("steps")
-    out = Outcome(jobs, accepted)
+    out = Outcome(jobs, accepted, refused=refused)
     out.lost = [j for j in accepted if j not in jobs]
     for job_id, job in jobs.items():
         if job["status"] not in TERMINAL:

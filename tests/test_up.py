@@ -265,7 +265,10 @@ def test_a_stop_signal_during_the_start_up_stops_everything(
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
         )
         try:
-            wait_for(lambda: "started api" in log.read_text(), timeout=120, what=f"the API's start (log: {log})")
+            try:
+                wait_for(lambda: "started api" in log.read_text(), timeout=120, what="the API's start")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; up's log ends:\n{log.read_text()[-3000:]}") from None
             family = psutil.Process(proc.pid).children(recursive=True)
             proc.send_signal(signum)
             assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]

@@ -132,11 +132,12 @@ class ChatLLM:
                 except _Retryable as exc:
                     # Past the first token a retry here would repeat the text already sent: the job is retried
                     # as a whole instead (LLMUnavailable is transient), its followers told to start over.
+                    error = LLMUnavailable if exc.away else LLMFailed
                     if generation.chunks or attempt == self.max_retries:
-                        raise LLMUnavailable(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
+                        raise error(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
                     delay = backoff.delay(attempt + 1, base=0.5, cap=self.max_backoff)
                     if time.monotonic() + delay >= deadline:
-                        raise LLMUnavailable(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
+                        raise error(self._gave_up(exc.reason, attempt, generation)) from exc.__cause__
                     logger.warning("LLM call failed (%s); retry %d in %.2f s", exc.reason, attempt + 1, delay)
                     if generation._stop.wait(delay):
                         self._raise_stopped(generation)
@@ -167,7 +168,9 @@ class ChatLLM:
         except openai.APIStatusError as exc:
             status = exc.status_code
             if retryable_status(status):
-                raise _Retryable(f"HTTP {status}") from exc
+                # A 500 is the server's own error on this request (llama-server: a failed decode): retried here,
+                # then the job fails. Rate limits and 502-504 (a proxy or a server starting) are the LLM being away.
+                raise _Retryable(f"HTTP {status}", away=status != 500) from exc
             raise LLMFailed(f"the LLM refused the request: HTTP {status}: {_detail(exc)}") from exc
         except openai.APIConnectionError as exc:  # includes timeouts
             if generation._stop.is_set():
@@ -227,9 +230,10 @@ class ChatLLM:
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, away: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.away = away  # the LLM could not be reached (transient for the job), not an error it answered with
 
 
 def _detail(exc: openai.APIStatusError) -> str:

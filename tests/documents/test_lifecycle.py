@@ -97,7 +97,7 @@ def test_an_ingest_whose_worker_was_lost_fails_its_document_and_the_upload_queue
         heartbeat_at="now() - interval '1 hour'",
     )
     assert run(engine, client, dispatcher)["failed_silent"] >= 1
-    assert_failed_then_queued_again(api, document_id, content, "sent no heartbeat")
+    assert_failed_then_queued_again(api, document_id, content, "stopped answering (no heartbeat")
 
 
 def test_an_ingest_that_fails_in_the_worker_fails_its_document_with_the_reason(api: httpx.Client) -> None:

@@ -30,6 +30,11 @@ def upload(api: httpx.Client, path: Path | str, content: bytes | None = None, **
     return api.post("/v1/documents", files={"file": (name, data)}, data=form, timeout=60)
 
 
+# The first test to use ``corpus`` waits for the whole corpus to be ingested (the 872-page handbook alone takes
+# minutes on a loaded 2-core machine), and the 600-page PDF test for one long ingest: past the 300 s default.
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def corpus(live: Live, api_module: httpx.Client) -> dict[str, dict[str, object]]:
     """Every corpus file uploaded once; waits for all jobs to end. name -> final job."""

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 Pipeline = Callable[[JobContext], dict[str, Any]]
 
 CLAIM_RETRIES = 20  # deliveries that found PostgreSQL down before claiming (backoff capped at 30 s: ~8 min)
+RETRIES_HEADER = "protostar_retries"  # the message's sends again, counted per reason (see ``_send_again``)
 END_TRIES = 3  # tries to record a job's end while PostgreSQL is unavailable, before leaving it to recovery
 
 
@@ -111,15 +112,19 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
     except Exception as exc:
         if (name := faults.dependency(exc)) is None:
             raise
-        # Nothing is recorded yet (no attempt spent): deliver the message again later, with backoff.
-        delay = backoff.delay(task.request.retries, base=1.0, cap=30.0)
+        # Nothing is recorded yet (no attempt spent): deliver the message again later, with backoff. Past the cap
+        # the row (queued, or running with a stale heartbeat) is the reconciler's to send again.
+        delay = backoff.delay(_retried(task, "claim"), base=1.0, cap=30.0)
         logger.warning("job_id=%s not claimed, %s unavailable; delivered again in %.1fs", job_id, name, delay)
-        raise task.retry(countdown=delay, max_retries=CLAIM_RETRIES) from None
+        _send_again(task, "claim", countdown=delay, cap=CLAIM_RETRIES)
+        return None
     if claim.reason == "busy":
-        # Another delivery holds a fresh heartbeat. Look again once it would be stale.
+        # Another delivery holds a fresh heartbeat. Look again once it would be stale; once the reconciler would
+        # have re-queued a silent holder, this delivery is a duplicate and ends.
         logger.info("job_id=%s is running elsewhere; checking again in %.0f s", job_id, claim.retry_in)
-        max_retries = int(settings.reap_after / settings.takeover_after) + 2
-        raise task.retry(countdown=claim.retry_in or settings.takeover_after, max_retries=max_retries)
+        cap = int(settings.reap_after / settings.takeover_after) + 2
+        _send_again(task, "busy", countdown=claim.retry_in or settings.takeover_after, cap=cap)
+        return None
     if claim.reason == "worker_lost" and claim.ending is not None:  # its worker died on every attempt
         logger.warning("job_id=%s ended: %s", job_id, claim.ending.message)
         clients.events.publish_many(job_id, claim.ending.events())
@@ -153,10 +158,10 @@ def _failure(status: JobStatus, error: BaseException, *, job_id: uuid.UUID | Non
 
 def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *, cause: Exception) -> NoReturn:
     """A transient failure: put the job back to ``queued`` (giving this delivery's attempt back) and send it again
-    after a backoff, up to ``transient_retries`` times (counted by the message's retries); then it fails with the
+    after a backoff, up to ``transient_retries`` times (counted on the message); then it fails with the
     transient reason. When even that cannot be recorded (PostgreSQL is down), the row stays ``running``: its
     heartbeat goes stale, and the retry (or the reconciler) takes it over."""
-    retries = task.request.retries or 0
+    retries = _retried(task, "transient")
     if retries >= settings.transient_retries:
         _end(ctx, _failure(JobStatus.FAILED, error))
         raise error from cause
@@ -175,9 +180,34 @@ def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *,
         "job_id=%s transient failure (%s), retry in %.1fs: %s", ctx.job_id, type(cause).__name__, delay, error.message
     )
     ctx.emit(EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(delay, 1), "reason": error.message})
-    # The cap is checked above; Celery's count also holds the deliveries that waited for PostgreSQL or for a busy
-    # holder, so its own cap leaves room for those.
-    raise task.retry(countdown=delay, max_retries=settings.transient_retries + CLAIM_RETRIES) from cause
+    _send_again(task, "transient", countdown=delay, cap=settings.transient_retries, cause=cause)
+    raise error from cause  # not reached: the cap is checked above
+
+
+def _retried(task: Task, reason: str) -> int:
+    """How many times this job's message was sent again for ``reason``."""
+    headers = getattr(task.request, "headers", None) or {}
+    return int((headers.get(RETRIES_HEADER) or {}).get(reason, 0))
+
+
+def _send_again(task: Task, reason: str, *, countdown: float, cap: int, cause: BaseException | None = None) -> None:
+    """Send the job's message again in ``countdown`` seconds (raising Celery's ``Retry``), unless it was already
+    sent again ``cap`` times for ``reason``; then return.
+
+    Each reason has its own count, carried in a message header: a delivery that waited for PostgreSQL at claim
+    ("claim"), for another delivery's fresh heartbeat ("busy") or after a dependency failed under the job
+    ("transient"). Celery's one ``retries`` count mixed them: three waits for PostgreSQL used up the budget of a
+    later takeover, and the message was dropped with the job left ``running``."""
+    headers = dict(getattr(task.request, "headers", None) or {})
+    counts = dict(headers.get(RETRIES_HEADER) or {})
+    sent = int(counts.get(reason, 0))
+    if sent >= cap:
+        logger.warning("job_id=%s sent again %d times (%s): left to the reconciler", task.request.id, sent, reason)
+        return
+    counts[reason] = sent + 1
+    headers[RETRIES_HEADER] = counts
+    # The caps are ours; Celery's own (checked against its total count) must never drop the message.
+    raise task.retry(countdown=countdown, max_retries=(task.request.retries or 0) + 1, headers=headers) from cause
 
 
 def _end(ctx: JobContext, ending: Ending) -> None:

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     s3_port: int = 18333
     api_port: int = 8000
     flower_port: int = 5555
+    redis_maxmemory_mb: int = Field(
+        1024,
+        ge=16,
+        description="memory cap of the embedded Redis (MiB); past it writes fail (noeviction: no task is ever "
+        "evicted) and the API answers 503 rather than lose work",
+    )
 
     # --- API ------------------------------------------------------------------------------------------
     bootstrap_api_key: SecretStr | None = None
@@ -184,9 +190,7 @@ class Settings(BaseSettings):
         self._refuse_unsafe_recovery()
         if self.environment == "production":
             missing = [
-                name
-                for name in ("redis_url", "database_url", "s3_endpoint", "flower_password", "llm_base_url")
-                if not getattr(self, name)
+                name for name in ("redis_url", "database_url", "s3_endpoint", "llm_base_url") if not getattr(self, name)
             ]
             if missing:
                 raise ValueError(f"production needs {', '.join('PROTOSTAR_' + m.upper() for m in missing)}")

@@ -6,8 +6,9 @@ puts the job back in its queue to run again after about that long (``worker/shel
 other tenants' jobs meanwhile.
 
 ``retry_in``: under a per-minute limit, the seconds left in the current minute (the count starts again then);
-under an in-flight limit, the mean time of an LLM call (a moving average kept in Redis as calls end), since a
-slot frees when a call in flight ends. Both are bounded by ``MIN_RETRY_IN`` and ``MAX_RETRY_IN``.
+under an in-flight limit, what is likely left of the oldest call in flight (a slot frees when it ends): the mean
+time of an LLM call (a moving average kept in Redis as calls end) less that call's age. Both are bounded by
+``MIN_RETRY_IN`` and ``MAX_RETRY_IN``.
 
 In-flight calls are leases in a sorted set (member: a random id, score: when the lease lapses), so the slot
 of a worker that died mid-call frees itself. Starts per minute are counted in a per-minute key. One Lua
@@ -41,7 +42,9 @@ MAX_RETRY_IN = 60.0
 
 # KEYS: inflight_all, inflight_tenant, rpm_all, rpm_tenant, tenant_limits, call_seconds
 # ARGV: now, lease_until, member, max_all, max_tenant, rpm_all, rpm_tenant, take ('1': take the turn, '0': look)
-# Returns {verdict, mean call seconds or ''}: verdict 0 is a turn (taken when ``take``), 1-4 the limit reached.
+# Returns {verdict, mean call seconds or '', age of the oldest call in flight under the limit or ''}: verdict 0 is
+# a turn (taken when ``take``), 1-4 the limit reached. Leases are equally long, so a call's age is our lease_until
+# less its.
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
@@ -54,7 +57,14 @@ elseif redis.call('ZCARD', KEYS[2]) >= max_tenant then verdict = 2
 elseif tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[6]) then verdict = 3
 elseif tonumber(redis.call('GET', KEYS[4]) or '0') >= rpm_tenant then verdict = 4
 end
-if verdict ~= 0 then return {verdict, redis.call('GET', KEYS[6]) or ''} end
+if verdict ~= 0 then
+  local age = ''
+  if verdict <= 2 then
+    local oldest = redis.call('ZRANGE', KEYS[verdict], 0, 0, 'WITHSCORES')
+    if oldest[2] then age = tostring(tonumber(ARGV[2]) - tonumber(oldest[2])) end  -- its lease_until less ours
+  end
+  return {verdict, redis.call('GET', KEYS[6]) or '', age}
+end
 if ARGV[8] == '1' then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -65,7 +75,7 @@ if ARGV[8] == '1' then
   redis.call('INCR', KEYS[4])
   redis.call('EXPIRE', KEYS[4], 120)
 end
-return {0, ''}
+return {0, '', ''}
 """
 
 # KEYS: inflight_all, inflight_tenant, call_seconds; ARGV: member, the call's seconds
@@ -96,12 +106,12 @@ class Limits:
     lease: float  # longest a call may hold its slot (its total deadline plus a margin)
 
 
-def retry_in(verdict: int, *, now: float, call_seconds: float | None) -> float:
+def retry_in(verdict: int, *, now: float, call_seconds: float | None, oldest_age: float | None = None) -> float:
     """Seconds until a turn is likely under the limit ``verdict`` names (see the module's docstring)."""
     if verdict in (3, 4):  # per minute: the count starts again with the next minute
         likely = 60.0 - now % 60.0
-    else:  # in flight: a slot frees when a call ends
-        likely = call_seconds if call_seconds is not None else DEFAULT_CALL_SECONDS
+    else:  # in flight: a slot frees when the oldest call ends
+        likely = (call_seconds if call_seconds is not None else DEFAULT_CALL_SECONDS) - (oldest_age or 0.0)
     return min(max(likely, MIN_RETRY_IN), MAX_RETRY_IN)
 
 
@@ -132,9 +142,9 @@ class LLMLimiter:
     def check(self, tenant_id: uuid.UUID) -> None:
         """Raise ``LLMBusy`` when a call of this tenant would find no turn now (nothing is taken): a job looks
         before work it would otherwise redo when it is sent again."""
-        verdict, mean = self._run(tenant_id, member="", take=False)
+        verdict, mean, age = self._run(tenant_id, member="", take=False)
         if verdict:
-            raise self._busy(verdict, mean)
+            raise self._busy(verdict, mean, age)
 
     def set_tenant_limits(self, tenant_id: uuid.UUID, *, concurrency: int | None, rpm: int | None) -> None:
         """Give a tenant its own limits in place of ``tenant_concurrency`` and ``tenant_rpm`` (``None``: the
@@ -151,14 +161,14 @@ class LLMLimiter:
         member = secrets.token_hex(8)
         tries = 0
         while True:
-            verdict, mean = self._run(tenant_id, member=member, take=True)
+            verdict, mean, age = self._run(tenant_id, member=member, take=True)
             waited = time.monotonic() - started
             if verdict == 0:
                 if waited > 0.5:
                     logger.info("tenant_id=%s waited %.1f s for an LLM slot", tenant_id, waited)
                 return member, waited
             if waited >= limits.wait_timeout:
-                raise self._busy(verdict, mean)
+                raise self._busy(verdict, mean, age)
             pause = min(backoff.delay(tries, base=0.05, cap=0.5), limits.wait_timeout - waited)
             tries += 1
             if stop is not None and stop.wait(pause):
@@ -166,11 +176,12 @@ class LLMLimiter:
             if stop is None:
                 time.sleep(pause)
 
-    def _run(self, tenant_id: uuid.UUID, *, member: str, take: bool) -> tuple[int, float | None]:
-        """One run of the script: the verdict, and the mean call time when a limit was reached."""
+    def _run(self, tenant_id: uuid.UUID, *, member: str, take: bool) -> tuple[int, float | None, float | None]:
+        """One run of the script: the verdict; when a limit was reached, the mean call time and (an in-flight
+        limit) the age of the oldest call in flight."""
         limits, now = self.limits, time.time()
         minute = int(now // 60)
-        verdict, mean = self._script(
+        verdict, mean, age = self._script(
             keys=[
                 self._inflight(None),
                 self._inflight(tenant_id),
@@ -190,14 +201,14 @@ class LLMLimiter:
                 "1" if take else "0",
             ],
         )
-        return int(verdict), (float(mean) if mean else None)
+        return int(verdict), (float(mean) if mean else None), (float(age) if age else None)
 
     @staticmethod
-    def _busy(verdict: int, mean: float | None) -> LLMBusy:
+    def _busy(verdict: int, mean: float | None, age: float | None) -> LLMBusy:
         limit = _REASONS[verdict]
         return LLMBusy(
             f"waiting for a turn at the LLM (limit: {limit})",
-            retry_in=retry_in(verdict, now=time.time(), call_seconds=mean),
+            retry_in=retry_in(verdict, now=time.time(), call_seconds=mean, oldest_age=age),
             limit=limit,
         )
 

@@ -1,9 +1,10 @@
 """The job shell: what every task does around its pipeline.
 
 claim the row → publish ``running`` → heartbeat and watch for cancel in a thread → run the pipeline →
-record success or failure with a reason (``jobs.repo.finish``) → publish the closing events. Pipelines are
-plain functions of a :class:`~protostar.jobs.context.JobContext` and their collaborators; only this module
-and the task modules know Celery.
+record success or failure with a reason (``jobs.repo.finish``) → publish the closing events. A job that finds
+no turn at the LLM (``LLMBusy``) goes back to its queue and gives its thread back (``_wait_for_turn``).
+Pipelines are plain functions of a :class:`~protostar.jobs.context.JobContext` and their collaborators; only
+this module and the task modules know Celery.
 """
 
 from __future__ import annotations
@@ -263,10 +264,10 @@ def _send_again(
     sent again ``cap`` times for ``reason``; then return.
 
     Each reason has its own count, carried in a message header: a delivery that waited for PostgreSQL at claim
-    ("claim"), for another delivery's fresh heartbeat ("busy") or after a dependency failed under the job
-    ("transient"). Celery's one ``retries`` count mixed them: three waits for PostgreSQL used up the budget of a
-    later takeover, and the message was dropped with the job left ``running``. ``carry``: more headers for the
-    next delivery (the seconds waited for turns at the LLM)."""
+    ("claim"), for another delivery's fresh heartbeat ("busy"), after a dependency failed under the job
+    ("transient") or for a turn at the LLM ("throttled"). Celery's one ``retries`` count mixed them: three waits
+    for PostgreSQL used up the budget of a later takeover, and the message was dropped with the job left
+    ``running``. ``carry``: more headers for the next delivery (the seconds waited for turns at the LLM)."""
     headers = dict(getattr(task.request, "headers", None) or {})
     counts = dict(headers.get(RETRIES_HEADER) or {})
     sent = int(counts.get(reason, 0))

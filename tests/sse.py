@@ -35,12 +35,13 @@ def read_events(
             if line.startswith(":"):
                 continue
             if line == "":
-                if fields:
+                if "id" in fields:  # a block without an id (the stream's opening ``retry:``) is no event
                     yield SSE(fields["id"], fields["event"], json.loads(fields["data"]))
                     count += 1
                     fields = {}
                     if stop_after is not None and count >= stop_after:
                         return
+                fields = {}
                 continue
             key, _, value = line.partition(": ")
             fields[key] = value

@@ -43,6 +43,7 @@ POOL_WAIT = 10.0  # seconds a short read waits for a pooled connection
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 5.0  # seconds: the hub's reconnects
 WAKE_PREFIX = "protostar:hub:wake:"
 WAKE_TTL = 60  # seconds
+STOP_WAIT = 5.0  # seconds the relay's task is given to end at shutdown
 
 
 class _Overflow:
@@ -94,6 +95,7 @@ class Hub:
         self._reader: aioredis.Redis | None = None
         self._redis: aioredis.Redis | None = None
         self.reconnects = 0
+        self._stopping = False
 
     # lifecycle ------------------------------------------------------------------------------------------
 
@@ -115,16 +117,22 @@ class Hub:
         self._task = asyncio.create_task(self._run(), name="sse-hub")
 
     async def stop(self) -> None:
+        """Stop the relay. A blocking read may swallow its task's cancellation (redis-py turns it into a
+        dropped connection and the loop would read again), so a flag ends the loop and closing the reader's
+        connection ends the read."""
+        self._stopping = True
         for task in [self._task, *self._tasks]:
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._task = None
         for client in (self._reader, self._redis):
             if client is not None:
                 with contextlib.suppress(Exception):  # boundary: closing at shutdown, Redis may be gone
                     await client.aclose()
+        for task in [self._task, *self._tasks]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                    await asyncio.wait_for(task, STOP_WAIT)
+        self._task = None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -188,13 +196,15 @@ class Hub:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 await self._read_once()
                 if failures:
                     logger.info("event hub reconnected after %d failed reads", failures)
                 failures = 0
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self._stopping:
+                    return
                 self.reconnects += 1
                 wait = delay(failures, base=BACKOFF_BASE, cap=BACKOFF_CAP)
                 failures += 1

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
 from protostar.api import hub as hub_module
 from protostar.api.hub import OVERFLOW, Hub
 from protostar.constants import EventType
 from protostar.jobs.events import Event, EventLog
 from protostar.runtime.stack import Stack
 from protostar.settings import Settings
+from tests.conftest import wait_for
 
 LONG_BLOCK_MS = 120_000  # longer than any wait below: only a wake can end the hub's read in time
 
@@ -79,3 +82,47 @@ def test_a_subscriber_that_falls_behind_is_told_to_replay() -> None:
 
     assert asyncio.run(last()) is OVERFLOW
     assert not sub.overflowed  # taken again from here on
+
+
+@pytest.mark.slow
+def test_the_hub_reconnects_and_keeps_its_subscribers_when_redis_restarts(stack: Stack, settings: Settings) -> None:
+    import redis
+
+    assert settings.redis_url and stack.redis is not None
+    sync = redis.Redis.from_url(settings.redis_url)
+    log = EventLog(sync, ttl=60, maxlen=1000)
+    job = uuid.uuid4()
+
+    def publish() -> str:
+        def sent() -> str | None:
+            try:
+                return log.publish(job, EventType.PROGRESS, {"n": 1})
+            except redis.RedisError:
+                return None
+
+        return str(wait_for(sent, timeout=30, every=0.2, what="Redis to take an event again"))
+
+    async def run() -> None:
+        hub = Hub(settings.redis_url or "", connect_timeout=1, read_timeout=2, block_ms=1_000)
+        await hub.start()
+        try:
+            sub = hub.subscribe(job, "0-0")
+            await asyncio.sleep(0.2)
+            first = publish()
+            assert [e.id for e in await _take(sub, 1)] == [first]
+            assert stack.redis is not None
+            stack.redis.stop()
+            await asyncio.sleep(2.5)  # the hub's reads fail meanwhile
+            stack.redis.start()
+            second = await asyncio.to_thread(publish)
+            assert [e.id for e in await _take(sub, 1)] == [second]  # the same subscriber, after the restart
+            assert hub.reconnects > 0
+        finally:
+            await hub.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        if stack.redis.pid is None:
+            stack.redis.start()
+        sync.close()

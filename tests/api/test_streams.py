@@ -8,7 +8,6 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from protostar.jobs.events import stream_key
 from protostar.runtime.process import free_port
 from tests.api.test_jobs import submit, wait_status
 from tests.conftest import Live, wait_for
+from tests.sse import Followed, follow
 
 FOLLOWERS = 1000
 TENANTS = 20  # 50 followers each: under the default cap of 100 streams per tenant
@@ -35,36 +35,6 @@ def admin_keys(engine: Engine, prefix: str, count: int) -> list[str]:
     run = secrets.token_hex(3)
     with make_sessionmaker(engine).begin() as session:
         return [create_key(session, tenant=f"{prefix}-{run}-{i}", admin=True) for i in range(count)]
-
-
-@dataclass
-class Followed:
-    ids: list[str] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-    comments: list[str] = field(default_factory=list)
-    retry: str | None = None
-
-
-async def follow(client: httpx.AsyncClient, url: str, key: str, *, after: str = "", opened: asyncio.Event) -> Followed:
-    headers = {"Authorization": f"Bearer {key}"} | ({"Last-Event-ID": after} if after else {})
-    out = Followed()
-    async with client.stream("GET", url, headers=headers) as response:
-        assert response.status_code == 200, await response.aread()
-        opened.set()
-        fields: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line.startswith(":"):
-                out.comments.append(line)
-            elif line.startswith("retry:"):
-                out.retry = line.partition(":")[2].strip()
-            elif line == "" and "id" in fields:
-                out.ids.append(fields["id"])
-                out.types.append(fields["event"])
-                fields = {}
-            elif line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-    return out
 
 
 def stored_ids(client: redis.Redis, job_id: str) -> list[str]:
@@ -84,31 +54,27 @@ def test_a_thousand_followers_on_one_api_process(
     per_job = FOLLOWERS // len(jobs)
 
     async def run() -> list[tuple[str, Followed]]:
-        limits = httpx.Limits(max_connections=FOLLOWERS + 50, max_keepalive_connections=0)
-        timeout = httpx.Timeout(90, connect=60)
-        async with httpx.AsyncClient(base_url=live.api_url, limits=limits, timeout=timeout) as http:
-            opened = [asyncio.Event() for _ in range(FOLLOWERS)]
-            tasks = [
-                asyncio.create_task(follow(http, f"/v1/jobs/{job}/events", key, opened=opened[n * per_job + i]))
-                for n, (key, job) in enumerate(jobs)
-                for i in range(per_job)
-            ]
-            waiting = asyncio.gather(*(e.wait() for e in opened))
-            done, _ = await asyncio.wait([waiting, *tasks], timeout=90, return_when=asyncio.FIRST_EXCEPTION)
-            assert waiting in done, "not every follower got its 200"  # all 1,000 are open at once here
-            for gate in gates:
-                api.post(f"/v1/jobs/{gate}/cancel")
-            results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
-            return [(job, results[n * per_job + i]) for n, (_, job) in enumerate(jobs) for i in range(per_job)]
+        opened = [asyncio.Event() for _ in range(FOLLOWERS)]
+        tasks = [
+            asyncio.create_task(follow(live.api_url, job, key, opened=opened[n * per_job + i]))
+            for n, (key, job) in enumerate(jobs)
+            for i in range(per_job)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), timeout=120)
+        for gate in gates:  # all 1,000 are open at once here: let the jobs run
+            api.post(f"/v1/jobs/{gate}/cancel")
+        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+        return [(job, results[n * per_job + i]) for n, (_, job) in enumerate(jobs) for i in range(per_job)]
 
     followed = asyncio.run(run())
     assert len(followed) == FOLLOWERS
     for job_id, got in followed:
-        assert got.types[-1] == "done", got.types
+        assert got.status == 200
+        assert got.ended and got.types[-1] == "done", got.types
         assert got.ids == stored_ids(client, job_id)  # every event, in order, once
         assert got.retry == "3000"
     for gate in gates:
-        wait_status(api, gate, "cancelled", timeout=60)
+        wait_status(api, gate, "cancelled", "succeeded", timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +156,12 @@ def test_an_idle_stream_ends_and_resumes_from_last_event_id(
     async def run() -> list[Followed]:
         parts: list[Followed] = []
         after = ""
-        async with httpx.AsyncClient(base_url=second_api, timeout=60) as http:
-            while not parts or parts[-1].types[-1:] != ["done"]:
-                assert len(parts) < 20, [p.types for p in parts]
-                part = await follow(http, f"/v1/jobs/{job_id}/events", key, after=after, opened=asyncio.Event())
-                parts.append(part)
-                after = part.ids[-1] if part.ids else after
+        while not parts or parts[-1].types[-1:] != ["done"]:
+            assert len(parts) < 20, [p.types for p in parts]
+            part = await follow(second_api, job_id, key, after=after)
+            assert part.status == 200 and part.ended
+            parts.append(part)
+            after = part.ids[-1] if part.ids else after
         return parts
 
     parts = asyncio.run(run())

@@ -72,10 +72,14 @@ class Subscription:
 
     async def next(self, timeout: float) -> list[Event] | _Overflow | None:
         """The next batch, :data:`OVERFLOW` (replay, then go on), or None after ``timeout`` seconds."""
-        try:
-            item = await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if self.queue.empty():
+            try:
+                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                    item = await self.queue.get()
+            except TimeoutError:
+                return None
+        else:
+            item = self.queue.get_nowait()
         if item is OVERFLOW:
             self.overflowed = False
         return item

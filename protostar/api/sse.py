@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from protostar.api.hub import OVERFLOW, READ_COUNT, Hub, Subscription
 from protostar.api.leases import Lease
+from protostar.api.rows import JobRows
 from protostar.api.state import AppState
 from protostar.auth import Principal
 from protostar.constants import JobStatus
@@ -54,8 +55,11 @@ def format_event(event: events.Event) -> bytes:
 
 
 def _synthetic_end(job: Job, after: str) -> list[events.Event]:
-    """The closing events of a finished job, told from its row, with ids after every real one."""
-    stamp = int(job.finished_at.timestamp() * 1000) if job.finished_at else 0
+    """The closing events of a finished job, told from its row, with ids after every real one: stamped with the
+    end's millisecond, or the last id's when a real event came later (the final ``status`` is published just
+    after the row records the end), so the client always gets them; the same ids again on a resume."""
+    finished = int(job.finished_at.timestamp() * 1000) if job.finished_at else 0
+    stamp = max(finished, int(after.partition("-")[0]))
     closing = final_events(JobStatus(job.status), job.error_code, job.error_message)
     out = [events.Event(id=f"{stamp}-{1_000_000 + i}", type=t.value, data=d) for i, (t, d) in enumerate(closing)]
     return [e for e in out if _after(e.id, after)]
@@ -99,7 +103,7 @@ class _Relay:
     hub: Hub
     job_id: uuid.UUID
     after: str
-    load: Callable[[], Job]
+    rows: JobRows
     request: Request
     lease: Lease
     idle: float
@@ -145,7 +149,9 @@ class _Relay:
                 continue
             if await self.request.is_disconnected():
                 return
-            current = await to_thread.run_sync(self.load)
+            current = await self.rows.get(self.job_id)
+            if current is None:  # the job is gone (its document was deleted): nothing more will come
+                return
             if JobStatus(current.status).terminal:
                 async for chunk in self._end(current):
                     yield chunk
@@ -193,8 +199,8 @@ async def event_stream(
     after = last_event_id or "0-0"
     if not EVENT_ID.match(after):
         raise ValidationFailed("Last-Event-ID must be an event id like 1700000000000-0")
-    hub, leases = state.hub, state.leases
-    if hub is None or leases is None:
+    hub, leases, rows = state.hub, state.leases, state.job_rows
+    if hub is None or leases is None or rows is None:
         raise RuntimeError("the event hub is not running")  # the lifespan starts it before any request
 
     def load() -> Job:
@@ -206,7 +212,7 @@ async def event_stream(
     try:
         settings = state.settings
         relay = _Relay(
-            hub, job_id, after, load, request, lease, settings.stream_idle_timeout, settings.stream_max_lifetime
+            hub, job_id, after, rows, request, lease, settings.stream_idle_timeout, settings.stream_max_lifetime
         )
         return EventStreamResponse(relay.body(job), on_close=lambda: leases.release(lease))
     except BaseException:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from protostar.api.deadline import Monitor
 from protostar.api.hub import Hub
 from protostar.api.leases import Leases
+from protostar.api.rows import JobRows
 from protostar.auth import Principal, bearer_key, bootstrap_principal, hash_key, resolve, revocation_stamp
 from protostar.bundle import Clients
 from protostar.db.engine import make_sessionmaker
@@ -66,6 +67,7 @@ class AppState:
     monitor: Monitor | None = None  # which dependencies answer, for the request deadline (api.deadline)
     hub: Hub | None = None  # the one relay of every event stream (api.hub), started in the lifespan
     leases: Leases | None = None  # the tenants' open streams (api.leases)
+    job_rows: JobRows | None = None  # quiet streams' looks at their job rows, one query for all (api.rows)
     _bootstrap: Principal | None = None
 
     @classmethod
@@ -112,6 +114,7 @@ class AppState:
         await self.hub.start()
         self.leases = Leases(self.settings.tenant_max_streams)
         self.leases.start(self.hub.redis)
+        self.job_rows = JobRows(self.sessions)
 
     async def close(self) -> None:
         if self.leases is not None:

@@ -170,3 +170,17 @@ def test_an_idle_stream_ends_and_resumes_from_last_event_id(
     assert all(p.types[-1:] != ["done"] for p in ended_idle)
     resumed = [i for p in parts for i in p.ids]
     assert resumed == stored_ids(client, job_id)  # no loss, no repeats across the resumes
+
+
+def test_a_stream_without_its_done_is_ended_from_the_job_row(
+    live: Live, api: httpx.Client, second_api: str, client: redis.Redis
+) -> None:
+    job_id = submit(api, queue="chat", steps=1)
+    wait_status(api, job_id, "succeeded")
+    *kept, (done_id, _) = client.xrange(stream_key(job_id))
+    client.xdel(stream_key(job_id), done_id)  # as if the worker died between recording the end and publishing it
+
+    got = asyncio.run(follow(second_api, job_id, live.admin_key))  # quiet for the idle time: it looks at the row
+    assert got.ended and got.types[-1] == "done"
+    assert got.ids[: len(kept)] == [entry_id.decode() for entry_id, _ in kept]
+    assert done_id.decode() not in got.ids  # the end told from the row, with its own ids after every real one

@@ -15,10 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import redis
-import redis.asyncio as aioredis
 from celery import Celery
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
 from sqlalchemy import Engine
 
 from protostar.db.engine import make_engine
@@ -37,7 +34,6 @@ Role = Literal["api", "worker"]
 
 API_THREADS = 40  # anyio's default threadpool, which FastAPI runs sync routes and dependencies in
 MAX_THREAD_CONNECTIONS = 10  # a thread-pool worker keeps a connection per thread up to this many
-STREAM_READ_TIMEOUT = 30.0  # seconds; the API's async Redis reads block up to 10 s (protostar.api.sse.IDLE_MS)
 
 _HEAVY = threading.Lock()  # a model is built once even when many threads ask for it at once
 
@@ -77,18 +73,6 @@ class Clients:
                 max_connections=200,
             )
         return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25)
-
-    @cached_property
-    def aredis(self) -> aioredis.Redis:
-        """The API's async client for event streams; a pooled connection that died in a Redis restart is
-        retried once on a fresh one before failing."""
-        return aioredis.Redis.from_url(
-            self._redis_url(),
-            socket_connect_timeout=self.settings.broker_connect_timeout,
-            socket_timeout=STREAM_READ_TIMEOUT,  # above the relay's blocking XREAD: a shorter one cut quiet streams
-            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        )
 
     @cached_property
     def bucket(self) -> Bucket:
@@ -145,13 +129,11 @@ class Clients:
             self.engine.dispose(close=False)
         if "redis" in self.__dict__:
             self.redis.connection_pool.reset()
-        for name in ("engine", "redis", "aredis", "events", "dispatcher", "bucket", "embedder", "llm"):
+        for name in ("engine", "redis", "events", "dispatcher", "bucket", "embedder", "llm"):
             self.__dict__.pop(name, None)
 
     async def aclose(self) -> None:
         """Close for good (the API's lifespan end)."""
-        if "aredis" in self.__dict__:
-            await self.aredis.aclose()
         if "redis" in self.__dict__:
             self.redis.close()
         if "engine" in self.__dict__:

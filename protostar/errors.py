@@ -9,6 +9,7 @@
     ├── Conflict (409 conflict)
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
+    ├── TooManyRequests (429 too_many_requests): a per-tenant limit is reached; ``retry_after`` seconds
     ├── Unavailable (503 unavailable)
     │   ├── BrokerUnavailable (503 broker_unavailable)
     │   └── DependencyTimeout (503 dependency_timeout): the API's request deadline passed (a dependency is slow)
@@ -81,6 +82,17 @@ class PayloadTooLarge(ProtostarError):
 class UnsupportedMediaType(ProtostarError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(ProtostarError):
+    """A per-tenant limit is reached; the response carries ``Retry-After: retry_after``."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(ProtostarError):

@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="request bodies (JSON) larger than this answer 413 without being read"
     )
+    tenant_max_streams: int = Field(
+        100, ge=1, description="event streams (SSE) a tenant may have open at once, across API processes; then 429"
+    )
+    stream_idle_timeout: float = Field(
+        300.0, gt=0, description="seconds an event stream may send no event before it ends (resume: Last-Event-ID)"
+    )
+    stream_max_lifetime: float = Field(
+        3600.0, gt=0, description="seconds after which an open event stream ends (resume: Last-Event-ID)"
+    )
 
     # --- `protostar up`'s supervisor -------------------------------------------------------------------
     restart_limit: int = Field(

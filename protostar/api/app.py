@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -40,6 +41,25 @@ def _warm(state: AppState) -> None:
         logger.exception("could not load the query embedder")
 
 
+OPEN_FILES_WANTED = 4096  # sockets for 1,000+ event streams, with room for everything else
+
+
+def raise_open_files(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards its hard limit (each open stream is a socket); the
+    soft limit in force. A default soft limit of 1024 would refuse connections well before 1,000 streams."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = hard if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-files limit from %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        logger.warning("open-files limit %d: fewer than about %d event streams fit", soft, soft - 100)
+    return soft
+
+
 def _monitor(state: AppState) -> Monitor:
     """The dependencies the request deadline asks about before it answers 503 (``protostar.api.deadline``)."""
     clients = state.clients
@@ -60,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        raise_open_files()
         state = AppState.build(settings)
+        await state.start_streams()
         await to_thread.run_sync(ensure_configured_index, settings)  # searches need the model's index
         registry.register(BacklogCollector(state.clients.redis, state.clients.engine))
         state.monitor = _monitor(state)

@@ -79,6 +79,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {403: {"model": ErrorOut, "description": "not an admin key"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorOut, "description": "not in a state that allows it"}}
+TOO_MANY_STREAMS: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorOut,
+        "description": "the tenant has PROTOSTAR_TENANT_MAX_STREAMS event streams open; retry after Retry-After s",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    }
+}
 
 
 class Check(BaseModel):

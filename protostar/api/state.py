@@ -1,5 +1,6 @@
 """What the API process owns, built in the lifespan and closed with it: its clients (the same bundle the
-workers build, :class:`protostar.bundle.Clients`), a session factory, the key cache and its metrics.
+workers build, :class:`protostar.bundle.Clients`), a session factory, the key cache, its metrics, and the relay of
+event streams with the tenants' stream leases (``api.hub``, ``api.leases``).
 
 A resolved key is kept :data:`AUTH_TTL` seconds; a cache hit is trusted only when Redis holds no revocation
 stamp for it (``protostar.auth.revoke_key`` sets one before it revokes the row), so a revoked key answers
@@ -19,6 +20,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from protostar.api.deadline import Monitor
+from protostar.api.hub import Hub
+from protostar.api.leases import Leases
+from protostar.api.rows import JobRows
 from protostar.auth import Principal, bearer_key, bootstrap_principal, hash_key, resolve, revocation_stamp
 from protostar.bundle import Clients
 from protostar.db.engine import make_sessionmaker
@@ -61,6 +65,9 @@ class AppState:
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     monitor: Monitor | None = None  # which dependencies answer, for the request deadline (api.deadline)
+    hub: Hub | None = None  # the one relay of every event stream (api.hub), started in the lifespan
+    leases: Leases | None = None  # the tenants' open streams (api.leases)
+    job_rows: JobRows | None = None  # quiet streams' looks at their job rows, one query for all (api.rows)
     _bootstrap: Principal | None = None
 
     @classmethod
@@ -97,5 +104,21 @@ class AppState:
             logger.warning("revocation stamps unavailable, asking the database: %s", exc)
             return True
 
+    async def start_streams(self) -> None:
+        """The event relay and the stream leases; their Redis connections are their own."""
+        assert self.settings.redis_url
+        timeout = max(self.settings.broker_connect_timeout, self.settings.dependency_timeout)
+        self.hub = Hub(
+            self.settings.redis_url, connect_timeout=self.settings.broker_connect_timeout, read_timeout=timeout
+        )
+        await self.hub.start()
+        self.leases = Leases(self.settings.tenant_max_streams)
+        self.leases.start(self.hub.redis)
+        self.job_rows = JobRows(self.sessions)
+
     async def close(self) -> None:
+        if self.leases is not None:
+            await self.leases.stop()
+        if self.hub is not None:
+            await self.hub.stop()
         await self.clients.aclose()

@@ -2,19 +2,18 @@
 
 Workers (and the API, for ``queued``) append with :class:`EventLog`; the SSE route replays from the client's
 ``Last-Event-ID`` with XREAD, which is exclusive of the id given, so a resumed stream has no loss and no
-repeats. A stream expires ``events_ttl`` seconds after its last event.
+repeats, then follows through the API process's one relay (``protostar.api.hub``). A stream expires
+``events_ttl`` seconds after its last event.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from protostar.constants import EventType
 
@@ -67,30 +66,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
+def decode(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
+    """An event from a stream entry as XREAD answers it (bytes or text)."""
     decoded = {_text(k): _text(v) for k, v in fields.items()}
     return Event(id=_text(entry_id), type=decoded["type"], data=json.loads(decoded["data"]))
-
-
-async def follow(
-    client: aioredis.Redis, job_id: uuid.UUID | str, *, after: str = "0", block_ms: int = 15_000
-) -> AsyncIterator[Event | None]:
-    """Yield events after ``after`` until ``done``; yields None when ``block_ms`` passes with nothing new."""
-    key = stream_key(job_id)
-    last = after
-    while True:
-        reply: Any = await client.xread({key: last}, count=500, block=block_ms)  # RESP2: [[key, entries]]
-        if not reply:
-            yield None
-            continue
-        entries: Any = reply[0][1]
-        for entry_id, fields in entries:
-            event = _decode(entry_id, fields)
-            last = event.id
-            yield event
-            if event.final:
-                return
-
-
-async def exists(client: aioredis.Redis, job_id: uuid.UUID | str) -> bool:
-    return bool(await client.exists(stream_key(job_id)))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
-from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, Accepted, JobOut, JobPage, ProbeIn
+from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, TOO_MANY_STREAMS, Accepted, JobOut, JobPage, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
 from protostar.db.models import Job
@@ -69,7 +69,7 @@ def retry_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, s
     return JobOut.of(job)
 
 
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=TOO_MANY_STREAMS)
 async def job_events(
     job_id: uuid.UUID,
     request: Request,
@@ -80,7 +80,9 @@ async def job_events(
         str | None, Query(max_length=64, description="resume after this event id (as Last-Event-ID)")
     ] = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: ``status``, ``progress``, ``token``, ``error``, ``done``; resumable by id."""
+    """Server-Sent Events: ``status``, ``progress``, ``token``, ``error``, ``done``; resumable by id. A stream idle
+    for ``PROTOSTAR_STREAM_IDLE_TIMEOUT`` s or open ``PROTOSTAR_STREAM_MAX_LIFETIME`` s closes without ``done``:
+    reconnect with ``Last-Event-ID``. ``429`` past the tenant's ``PROTOSTAR_TENANT_MAX_STREAMS`` open streams."""
     return await event_stream(request, state, principal, job_id, last_event_id or after)
 
 

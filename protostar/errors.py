@@ -9,6 +9,7 @@
     ├── Conflict (409 conflict)
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
+    ├── TooManyRequests (429 too_many_requests): over a per-tenant quota; carries ``retry_after`` seconds
     ├── Unavailable (503 unavailable)
     │   ├── BrokerUnavailable (503 broker_unavailable)
     │   └── DependencyTimeout (503 dependency_timeout): the API's request deadline passed (a dependency is slow)
@@ -80,6 +81,18 @@ class PayloadTooLarge(ProtostarError):
 class UnsupportedMediaType(ProtostarError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(ProtostarError):
+    """Over a per-tenant quota: nothing was accepted; try again after ``retry_after`` seconds (the
+    ``Retry-After`` header)."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(ProtostarError):

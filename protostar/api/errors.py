@@ -25,8 +25,10 @@ HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+def error_response(status: int, code: str, message: str, *, retry_after: int | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -51,7 +53,7 @@ def render(exc: Exception) -> JSONResponse:
     if isinstance(exc, ProtostarError):
         if exc.status >= 500:
             logger.warning("%s: %s", exc.code, exc.message)
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, retry_after=getattr(exc, "retry_after", None))
     if isinstance(exc, HTTPException):
         return error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail))
     dependency = faults.dependency(exc)

@@ -186,13 +186,18 @@ class Dispatcher:
         return data
 
     def _commit_and_send(self, session: Session, job: Job, admission: turns.Admission) -> Job:
-        session.commit()
-        if not admission.send:  # it waits its turn; the row says so, the event tells followers
+        if not admission.send:
+            # It waits its turn. Its event goes first: with Redis away nothing is accepted (503, as a send that
+            # fails), and no ending can send it (and tell its followers) before this event is written.
             try:
                 self.events.publish(job.id, EventType.STATUS, self._queued(job, admission))
             except BROKER_ERRORS as exc:
-                logger.warning("job_id=%s waits its turn; its queued event was not published: %s", job.id, exc)
+                logger.warning("job_id=%s not accepted, its events cannot be written: %s", job.id, exc)
+                session.rollback()
+                raise BrokerUnavailable(NOT_QUEUED) from exc
+            session.commit()
             return job
+        session.commit()
         try:
             self.send(job)
             self.events.publish(job.id, EventType.STATUS, self._queued(job, admission))

@@ -22,6 +22,7 @@ from protostar.db.engine import make_sessionmaker
 from protostar.jobs import repo, turns
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.reconcile import reconcile
+from protostar.storage import make_minio
 from tests.api.test_jobs import submit, wait_status
 from tests.conftest import Live, wait_for
 from tests.sse import read_events
@@ -89,11 +90,20 @@ def test_another_tenants_job_is_not_stuck_behind_a_backlog(
     A jobs that started between B's submit and B's start are counted), not after A's backlog; then every one
     of A's jobs runs to success: none is left waiting."""
     a_jobs = backlog(tenant_a, backlog_size, queue=queue, **probe)
+    cap = live.settings.tenant_inflight_ingest if queue == "ingest" else live.settings.tenant_inflight_chat
+    with engine.connect() as conn:  # concurrent submits never put more than the cap in flight
+        in_flight = conn.execute(
+            text(
+                "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND status IN ('queued', 'running') "
+                "AND dispatched_at IS NOT NULL"
+            ),
+            {"ids": a_jobs},
+        ).scalar_one()
+    assert in_flight <= cap
     waiting = [j for j in a_jobs if tenant_a.get(f"/v1/jobs/{j}").json()["progress"]["stage"] == turns.WAITING_TURN]
     assert waiting, "A's backlog is held back: its cap is below its backlog"
     b_job = submit(tenant_b, queue=queue, steps=1)
     wait_status(tenant_b, b_job, "succeeded", timeout=60)
-    cap = live.settings.tenant_inflight_ingest if queue == "ingest" else live.settings.tenant_inflight_chat
     assert overtaking(engine, a_jobs, b_job) <= cap + 2
     assert sum(tenant_a.get(f"/v1/jobs/{j}").json()["status"] != "succeeded" for j in a_jobs) > 0, (
         "B finished before A's backlog did"
@@ -126,9 +136,12 @@ def test_past_the_queued_quota_a_submit_is_429_and_nothing_is_accepted(
     jobs = [submit(tenant_a, queue="ingest", steps=60, sleep=0.5) for _ in range(cap)]  # hold its slots
     for job_id in jobs:
         wait_status(tenant_a, job_id, "running", timeout=60)
-    jobs += backlog(tenant_a, quota, queue="ingest", steps=1)
-    refused = tenant_a.post("/v1/probes", json={"queue": "ingest", "steps": 1})
-    assert refused.status_code == 429, refused.text
+    with ThreadPoolExecutor(8) as pool:  # concurrent submits: the count and the insert are one under the lock
+        answers = list(pool.map(lambda _: tenant_a.post("/v1/probes", json={"queue": "ingest"}), range(quota + 10)))
+    jobs += [a.json()["job_id"] for a in answers if a.status_code == 202]
+    assert sorted({a.status_code for a in answers}) == [202, 429]
+    assert len(jobs) == cap + quota  # exactly the quota accepted, not one more
+    refused = next(a for a in answers if a.status_code == 429)
     assert refused.json()["error"]["code"] == "too_many_requests"
     assert int(refused.headers["retry-after"]) > 0
     upload = tenant_a.post("/v1/documents", files={"file": ("over.txt", b"one upload too many\n" * 20, "text/plain")})
@@ -139,6 +152,8 @@ def test_past_the_queued_quota_a_submit_is_429_and_nothing_is_accepted(
         tenant = conn.execute(text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": jobs[0]}).scalar_one()
         count = conn.execute(text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
     assert count == len(jobs)  # the refused submits wrote nothing
+    minio = make_minio(live.settings)  # nor was the refused upload stored
+    assert list(minio.list_objects(live.settings.s3_bucket, prefix=f"tenants/{tenant}/", recursive=True)) == []
     with ThreadPoolExecutor(8) as pool:  # leave the queue to the other tests
         list(pool.map(lambda j: tenant_a.post(f"/v1/jobs/{j}/cancel"), jobs))
     for job_id in jobs[:cap]:

@@ -10,7 +10,7 @@ arrived meanwhile. Each tenant thus has at most its cap in the broker at any tim
 tenant with one job waits for about one job of each busy tenant, not for their backlogs.
 
 Who sends a waiting job: the worker that ended one of the tenant's jobs on that queue (``worker.shell``), the
-cancel of an admitted job (the API), and the reconciler on every run (``jobs.reconcile``), which covers an
+cancel of a queued job (the API's cancel route), and the reconciler on every run (``jobs.reconcile``), which covers an
 ending whose own send was lost (a worker killed right after the end, PostgreSQL away for a moment).
 
 Counting and inserting (or counting and sending) happen under a transaction-scoped advisory lock on

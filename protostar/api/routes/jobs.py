@@ -58,6 +58,8 @@ def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, 
     job = cancel(
         session, tenant_id=principal.tenant_id, job_id=job_id, client=state.clients.redis, events=state.clients.events
     )
+    if job.status == JobStatus.CANCELLED and job.started_at is None:  # ended queued: its slot, if it had one, is free
+        state.clients.dispatcher.next_turn(tenant_id=principal.tenant_id, queue=job.queue)
     return JobOut.of(job)
 
 

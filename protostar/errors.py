@@ -17,7 +17,8 @@
     │   ├── InputRejected (422 input_rejected): the input can never succeed, do not retry
     │   │   └── OutOfMemory (413 out_of_memory): the work needed more memory than a worker may use
     │   ├── Transient (503 transient): worth retrying with backoff
-    │   │   └── LLMUnavailable (503 llm_unavailable): the LLM could not be reached, or its stream broke, past retries
+    │   │   ├── LLMUnavailable (503 llm_unavailable): the LLM could not be reached, or its stream broke, past retries
+    │   │   └── LLMBusy (503 llm_busy): no turn at the LLM under the limits now; carries ``retry_in`` and ``limit``
     │   ├── LLMFailed (502 llm_failed): the LLM refused the request, sent a malformed stream, or missed a deadline
     │   ├── TimeLimitExceeded (504 time_limit): the job ran past its soft time limit and was stopped
     │   ├── WorkerLost (500 worker_lost): the reconciler gave up on a job whose heartbeat stopped
@@ -132,6 +133,19 @@ class LLMUnavailable(Transient):
     replaced, so the job is retried as a whole, with backoff, instead of failing for good."""
 
     code = "llm_unavailable"
+
+
+class LLMBusy(Transient):
+    """No turn at the LLM now: a limit of :mod:`protostar.llm.limits` is reached. The job shell gives the worker
+    thread back and sends the job again in about ``retry_in`` seconds (when a turn is likely); ``limit`` names
+    the limit in the words callers see ("calls in flight, this tenant")."""
+
+    code = "llm_busy"
+
+    def __init__(self, message: str, *, retry_in: float, limit: str) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+        self.limit = limit
 
 
 class LLMFailed(JobFailed):

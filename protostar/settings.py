@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     s3_port: int = 18333
     api_port: int = 8000
     flower_port: int = 5555
+    redis_maxmemory_mb: int = Field(
+        1024,
+        ge=16,
+        description="memory cap of the embedded Redis (MiB); past it writes fail (noeviction: no task is ever "
+        "evicted) and the API answers 503 rather than lose work",
+    )
 
     # --- API ------------------------------------------------------------------------------------------
     bootstrap_api_key: SecretStr | None = None
@@ -152,7 +158,12 @@ class Settings(BaseSettings):
     llm_tenant_concurrency: int = Field(8, ge=1, description="LLM calls in flight at once, per tenant")
     llm_rpm: int = Field(600, ge=1, description="LLM calls started per minute, all tenants")
     llm_tenant_rpm: int = Field(120, ge=1, description="LLM calls started per minute, per tenant")
-    llm_wait_timeout: float = Field(30.0, gt=0, description="longest wait for a turn under the limits")
+    llm_wait_timeout: float = Field(
+        1.0, gt=0, le=5, description="longest a call looks again for a turn in its worker thread (a short moment)"
+    )
+    llm_max_wait: float = Field(
+        900.0, gt=0, description="longest total time a job waits queued for turns at the LLM, then it fails llm_busy"
+    )
 
     # --- summaries ------------------------------------------------------------------------------------
     summary_every: int = Field(6, ge=1, description="unsummarized messages that make a chat answer queue a summary")
@@ -189,14 +200,14 @@ class Settings(BaseSettings):
             raise ValueError("llm_total_timeout must be below chat_soft_time_limit, or answers are cut off")
         if self.llm_total_timeout >= self.summary_soft_time_limit:
             raise ValueError("llm_total_timeout must be below summary_soft_time_limit")
+        if self.llm_max_wait >= self.task_expires:
+            raise ValueError("llm_max_wait must be below task_expires, or a job waiting for a turn expires")
         if self.summary_max_tokens * 3 > self.chat_prompt_tokens:
             raise ValueError("chat_prompt_tokens must hold three summaries of summary_max_tokens")
         self._refuse_unsafe_recovery()
         if self.environment == "production":
             missing = [
-                name
-                for name in ("redis_url", "database_url", "s3_endpoint", "flower_password", "llm_base_url")
-                if not getattr(self, name)
+                name for name in ("redis_url", "database_url", "s3_endpoint", "llm_base_url") if not getattr(self, name)
             ]
             if missing:
                 raise ValueError(f"production needs {', '.join('PROTOSTAR_' + m.upper() for m in missing)}")

@@ -217,6 +217,8 @@ class _Watched:
 @dataclass
 class Supervisor:
     env: dict[str, str]
+    # What a program named so gets of ``env`` (its secrets only: ``commands.environment``); None: all of it.
+    scope: Callable[[str, dict[str, str]], dict[str, str]] | None = None
     out: IO[str] = sys.stdout
     stop_timeout: float = 8.0
     policy: RestartPolicy = field(default_factory=RestartPolicy)
@@ -232,7 +234,8 @@ class Supervisor:
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         """Start ``argv`` as the program ``name`` and supervise it (replacing a stopped one of that name)."""
-        program = Program(name, argv, {**self.env, **(extra_env or {})}, self._relay_output)
+        env = {**self.env, **(extra_env or {})}
+        program = Program(name, argv, self.scope(name, env) if self.scope else env, self._relay_output)
         with self._lock:
             if self._stopping.is_set():
                 return

@@ -28,7 +28,7 @@ from protostar.jobs.broker import create_celery
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
 from protostar.runtime.process import free_port
-from protostar.runtime.stack import Stack
+from protostar.runtime.stack import S3Access, Stack
 from protostar.settings import Settings, get_settings
 from protostar.supervisor import RestartPolicy, Supervisor
 
@@ -130,8 +130,15 @@ def live(stack: Stack, settings: Settings) -> Iterator[Live]:
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"live-{os.getpid()}.log"
     out = log.open("w")
-    # As under `protostar up`, a process that dies is restarted (from the supervisor's own thread).
-    supervisor = Supervisor(env=dict(os.environ), out=out, policy=RestartPolicy.from_settings(settings))
+    # As under `protostar up`, a process that dies is restarted (from the supervisor's own thread), and each gets
+    # only its own secrets (the object store's scoped keys among them).
+    s3_keys: dict[S3Access, dict[str, str]] = {"write": stack.s3_env("write"), "read": stack.s3_env("read")}
+    supervisor = Supervisor(
+        env=dict(os.environ),
+        out=out,
+        policy=RestartPolicy.from_settings(settings),
+        scope=lambda name, env: commands.environment(name, env, s3_keys),
+    )
     try:
         supervisor.start("api", commands.api(settings))
         for name in commands.WORKERS:

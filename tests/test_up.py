@@ -76,9 +76,15 @@ def test_up_serves_shows_workers_in_flower_and_stops_clean(up_env: dict[str, str
     api = up.value(r"API\s+(http://\S+)")
     key = up.value(r"API key\s+(\S+)")
     flower = up.value(r"Flower\s+(http://\S+)")
-    user, password = up.value(r"\(user (\S+),"), up.value(r"password (\S+)\)")
+    stored = json.loads((Path(up_env["PROTOSTAR_DATA_DIR"]) / "secrets.json").read_text())
+    user, password = up.value(r"\(user (\S+),"), stored["flower_password"]
+    assert (
+        up.value(r"password: (flower_password in \S+)\)")
+        == f"flower_password in {up_env['PROTOSTAR_DATA_DIR']}/secrets.json"
+    )
     assert up.value(r"API docs\s+(\S+)") == f"{api}/docs"
     try:
+        each_process_holds_only_its_secrets(up, key, stored)
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
             assert client.get("/readyz").status_code == 200
             job_id = client.post("/v1/probes", json={"queue": "ingest"}).json()["job_id"]
@@ -110,6 +116,7 @@ def test_up_serves_shows_workers_in_flower_and_stops_clean(up_env: dict[str, str
         wait_for(reconciled, timeout=60, every=1, what="the maintenance worker to run the reconciler")
     finally:
         family = up.interrupt()
+    shows_no_stored_secret(up.log.read_text(), key, stored)
     gone = psutil.wait_procs(family, timeout=10)[1]
     assert not gone, f"left behind: {[p.pid for p in gone]}"
 
@@ -122,6 +129,33 @@ def test_up_serves_shows_workers_in_flower_and_stops_clean(up_env: dict[str, str
     finally:
         family = again.interrupt()
     assert not psutil.wait_procs(family, timeout=10)[1]
+    shows_no_stored_secret(again.log.read_text(), key, stored)
+
+
+def shows_no_stored_secret(log: str, key: str, stored: dict[str, str]) -> None:
+    """``up``'s banner and everything its processes logged: the API key once (the operator needs it), no stored
+    secret (Redis, PostgreSQL, object-store keys, LLM key, Flower password)."""
+    assert log.count(key) == 1, "the API key is shown once, in the banner"
+    leaked = [name for name, value in stored.items() if name != "bootstrap_api_key" and value in log]
+    assert not leaked, f"up's output carries the stored secrets {leaked}"
+
+
+def each_process_holds_only_its_secrets(up: Up, key: str, stored: dict[str, str]) -> None:
+    """The ingest worker (it parses untrusted files) holds no admin key, no Flower password, no LLM key and only
+    the object store's read-only pair; Flower alone its password; beat nothing but the service URLs."""
+    envs = {}
+    for marker in ("ingest@", "flower", "beat", "uvicorn"):
+        proc = wait_for(lambda m=marker: _child(up, m), timeout=30, what=marker)
+        envs[marker] = proc.environ()
+    root_s3 = {stored["s3_access_key"], stored["s3_secret_key"]}
+    for marker, env in envs.items():
+        assert not root_s3 & set(env.values()), f"{marker} holds the object store's root keys"
+        assert ("FLOWER_BASIC_AUTH" in env) == (marker == "flower"), marker
+        assert (env.get("PROTOSTAR_BOOTSTRAP_API_KEY") == key) == (marker == "uvicorn"), marker
+    ingest = envs["ingest@"]
+    assert ingest["PROTOSTAR_S3_SECRET_KEY"] == stored["s3_read_secret_key"]
+    assert stored["llm_api_key"] not in ingest.values()
+    assert not {"PROTOSTAR_S3_ACCESS_KEY", "PROTOSTAR_S3_SECRET_KEY", "PROTOSTAR_LLM_API_KEY"} & set(envs["beat"])
 
 
 def the_cli_needs_no_setup(up_env: dict[str, str], api: str, key: str, cwd: Path) -> None:

@@ -1,6 +1,6 @@
-"""One chat answer: retrieve → prompt (the session's latest summary and only the turns after it) → stream
-from the LLM (every piece a ``token`` event) → persist. (The task shell then queues the session's summary
-once enough is new.)
+"""One chat answer: retrieve → prompt (the session's latest summary and only the turns after it) → a turn at
+the LLM (none now: ``LLMBusy``, and the shell sends the job again later) → stream from the LLM (every piece a
+``token`` event) → persist. (The task shell then queues the session's summary once enough is new.)
 
 Plain and Celery-free: the task shell calls :func:`answer` with the job's context and the clients it uses. A
 redelivered job regenerates the answer and rewrites the same message row (one answer per question); its token
@@ -39,6 +39,8 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
             conn, tenant_id=ctx.tenant_id, message_id=message_id, limit=settings.chat_history_messages
         )
 
+    # No turn at the LLM now: say so before the retrieval, which a job sent again to wait for one would redo.
+    llm.check(ctx.tenant_id)
     # Before the first token, progress goes to the event stream only: each row write is on the path to it.
     ctx.progress("retrieve", 0, 1, persist=False)
     hits = retrieve(engine, embedder, tenant_id=ctx.tenant_id, query=question.content, top_k=settings.chat_top_k)

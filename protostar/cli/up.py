@@ -17,7 +17,7 @@ from protostar.settings import Settings
 
 if TYPE_CHECKING:
     from protostar.runtime.llm_launch import Launcher
-    from protostar.runtime.stack import Stack
+    from protostar.runtime.stack import S3Access, Stack
     from protostar.supervisor import Supervisor
 
 
@@ -171,8 +171,10 @@ def _up(settings: Settings, stack: Stack, supervisor: Supervisor, launcher: list
         settings.flower_password.get_secret_value() if settings.flower_password else stack.secret("flower_password")
     )
     resolved = resolved_settings(settings, env)
-    prestart(resolved)
+    prestart(resolved)  # with the root keys of the object store, here only
     supervisor.env = env
+    s3_keys: dict[S3Access, dict[str, str]] = {"write": stack.s3_env("write"), "read": stack.s3_env("read")}
+    supervisor.scope = lambda name, program_env: commands.environment(name, program_env, s3_keys)
     llm = _begin_llm(stack, resolved, supervisor)
     launcher += [llm] if llm is not None else []
     supervisor.check()
@@ -196,7 +198,8 @@ def _up(settings: Settings, stack: Stack, supervisor: Supervisor, launcher: list
         tick()  # already installed: ready within seconds
     key = env["PROTOSTAR_BOOTSTRAP_API_KEY"]
     ClientConfig(api, key).save(resolved.data_dir / "client.json")  # mode 0600; `protostar ask` reads it
-    supervisor.say(_banner(resolved, api, key, flower_url, flower_password, _llm_line(llm, resolved)))
+    where = "PROTOSTAR_FLOWER_PASSWORD" if settings.flower_password else f"flower_password in {stack.secrets_file}"
+    supervisor.say(_banner(resolved, api, key, flower_url, where, _llm_line(llm, resolved)))
     gave_up = supervisor.wait(tick=tick)  # on giving up, it said so
     if gave_up is None:
         supervisor.say("stopping...")
@@ -211,7 +214,9 @@ def _looker(supervisor: Supervisor) -> Callable[[], None]:
     return look
 
 
-def _banner(settings: Settings, api: str, key: str, flower_url: str, flower_password: str, llm: str) -> str:
+def _banner(settings: Settings, api: str, key: str, flower_url: str, flower_password_at: str, llm: str) -> str:
+    """What the operator needs: the API key, once (its only secret shown); where Flower's password is kept
+    (``flower_password_at``), never a stored secret itself (Redis, PostgreSQL, object store, LLM, Flower)."""
     return (
         "\n"
         f"  Protostar is up.\n"
@@ -219,11 +224,12 @@ def _banner(settings: Settings, api: str, key: str, flower_url: str, flower_pass
         f"  API docs     {api}/docs\n"
         f"  API key      {key}   (tenant 'default', admin)\n"
         f"  Flower       {flower_url}  "
-        f"(user {settings.flower_user}, password {flower_password})\n"
+        f"(user {settings.flower_user}, password: {flower_password_at})\n"
         f"  LLM          {llm}\n"
         f"  Data         {_data_line(settings)}\n"
-        f"  Try:  curl -H 'Authorization: Bearer {key}' -F file=@report.pdf {api}/v1/documents\n"
-        f"        curl -H 'Authorization: Bearer {key}' -X POST {api}/v1/sessions\n"
+        "  Try:  export PROTOSTAR_KEY=<the API key above>\n"
+        f'        curl -H "Authorization: Bearer $PROTOSTAR_KEY" -F file=@report.pdf {api}/v1/documents\n'
+        f'        curl -H "Authorization: Bearer $PROTOSTAR_KEY" -X POST {api}/v1/sessions\n'
         "  Ctrl-C stops everything.\n"
     )
 

@@ -24,13 +24,16 @@ POSTGRES = "PostgreSQL"
 REDIS = "Redis"
 OBJECT_STORE = "the object store"
 
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, BrokerUnavailable)
+
 # S3 error codes that mean "the store is busy or broken now", not "your request is wrong".
 _S3_TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
 
 
 def _own(exc: BaseException) -> str | None:
     """The dependency ``exc`` itself reports as unavailable, ignoring its causes."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | BrokerUnavailable):
+    # OutOfMemoryError: Redis is full at its maxmemory (noeviction): writes fail until memory is freed.
+    if isinstance(exc, _REDIS_DOWN):
         return REDIS
     if isinstance(exc, sa.OperationalError | sa.TimeoutError | psycopg.OperationalError):
         return POSTGRES  # OperationalError: connection lost or refused, statement timeout, deadlock

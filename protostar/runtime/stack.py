@@ -6,6 +6,10 @@
 Each service lives under ``data_dir/<service>/``. Generated credentials are kept in ``data_dir/secrets.json``
 (0600) so restarts reuse them; other parts may keep their own generated secrets there with ``secret()``.
 
+``env()`` carries the embedded object store's root keys: for the process that runs the stack (the bucket, the
+migrations). The processes it starts get scoped key pairs instead (``s3_env``): read and write on the bucket for
+the API, read only for the ingest worker, which parses untrusted files.
+
 Start from a long-lived thread: the services die with the thread that spawned them (``PR_SET_PDEATHSIG``).
 The processes are launched one after the other from the calling thread, then awaited together, so a cold
 start costs about as much as the slowest service.
@@ -21,19 +25,24 @@ import socket
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from protostar.runtime import process
 from protostar.runtime.llm import EmbeddedLLM
 from protostar.runtime.postgres import EmbeddedPostgres
 from protostar.runtime.redis import EmbeddedRedis
-from protostar.runtime.s3 import EmbeddedS3
+from protostar.runtime.s3 import EmbeddedS3, S3User
 from protostar.runtime.service import EmbeddedService
 from protostar.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _S = TypeVar("_S", bound=EmbeddedService)
+
+S3Access = Literal["write", "read"]
+# What each scoped key pair of the embedded store may do, on the one bucket only (SeaweedFS actions: Write covers
+# put and delete; neither may create or list buckets, nor reach another bucket).
+S3_ACTIONS: dict[S3Access, tuple[str, ...]] = {"write": ("Read", "Write", "List"), "read": ("Read",)}
 
 
 class Stack:
@@ -133,6 +142,15 @@ class Stack:
                     access_key=access,
                     secret_key=secret,
                     buckets=(cfg.s3_bucket,),
+                    users=tuple(
+                        S3User(
+                            f"protostar-{access}",
+                            self.secret(f"s3_{access}_access_key"),
+                            self.secret(f"s3_{access}_secret_key"),
+                            tuple(f"{action}:{cfg.s3_bucket}" for action in actions),
+                        )
+                        for access, actions in S3_ACTIONS.items()
+                    ),
                 )
             )
         if not cfg.database_url:
@@ -145,7 +163,13 @@ class Stack:
         if not cfg.redis_url:
             password = self.secret("redis_password")
             built.append(
-                EmbeddedRedis(data_dir=self.data_dir / "redis", port=cfg.redis_port, host=host, password=password)
+                EmbeddedRedis(
+                    data_dir=self.data_dir / "redis",
+                    port=cfg.redis_port,
+                    host=host,
+                    password=password,
+                    maxmemory_mb=cfg.redis_maxmemory_mb,
+                )
             )
         return built
 
@@ -164,6 +188,15 @@ class Stack:
             env["PROTOSTAR_LLM_BASE_URL"] = llm.base_url
             env["PROTOSTAR_LLM_API_KEY"] = llm.api_key
         return env
+
+    def s3_env(self, access: S3Access) -> dict[str, str]:
+        """The object-store keys of a process that needs ``access`` to the bucket: the embedded store's scoped
+        pair; nothing when the store is external (the configured keys stand: scope them there)."""
+        s3 = self.s3
+        user = next((u for u in s3.users if u.name == f"protostar-{access}"), None) if s3 is not None else None
+        if user is None:
+            return {}
+        return {"PROTOSTAR_S3_ACCESS_KEY": user.access_key, "PROTOSTAR_S3_SECRET_KEY": user.secret_key}
 
     def pids(self) -> dict[str, int]:
         return {s.name: pid for s in self._running if (pid := s.pid) is not None}

@@ -6,6 +6,10 @@ A session summary folds the previous summary and the messages since (up to the l
 version that covers up to the last of those messages. Its write is guarded twice: the job must still belong to
 this delivery, and ``(session_id, covers_seq)`` is unique, so a redelivered job never writes a second summary
 for the same range. A job that fails writes nothing: the previous summary stays in force.
+
+Both make their LLM calls one at a time, each under the shared LLM limits. A call that finds no turn raises
+``LLMBusy`` and the job is sent again later (its worker thread serves others meanwhile); the parts finished
+before are kept (:mod:`protostar.summary.parts`), so the next delivery makes only the calls left.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from protostar.llm.stream import Generation
 from protostar.llm.tokens import estimate
 from protostar.settings import Settings
 from protostar.summary import fold, repo
+from protostar.summary.parts import Part, Parts
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +44,9 @@ class SessionSummary:
     tokens_after: int
 
 
-def summarize_session(ctx: JobContext, *, engine: Engine, llm: LLM, settings: Settings) -> dict[str, Any]:
+def summarize_session(
+    ctx: JobContext, *, engine: Engine, llm: LLM, settings: Settings, parts: Parts | None = None
+) -> dict[str, Any]:
     session_id = uuid.UUID(ctx.payload["session_id"])
     with engine.connect() as conn:
         if repo.session_owner(conn, session_id=session_id) != ctx.tenant_id:
@@ -59,7 +66,7 @@ def summarize_session(ctx: JobContext, *, engine: Engine, llm: LLM, settings: Se
         }
     pieces = session_pieces(previous, lines)
     turns = pieces[1:] if previous else pieces
-    content, calls, usage = _fold(ctx, pieces, fold.SESSION, llm=llm, settings=settings)
+    content, calls, reused, usage = _fold(ctx, pieces, fold.SESSION, llm=llm, settings=settings, parts=parts)
     summary = SessionSummary(
         session_id=session_id,
         tenant_id=ctx.tenant_id,
@@ -70,6 +77,8 @@ def summarize_session(ctx: JobContext, *, engine: Engine, llm: LLM, settings: Se
         tokens_after=estimate(content),
     )
     written = save_session_summary(ctx, summary)
+    if parts is not None:
+        parts.clear()
     logger.info(
         "job_id=%s session_id=%s summary v%d covers_seq=%d tokens %d -> %d in %d calls (written=%s)",
         ctx.job_id,
@@ -89,6 +98,7 @@ def summarize_session(ctx: JobContext, *, engine: Engine, llm: LLM, settings: Se
         "input_tokens": sum(estimate(p) for p in pieces),
         "messages": len(lines),
         "llm_calls": calls,
+        "llm_calls_reused": reused,
         "usage": usage,
         "written": written,
     }
@@ -107,7 +117,9 @@ def save_session_summary(ctx: JobContext, summary: SessionSummary) -> bool:
         return repo.save(conn, **asdict(summary), job_id=ctx.job_id)
 
 
-def summarize_document(ctx: JobContext, *, engine: Engine, llm: LLM, settings: Settings) -> dict[str, Any]:
+def summarize_document(
+    ctx: JobContext, *, engine: Engine, llm: LLM, settings: Settings, parts: Parts | None = None
+) -> dict[str, Any]:
     document_id = uuid.UUID(ctx.payload["document_id"])
     with engine.connect() as conn:
         chunks = repo.chunk_texts(conn, document_id=document_id, tenant_id=ctx.tenant_id)
@@ -115,7 +127,7 @@ def summarize_document(ctx: JobContext, *, engine: Engine, llm: LLM, settings: S
         raise InputRejected(f"document {document_id} has no ingested text to summarize")
     texts = [text for text, _ in chunks]
     _check_calls(texts, fold.DOCUMENT, settings=settings)
-    content, calls, usage = _fold(ctx, texts, fold.DOCUMENT, llm=llm, settings=settings)
+    content, calls, reused, usage = _fold(ctx, texts, fold.DOCUMENT, llm=llm, settings=settings, parts=parts)
     tokens_before = sum(estimate(text) for text, _ in chunks)
     tokens_after = estimate(content)
     with ctx.owned() as conn:
@@ -129,6 +141,8 @@ def summarize_document(ctx: JobContext, *, engine: Engine, llm: LLM, settings: S
             tokens_after=tokens_after,
             job_id=ctx.job_id,
         )
+    if parts is not None:
+        parts.clear()
     logger.info(
         "job_id=%s document_id=%s summarized %d chunks, tokens %d -> %d in %d calls",
         ctx.job_id,
@@ -145,6 +159,7 @@ def summarize_document(ctx: JobContext, *, engine: Engine, llm: LLM, settings: S
         "tokens_after": tokens_after,
         "chunks": len(chunks),
         "llm_calls": calls,
+        "llm_calls_reused": reused,
         "usage": usage,
     }
 
@@ -161,15 +176,18 @@ def _check_calls(pieces: list[str], instructions: str, *, settings: Settings) ->
 
 
 def _fold(
-    ctx: JobContext, pieces: list[str], instructions: str, *, llm: LLM, settings: Settings
-) -> tuple[str, int, dict[str, int]]:
-    """Map-reduce ``pieces`` into one summary through the LLM (within the shared LLM limits)."""
+    ctx: JobContext, pieces: list[str], instructions: str, *, llm: LLM, settings: Settings, parts: Parts | None
+) -> tuple[str, int, int, dict[str, int]]:
+    """Map-reduce ``pieces`` into one summary through the LLM (within the shared LLM limits), taking the parts an
+    earlier delivery finished from ``parts``: the summary, the calls it took, how many of them were such parts,
+    and the tokens used (those parts' included)."""
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    reused = 0
 
     calls = 0
 
     def summarize(text: str) -> str:
-        nonlocal calls
+        nonlocal calls, reused
         ctx.check_cancelled()
         calls += 1
         if calls > settings.summary_max_llm_calls:  # the plan is an upper bound: this is the backstop
@@ -177,19 +195,26 @@ def _fold(
                 f"the summary took more than {settings.summary_max_llm_calls} LLM calls "
                 "(PROTOSTAR_SUMMARY_MAX_LLM_CALLS)"
             )
-        generation = Generation()
-        llm.stream(
-            fold.messages(instructions, text),
-            tenant_id=ctx.tenant_id,
-            job=ctx,
-            max_tokens=settings.summary_max_tokens,
-            into=generation,
-        )
-        for key, value in generation.usage.items():
-            usage[key] += value
-        if not generation.text.strip():
-            raise LLMFailed("the LLM returned an empty summary")
-        return generation.text
+        kept = parts.get(instructions, text) if parts is not None else None
+        if kept is None:
+            generation = Generation()
+            llm.stream(
+                fold.messages(instructions, text),
+                tenant_id=ctx.tenant_id,
+                job=ctx,
+                max_tokens=settings.summary_max_tokens,
+                into=generation,
+            )
+            if not generation.text.strip():
+                raise LLMFailed("the LLM returned an empty summary")
+            kept = Part(text=generation.text, usage=dict(generation.usage))
+            if parts is not None:
+                parts.put(instructions, text, kept)
+        else:
+            reused += 1
+        for key, value in kept.usage.items():
+            usage[key] = usage.get(key, 0) + value
+        return kept.text
 
     content, calls = fold.fold(
         pieces,
@@ -198,4 +223,4 @@ def _fold(
         summarize=summarize,
         progress=ctx.progress,
     )
-    return content, calls, usage
+    return content, calls, reused, usage

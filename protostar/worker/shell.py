@@ -1,9 +1,10 @@
 """The job shell: what every task does around its pipeline.
 
 claim the row → publish ``running`` → heartbeat and watch for cancel in a thread → run the pipeline →
-record success or failure with a reason (``jobs.repo.finish``) → publish the closing events. Pipelines are
-plain functions of a :class:`~protostar.jobs.context.JobContext` and their collaborators; only this module
-and the task modules know Celery.
+record success or failure with a reason (``jobs.repo.finish``) → publish the closing events. A job that finds
+no turn at the LLM (``LLMBusy``) goes back to its queue and gives its thread back (``_wait_for_turn``).
+Pipelines are plain functions of a :class:`~protostar.jobs.context.JobContext` and their collaborators; only
+this module and the task modules know Celery.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from protostar import backoff
 from protostar.bundle import Clients
 from protostar.constants import EventType, JobStatus, Queue
 from protostar.db.models import Job
-from protostar.errors import Cancelled, OutOfMemory, ProtostarError, TimeLimitExceeded, Transient
+from protostar.errors import Cancelled, LLMBusy, OutOfMemory, ProtostarError, TimeLimitExceeded, Transient
 from protostar.jobs import faults, repo
 from protostar.jobs.context import JobContext, Watcher
 from protostar.jobs.ending import Ending
+from protostar.llm.limits import MIN_RETRY_IN
 from protostar.settings import Settings
 from protostar.worker.limits import describe as _limit_text
 
@@ -35,6 +37,8 @@ Pipeline = Callable[[JobContext], dict[str, Any]]
 CLAIM_RETRIES = 20  # deliveries that found PostgreSQL down before claiming (backoff capped at 30 s: ~8 min)
 RETRIES_HEADER = "protostar_retries"  # the message's sends again, counted per reason (see ``_send_again``)
 END_TRIES = 3  # tries to record a job's end while PostgreSQL is unavailable, before leaving it to recovery
+WAITED_HEADER = "protostar_llm_waited"  # seconds the job was sent again for, waiting for turns at the LLM
+TURN_SPREAD_CAP = 30.0  # longest jitter added to a wait for a turn (it grows with the waits, see ``_wait_for_turn``)
 
 
 def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> dict[str, Any] | None:
@@ -94,6 +98,13 @@ def _run_claimed(task: Task, clients: Clients, job: Job, pipeline: Pipeline) -> 
         error = OutOfMemory(f"the job needed more memory than a worker may use ({_limit_text()})")
         _end(ctx, _failure(JobStatus.FAILED, error))
         raise error from None  # Celery re-raises a MemoryError itself, which would take the child down
+    except LLMBusy as exc:
+        if ctx.cancelled.is_set():  # the cancel came while it asked for a turn
+            if not watcher.lost:
+                _end(ctx, _failure(JobStatus.CANCELLED, ctx.stopped_error()))
+            return None
+        _wait_for_turn(task, ctx, settings, exc)
+        return None
     except Exception as exc:  # boundary: record the failure on the job (or retry it), then let Celery see it
         transient = faults.as_transient(exc)
         if transient is not None:
@@ -143,6 +154,14 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
         logger.info("job_id=%s is running elsewhere; checking again in %.0f s", job_id, claim.retry_in)
         cap = int(settings.reap_after / settings.takeover_after) + 2
         _send_again(task, "busy", countdown=claim.retry_in or settings.takeover_after, cap=cap)
+        return None
+    if claim.reason == "cancelled":  # cancelled while it was queued to run again (a retry, a wait for a turn)
+        ending = Ending(JobStatus.CANCELLED, "cancelled", "cancelled while it waited to run again")
+        with clients.engine.begin() as conn:
+            ended = repo.finish(conn, job_id=job_id, ending=ending, only_from=(JobStatus.QUEUED,))
+        if ended:
+            logger.info("job_id=%s ended cancelled before its next run", job_id)
+            clients.events.publish_many(job_id, ending.events())
         return None
     if claim.reason == "worker_lost" and claim.ending is not None:  # its worker died on every attempt
         logger.warning("job_id=%s ended: %s", job_id, claim.ending.message)
@@ -203,20 +222,71 @@ def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *,
     raise error from cause  # not reached: the cap is checked above
 
 
+def _wait_for_turn(task: Task, ctx: JobContext, settings: Settings, busy: LLMBusy) -> None:
+    """No turn at the LLM now: give the worker thread back. The job goes back to ``queued`` (its attempt given
+    back) and is sent again in about ``busy.retry_in`` seconds, jittered over a spread that grows with the waits
+    so that jobs turned away together do not come back together. Its followers get a ``status`` event saying
+    why and for how long. The waits of one job add up to at most ``llm_max_wait`` seconds; past that it fails
+    ``llm_busy``. Work done before the wait is not lost: a summary keeps its finished parts (``summary.parts``)."""
+    waited, countdown = _turn_wait(task, busy)
+    if waited + countdown > settings.llm_max_wait:
+        error = LLMBusy(
+            f"no turn at the LLM within {settings.llm_max_wait:.0f} s of waiting (limit: {busy.limit}); the limits "
+            "are PROTOSTAR_LLM_*CONCURRENCY and PROTOSTAR_LLM_*RPM, the wait PROTOSTAR_LLM_MAX_WAIT",
+            retry_in=busy.retry_in,
+            limit=busy.limit,
+        )
+        _end(ctx, _failure(JobStatus.FAILED, error))
+        raise error from busy
+    try:
+        released = repo.release(ctx.engine, job_id=ctx.job_id, attempt=ctx.attempt, stage="waiting_for_llm")
+    except Exception as exc:
+        if (name := faults.dependency(exc)) is None:
+            raise
+        logger.warning("job_id=%s wait not recorded, %s unavailable: left running for takeover", ctx.job_id, name)
+        released = True
+    if not released:
+        logger.warning("job_id=%s found no LLM turn but another delivery owns it now", ctx.job_id)
+        return
+    logger.info("job_id=%s no LLM turn (%s): sent again in %.1f s", ctx.job_id, busy.limit, countdown)
+    ctx.emit(
+        EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(countdown, 1), "reason": busy.message}
+    )
+    # A backstop only: the seconds are the budget, and no countdown is below MIN_RETRY_IN.
+    cap = int(settings.llm_max_wait / MIN_RETRY_IN) + 1
+    _send_again(task, "throttled", countdown=countdown, cap=cap, cause=busy, carry={WAITED_HEADER: waited + countdown})
+
+
+def _turn_wait(task: Task, busy: LLMBusy) -> tuple[float, float]:
+    """The seconds this job was sent again for so far to wait for turns, and the countdown of the next wait:
+    ``busy.retry_in`` plus a jitter whose ceiling doubles with each wait (1 s, 2 s, … ``TURN_SPREAD_CAP``)."""
+    waited = float((getattr(task.request, "headers", None) or {}).get(WAITED_HEADER) or 0.0)
+    return waited, busy.retry_in + backoff.delay(_retried(task, "throttled"), base=1.0, cap=TURN_SPREAD_CAP)
+
+
 def _retried(task: Task, reason: str) -> int:
     """How many times this job's message was sent again for ``reason``."""
     headers = getattr(task.request, "headers", None) or {}
     return int((headers.get(RETRIES_HEADER) or {}).get(reason, 0))
 
 
-def _send_again(task: Task, reason: str, *, countdown: float, cap: int, cause: BaseException | None = None) -> None:
+def _send_again(
+    task: Task,
+    reason: str,
+    *,
+    countdown: float,
+    cap: int,
+    cause: BaseException | None = None,
+    carry: dict[str, Any] | None = None,
+) -> None:
     """Send the job's message again in ``countdown`` seconds (raising Celery's ``Retry``), unless it was already
     sent again ``cap`` times for ``reason``; then return.
 
     Each reason has its own count, carried in a message header: a delivery that waited for PostgreSQL at claim
-    ("claim"), for another delivery's fresh heartbeat ("busy") or after a dependency failed under the job
-    ("transient"). Celery's one ``retries`` count mixed them: three waits for PostgreSQL used up the budget of a
-    later takeover, and the message was dropped with the job left ``running``."""
+    ("claim"), for another delivery's fresh heartbeat ("busy"), after a dependency failed under the job
+    ("transient") or for a turn at the LLM ("throttled"). Celery's one ``retries`` count mixed them: three waits
+    for PostgreSQL used up the budget of a later takeover, and the message was dropped with the job left
+    ``running``. ``carry``: more headers for the next delivery (the seconds waited for turns at the LLM)."""
     headers = dict(getattr(task.request, "headers", None) or {})
     counts = dict(headers.get(RETRIES_HEADER) or {})
     sent = int(counts.get(reason, 0))
@@ -225,6 +295,7 @@ def _send_again(task: Task, reason: str, *, countdown: float, cap: int, cause: B
         return
     counts[reason] = sent + 1
     headers[RETRIES_HEADER] = counts
+    headers.update(carry or {})
     # The caps are ours; Celery's own (checked against its total count) must never drop the message.
     raise task.retry(countdown=countdown, max_retries=(task.request.retries or 0) + 1, headers=headers) from cause
 

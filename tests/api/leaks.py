@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 from protostar.settings import Settings
+
+
+def stored_secrets(settings: Settings) -> list[str]:
+    """The embedded stack's generated secrets (passwords, every object-store key pair, the LLM's key)."""
+    try:
+        return list(json.loads((settings.data_dir / "secrets.json").read_text()).values())
+    except FileNotFoundError:
+        return []
 
 
 def internal_strings(settings: Settings) -> list[str]:
     """Every internal address and secret a careless message could echo."""
     found = [
+        *stored_secrets(settings),
         settings.database_url,
         settings.redis_url,
         settings.s3_endpoint,

@@ -18,6 +18,8 @@ from protostar.api.errors import render
         (urllib3.exceptions.MaxRetryError(None, "/bucket/secret-key", None), "object_store_unavailable"),
         (OperationalError("SELECT secret", {}, Exception("connection refused")), "database_unavailable"),
         (redis.ConnectionError("Error 111 connecting to 10.0.0.5:6379"), "redis_unavailable"),
+        # Full at its maxmemory (noeviction): a write fails until memory is freed; the caller is told to retry.
+        (redis.exceptions.OutOfMemoryError("OOM command not allowed, secret key"), "redis_unavailable"),
     ],
 )
 def test_an_unavailable_dependency_is_a_503_naming_it(error: Exception, code: str) -> None:

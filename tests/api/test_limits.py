@@ -1,12 +1,15 @@
 """Limits before work, on the live API: the key before the body, bodies counted as they stream in, uploads
-stopped at the limit with or without a Content-Length, documented maximum sizes for what is stored."""
+stopped at the limit with or without a Content-Length, documented maximum sizes for what is stored, ZIP
+containers judged from their directory within bounds."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 
 from protostar.api.guard import MULTIPART_SLACK
 from protostar.api.schemas import MAX_METADATA_BYTES
+from protostar.documents.sniff import MAX_UNPACKED_BYTES, MAX_ZIP_ENTRIES
 from tests.api.rawhttp import CHUNK, repeat, stream
 from tests.conftest import Live, wait_for
 from tests.ingest.test_documents_api import upload
@@ -166,3 +170,30 @@ def test_text_over_its_maximum_or_with_nul_is_422(api: httpx.Client, path: str, 
     response = api.post(path, json=body)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "validation_failed"
+
+
+def _zip_with_members(members: int) -> bytes:
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("word/document.xml", "<w:document/>")
+        for i in range(members):
+            archive.writestr(f"m/{i}", b"")
+    return data.getvalue()
+
+
+def test_zip_inspection_is_bounded_on_the_live_api(api: httpx.Client, live: Live) -> None:
+    """A DOCX of too many members, or one that would unpack past the limit, is refused at upload (413) from its
+    directory alone: nothing is queued, and the API's memory stays flat."""
+    before = rss(live)
+    many = upload(api, "many.docx", _zip_with_members(MAX_ZIP_ENTRIES + 1))
+    assert many.status_code == 413 and "members" in many.json()["error"]["message"], many.text
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("word/document.xml", b"<w/>")
+        with archive.open("word/bomb.xml", "w", force_zip64=True) as member:
+            block = b"\0" * (16 * 1024 * 1024)
+            for _ in range(MAX_UNPACKED_BYTES // len(block) + 1):
+                member.write(block)
+    unpacks = upload(api, "bomb.docx", bomb.getvalue())
+    assert unpacks.status_code == 413 and "unpacks to" in unpacks.json()["error"]["message"], unpacks.text
+    assert rss(live) - before < 64 * 1024 * 1024

@@ -23,12 +23,16 @@ import psycopg
 import pytest
 import redis
 import urllib3
+from minio import Minio
+from minio.error import S3Error
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from protostar.errors import PortInUse, ServiceError
+from protostar.jobs import faults
 from protostar.runtime.process import free_port
-from protostar.runtime.stack import Stack
+from protostar.runtime.redis import EmbeddedRedis
+from protostar.runtime.stack import S3Access, Stack
 from protostar.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -152,6 +156,70 @@ def test_s3_refuses_anonymous_access(running: Stack) -> None:
     assert http.request("GET", f"{base}/").status == 403
     assert http.request("GET", f"{base}/{bucket}/secret.txt").status == 403
     assert http.request("PUT", f"{base}/{bucket}/intruder.txt", body=b"x").status == 403
+
+
+def test_s3_scoped_keys_reach_only_the_bucket_and_only_what_their_process_does(running: Stack) -> None:
+    """The API's key reads, writes and deletes in the bucket; the ingest worker's only reads; neither makes
+    buckets nor reaches another one (the root key, which made that one, stays with the operator)."""
+    s3 = running.s3
+    assert s3 is not None
+    bucket, root = running.settings.s3_bucket, s3.client()
+    if not root.bucket_exists("elsewhere"):
+        root.make_bucket("elsewhere")
+    root.put_object("elsewhere", "x.txt", io.BytesIO(b"x"), 1)
+
+    def client(access: S3Access) -> Minio:
+        keys = running.s3_env(access)
+        assert keys["PROTOSTAR_S3_ACCESS_KEY"] != running.env()["PROTOSTAR_S3_ACCESS_KEY"]
+        return Minio(
+            s3.endpoint,
+            access_key=keys["PROTOSTAR_S3_ACCESS_KEY"],
+            secret_key=keys["PROTOSTAR_S3_SECRET_KEY"],
+            secure=False,
+        )
+
+    write, read = client("write"), client("read")
+    assert write.bucket_exists(bucket)
+    write.put_object(bucket, "tenants/t/doc", io.BytesIO(b"data"), 4)
+    assert read.get_object(bucket, "tenants/t/doc").read() == b"data"
+    assert read.stat_object(bucket, "tenants/t/doc").size == 4  # what fget_object asks first
+    denied = [
+        lambda: read.put_object(bucket, "tenants/t/other", io.BytesIO(b"d"), 1),
+        lambda: read.remove_object(bucket, "tenants/t/doc"),
+        lambda: list(read.list_objects(bucket)),
+        *(lambda c=c: c.make_bucket("newbucket") for c in (read, write)),
+        *(lambda c=c: c.get_object("elsewhere", "x.txt").read() for c in (read, write)),
+        lambda: write.put_object("elsewhere", "y.txt", io.BytesIO(b"y"), 1),
+    ]
+    for attempt in denied:
+        with pytest.raises(S3Error) as refused:
+            attempt()
+        assert refused.value.code == "AccessDenied"
+    write.remove_object(bucket, "tenants/t/doc")
+
+
+def test_redis_has_a_memory_cap_and_never_evicts(running: Stack) -> None:
+    client = redis.Redis.from_url(running.env()["PROTOSTAR_REDIS_URL"])
+    assert client.config_get("maxmemory")["maxmemory"] == str(running.settings.redis_maxmemory_mb * 1024 * 1024)
+    assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    client.close()
+
+
+def test_a_full_redis_refuses_writes_keeps_its_data_and_counts_as_unavailable(base_dir: Path) -> None:
+    server = EmbeddedRedis(data_dir=base_dir / "redis", port=free_port(), password="pw", maxmemory_mb=16)
+    server.start()
+    try:
+        client = redis.Redis(host=server.host, port=server.port, password="pw")
+        written = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError) as full:
+            for written in range(64):
+                client.set(f"k{written}", b"x" * 1024 * 1024)
+        assert written > 4
+        assert all(client.exists(f"k{i}") for i in range(written))  # nothing evicted
+        assert faults.dependency(full.value) == faults.REDIS  # a job retries it, the API answers 503
+        client.close()
+    finally:
+        server.stop()
 
 
 def test_services_bind_only_the_configured_host(running: Stack) -> None:

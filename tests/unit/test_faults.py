@@ -30,6 +30,7 @@ def _wrapped(cause: BaseException) -> RuntimeError:
     [
         (redis.ConnectionError(f"Error 111 connecting to {SECRET}"), "Redis"),
         (redis.TimeoutError("Timeout reading from socket"), "Redis"),
+        (redis.exceptions.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'"), "Redis"),
         (BrokerUnavailable("the task queue is unavailable"), "Redis"),
         (sa.OperationalError("SELECT 1", {}, psycopg.OperationalError(SECRET)), "PostgreSQL"),
         (sa.TimeoutError("QueuePool limit of size 5 overflow 5 reached"), "PostgreSQL"),

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from protostar.worker.shell import RETRIES_HEADER, _retried, _send_again
+from protostar.errors import LLMBusy
+from protostar.worker.shell import RETRIES_HEADER, TURN_SPREAD_CAP, WAITED_HEADER, _retried, _send_again, _turn_wait
 
 
 class Sent(Exception):
@@ -49,3 +50,19 @@ def test_a_first_delivery_has_no_counts() -> None:
     with pytest.raises(Sent) as sent:
         _send_again(task, "transient", countdown=2.0, cap=3)  # type: ignore[arg-type]
     assert sent.value.options["headers"] == {RETRIES_HEADER: {"transient": 1}}
+
+
+def test_a_wait_for_a_turn_is_at_least_its_retry_in_and_adds_up_on_the_message() -> None:
+    busy = LLMBusy("waiting for a turn at the LLM (limit: calls per minute, this tenant)", retry_in=12.0, limit="x")
+    first = FakeTask(retries=0)
+    assert all(_turn_wait(first, busy)[0] == 0.0 for _ in range(20))  # type: ignore[arg-type]
+    countdowns = [_turn_wait(first, busy)[1] for _ in range(200)]  # type: ignore[arg-type]
+    assert all(12.0 <= c <= 12.0 + 1.0 for c in countdowns)  # jitter: up to 1 s on the first wait
+    later = FakeTask(retries=9, counts={"throttled": 9})
+    later.request.headers[WAITED_HEADER] = 300.0
+    waited, countdown = _turn_wait(later, busy)  # type: ignore[arg-type]
+    assert waited == 300.0 and 12.0 <= countdown <= 12.0 + TURN_SPREAD_CAP
+    with pytest.raises(Sent) as sent:
+        _send_again(later, "throttled", countdown=countdown, cap=100, carry={WAITED_HEADER: waited + countdown})  # type: ignore[arg-type]
+    assert sent.value.options["headers"][WAITED_HEADER] == waited + countdown
+    assert sent.value.options["headers"][RETRIES_HEADER] == {"throttled": 10}

@@ -79,6 +79,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {403: {"model": ErrorOut, "description": "not an admin key"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorOut, "description": "not in a state that allows it"}}
+QUOTA: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorOut,
+        "description": "the tenant's queued jobs on this queue reached PROTOSTAR_TENANT_MAX_QUEUED: nothing was "
+        "accepted; try again after Retry-After seconds",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    }
+}
+"""A route that queues a job may answer this (``protostar.jobs.turns``)."""
 
 
 class Check(BaseModel):

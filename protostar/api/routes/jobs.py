@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
-from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, Accepted, JobOut, JobPage, ProbeIn
+from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, QUOTA, Accepted, JobOut, JobPage, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
 from protostar.db.models import Job
@@ -63,7 +63,7 @@ def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, 
     return JobOut.of(job)
 
 
-@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=CONFLICT)
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses={**CONFLICT, **QUOTA})
 def retry_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
     """Run a ``failed`` or ``cancelled`` job again, under the same id, with a new round of attempts (the work
     is idempotent: one set of chunks, one answer, one summary per range); ``409`` for any other status."""
@@ -86,7 +86,7 @@ async def job_events(
     return await event_stream(request, state, principal, job_id, last_event_id or after)
 
 
-@router.post("/probes", status_code=202, response_model=Accepted, responses=ADMIN_ERRORS)
+@router.post("/probes", status_code=202, response_model=Accepted, responses={**ADMIN_ERRORS, **QUOTA})
 def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: StateDep) -> Accepted:
     """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
     submitted = state.clients.dispatcher.submit(

@@ -110,6 +110,16 @@ class Settings(BaseSettings):
     events_ttl: int = Field(24 * 3600, gt=0, description="seconds a job's event stream is kept")
     events_maxlen: int = Field(20_000, gt=0)
 
+    # --- fair scheduling between tenants (protostar.jobs.turns) ----------------------------------------
+    tenant_inflight_ingest: int = Field(
+        2, ge=1, description="ingest jobs of one tenant sent and not ended; the rest wait their turn unsent"
+    )
+    tenant_inflight_chat: int = Field(10, ge=1, description="chat jobs of one tenant sent and not ended")
+    tenant_inflight_summary: int = Field(2, ge=1, description="summary jobs of one tenant sent and not ended")
+    tenant_max_queued: int = Field(
+        1000, ge=1, description="queued jobs one tenant may have on one queue; a submit past it answers 429"
+    )
+
     # --- ingestion ------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="larger uploads answer 413")
     max_pages: int = Field(5000, gt=0, description="documents with more pages fail with a reason")
@@ -232,6 +242,15 @@ class Settings(BaseSettings):
             Queue.CHAT: (self.chat_soft_time_limit, self.chat_time_limit),
             Queue.SUMMARY: (self.summary_soft_time_limit, self.summary_time_limit),
             Queue.MAINTENANCE: MAINTENANCE_TIME_LIMITS,
+        }
+
+    @property
+    def tenant_inflight(self) -> dict[Queue, int]:
+        """Jobs of one tenant that may be in the broker or running at once, per queue (``jobs.turns``)."""
+        return {
+            Queue.INGEST: self.tenant_inflight_ingest,
+            Queue.CHAT: self.tenant_inflight_chat,
+            Queue.SUMMARY: self.tenant_inflight_summary,
         }
 
     @property

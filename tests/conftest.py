@@ -49,6 +49,9 @@ TEST_ENV = {
     "PROTOSTAR_CHAT_CONCURRENCY": "8",
     "PROTOSTAR_SUMMARY_CONCURRENCY": "2",
     "PROTOSTAR_MAINTENANCE_CONCURRENCY": "1",
+    # Fair turns (tests/jobs/test_turns.py): a tenant's chat cap below the chat threads, a quota a test can reach.
+    "PROTOSTAR_TENANT_INFLIGHT_CHAT": "4",
+    "PROTOSTAR_TENANT_MAX_QUEUED": "200",
     "PROTOSTAR_MAX_UPLOAD_BYTES": str(40 * 1024 * 1024),
     "PROTOSTAR_RESTART_BACKOFF": "0.2",
     "PROTOSTAR_RESTART_BACKOFF_CAP": "2",

@@ -86,6 +86,15 @@ TOO_MANY_STREAMS: dict[int | str, dict[str, Any]] = {
         "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     }
 }
+QUOTA: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorOut,
+        "description": "the tenant's queued jobs on this queue reached PROTOSTAR_TENANT_MAX_QUEUED: nothing was "
+        "accepted; try again after Retry-After seconds",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    }
+}
+"""A route that queues a job may answer this (``protostar.jobs.turns``)."""
 
 
 class Check(BaseModel):

@@ -76,6 +76,14 @@ class Job(Base):
             "dispatched_at",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # Each tenant's open jobs per queue, oldest first: fair turns count and pick from it (jobs.turns).
+        Index(
+            "ix_jobs_tenant_open",
+            "tenant_id",
+            "queue",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
         # At most one summary job in flight per session and per document: a second submit is refused here,
         # so concurrent triggers (two chat answers, beat, the API) can never queue two.
         Index(

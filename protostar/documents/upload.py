@@ -15,11 +15,11 @@ from typing import Any, BinaryIO
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from protostar.constants import DocumentStatus, JobKind
+from protostar.constants import DocumentStatus, JobKind, Queue
 from protostar.db.models import Document
 from protostar.documents import repo
 from protostar.documents.sniff import sniff
-from protostar.errors import BrokerUnavailable, PayloadTooLarge, ValidationFailed
+from protostar.errors import BrokerUnavailable, PayloadTooLarge, TooManyRequests, ValidationFailed
 from protostar.jobs.dispatch import Dispatcher
 from protostar.storage import Bucket
 
@@ -72,6 +72,9 @@ def upload(
             return _ingest_again(session, existing, dispatcher=dispatcher, kind=sniff(file, filename).kind)
         return Uploaded(existing, created=False)
     kind = sniff(file, filename)
+    # Over the tenant's queued-jobs quota: refused before anything is stored (the submit asks again under its
+    # lock; losing that race leaves only the object, which the same bytes uploaded later write again).
+    dispatcher.check_quota(session, tenant_id=tenant_id, queue=Queue.INGEST)
     key = object_key(tenant_id, sha256)
     bucket.put(key, file, size, content_type=kind.content_type, metadata={"sha256": sha256})
     document_id, job_id = uuid.uuid4(), uuid.uuid4()
@@ -96,6 +99,9 @@ def upload(
         winner = repo.by_sha256(session, tenant_id=tenant_id, sha256=sha256)
         assert winner is not None
         return Uploaded(winner, created=False)
+    except TooManyRequests:
+        session.rollback()  # the document row goes with the job that was refused
+        raise
     except BrokerUnavailable:
         # Nothing was queued, so nothing is kept: the caller retries the upload.
         repo.remove(session, document_id=document_id)

@@ -1,9 +1,13 @@
 """Commit the row, then send the task: the one path by which work enters a queue.
 
 ``submit(kind, …)`` reads the job-kind table for the task, the queue and whether one job may be in flight per
-target. If the broker cannot take the message, the row decides what happened: still ``queued`` means nothing
-was sent, so the job ends ``failed`` and the caller gets ``503``; anything else means a worker already has the
-message (the send went through and only its reply was late), so the job stands.
+target. Its tenant's turn decides whether the job is sent now (``jobs.turns``): the row is committed either as
+sent (``dispatched_at`` set in the insert, then the send) or waiting its turn (stage ``waiting_turn``, not sent;
+``next_turn`` sends it when one of the tenant's jobs on that queue ends). Past the tenant's queued-jobs quota
+nothing is written and the caller gets ``429``. If the broker cannot take the message, the row decides what
+happened: still ``queued`` means nothing was sent, so the job ends ``failed`` and the caller gets ``503``;
+anything else means a worker already has the message (the send went through and only its reply was late), so
+the job stands.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from sqlalchemy.orm import Session
 from protostar.constants import EventType, JobKind, JobStatus, Queue
 from protostar.db.models import Job
 from protostar.errors import BrokerUnavailable, Conflict, ValidationFailed
-from protostar.jobs import repo
+from protostar.jobs import repo, turns
 from protostar.jobs.ending import Ending
 from protostar.jobs.events import EventLog, cancel_key, stream_key
 from protostar.jobs.kinds import KINDS, PROBE_QUEUES, send_options
@@ -36,6 +40,8 @@ BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
 NOT_QUEUED = "the task queue is unavailable; nothing was queued, try again"
 
 # Partial unique indexes on ``jobs`` that allow one job in flight per key (see protostar.db.models.Job).
+TURN_CAME = {"reason": "its tenant's turn came: sent to the queue"}
+
 IN_FLIGHT_INDEXES = frozenset({"uq_jobs_summary_session_in_flight", "uq_jobs_summary_document_in_flight"})
 
 
@@ -52,7 +58,7 @@ class Dispatcher:
     events: EventLog
     settings: Settings
 
-    def send(self, job: Job) -> None:
+    def send(self, job: Job | turns.Released) -> None:
         """Send ``job``'s task; the task id is the job id, so a second send is harmless."""
         self.celery.send_task(
             job.task_name,
@@ -73,16 +79,22 @@ class Dispatcher:
         payload: dict[str, Any],
         job_id: uuid.UUID | None = None,
         queue: Queue | None = None,
+        quota: bool = True,
     ) -> Submitted:
-        """Commit the job (with whatever else ``session`` holds), then send it. For a kind with one job in flight
-        per target, the job already queued or running for that target is the answer (``created=False``)."""
+        """Commit the job (with whatever else ``session`` holds), then send it, or leave it waiting for its
+        tenant's turn. For a kind with one job in flight per target, the job already queued or running for that
+        target is the answer (``created=False``). ``quota``: refuse past the tenant's queued-jobs quota
+        (``TooManyRequests``, nothing written); the automatic summaries (after an answer, beat) pass False."""
         spec = KINDS[kind]
         target_queue = spec.queue or queue
         if target_queue is None or (spec.queue is None and target_queue not in PROBE_QUEUES):
             raise ValidationFailed(f"queue must be one of {', '.join(q.value for q in PROBE_QUEUES)}")
 
-        def create() -> Job:
-            return repo.create(
+        def create() -> tuple[Job, turns.Admission]:
+            admission = turns.admit(
+                session.connection(), self.settings, tenant_id=tenant_id, queue=target_queue.value, quota=quota
+            )
+            job = repo.create(
                 session,
                 tenant_id=tenant_id,
                 kind=kind.value,
@@ -90,16 +102,19 @@ class Dispatcher:
                 queue=target_queue.value,
                 payload=payload,
                 job_id=job_id,
+                dispatched=admission.send,
+                stage=None if admission.send else turns.WAITING_TURN,
             )
+            return job, admission
 
         if spec.one_in_flight is None:
-            job = create()
-            return Submitted(self._commit_and_send(session, job), created=True)
+            job, admission = create()
+            return Submitted(self._commit_and_send(session, job, admission), created=True)
         key = spec.one_in_flight
         for _ in range(3):  # the job in flight may end between our insert and our look-up: then insert again
             try:
                 with session.begin_nested():
-                    job = create()
+                    job, admission = create()
             except IntegrityError as exc:
                 if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) not in IN_FLIGHT_INDEXES:
                     raise
@@ -108,33 +123,84 @@ class Dispatcher:
                 if existing is not None:
                     return Submitted(existing, created=False)
                 continue
-            return Submitted(self._commit_and_send(session, job), created=True)
+            return Submitted(self._commit_and_send(session, job, admission), created=True)
         raise AssertionError(f"no {kind.value} job for {payload[key]} after three tries")  # pragma: no cover
+
+    def check_quota(self, session: Session, *, tenant_id: uuid.UUID, queue: Queue) -> None:
+        """``TooManyRequests`` when the tenant may queue no more jobs on ``queue``: asked before costly work (an
+        upload is stored only after this); the submit asks again, under its lock."""
+        turns.check_quota(session.connection(), self.settings, tenant_id=tenant_id, queue=queue.value)
 
     def retry(self, session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
         """Run a ``failed`` or ``cancelled`` job again under the same id: its row back to ``queued`` with a new
-        round of attempts, its old events and cancel flag cleared (a follower sees only the new run), then sent."""
+        round of attempts, its old events and cancel flag cleared (a follower sees only the new run), then sent
+        (or left to wait its tenant's turn)."""
+        current = repo.get_for_tenant(session, tenant_id=tenant_id, job_id=job_id)
+        admission = turns.admit(
+            session.connection(), self.settings, tenant_id=tenant_id, queue=current.queue, quota=True
+        )
         try:
-            job = repo.reopen(session, tenant_id=tenant_id, job_id=job_id)
+            stage = "retry" if admission.send else turns.WAITING_TURN
+            job = repo.reopen(session, job=current, dispatched=admission.send, stage=stage)
             session.flush()
         except IntegrityError as exc:  # one of its kind is in flight for the same target (summaries)
             session.rollback()
             raise Conflict(f"a job like {job_id} is queued or running already; follow that one") from exc
         self.events.client.delete(stream_key(job.id), cancel_key(job.id))
-        return self._commit_and_send(session, job)
+        return self._commit_and_send(session, job, admission)
 
-    def _queued(self, job: Job) -> dict[str, Any]:
-        """The ``queued`` event; for a job that needs the embedded LLM while it is still being built, why it waits."""
+    def next_turn(self, *, tenant_id: uuid.UUID, queue: str) -> int:
+        """Send the tenant's oldest jobs waiting their turn on ``queue`` that now fit under its cap (a job of
+        its there ended); how many. Each is marked sent and committed first: a send that fails leaves it to the
+        reconciler, which finds no message for it and sends it again."""
+        if Queue(queue) not in self.settings.tenant_inflight:
+            return 0
+        with self.engine.begin() as conn:
+            released = turns.take(conn, tenant_id=tenant_id, queue=queue, limit=turns.cap(self.settings, queue))
+        for job in released:
+            try:
+                self.send(job)
+                self.events.publish(job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value, **TURN_CAME})
+            except BROKER_ERRORS as exc:
+                logger.warning(
+                    "job_id=%s its turn came but it could not be sent (the reconciler will): %s", job.id, exc
+                )
+        if released:
+            logger.info("tenant=%s queue=%s sent %d jobs whose turn came", tenant_id, queue, len(released))
+        return len(released)
+
+    def _queued(self, job: Job, admission: turns.Admission) -> dict[str, Any]:
+        """The ``queued`` event: why it waits, when it waits for its tenant's turn, or for the embedded LLM still
+        being built."""
         data: dict[str, Any] = {"status": JobStatus.QUEUED.value}
-        if job.queue in (Queue.CHAT.value, Queue.SUMMARY.value):
+        if not admission.send:
+            data.update(
+                waiting_for="turn",
+                in_flight=admission.in_flight,
+                cap=admission.cap,
+                message=f"{admission.in_flight} jobs of this tenant are in flight on the {job.queue} queue, its cap; "
+                "this one is sent when one of them ends",
+            )
+        elif job.queue in (Queue.CHAT.value, Queue.SUMMARY.value):
             data.update(waiting_note(self.events.client) or {})
         return data
 
-    def _commit_and_send(self, session: Session, job: Job) -> Job:
+    def _commit_and_send(self, session: Session, job: Job, admission: turns.Admission) -> Job:
+        if not admission.send:
+            # It waits its turn. Its event goes first: with Redis away nothing is accepted (503, as a send that
+            # fails), and no ending can send it (and tell its followers) before this event is written.
+            try:
+                self.events.publish(job.id, EventType.STATUS, self._queued(job, admission))
+            except BROKER_ERRORS as exc:
+                logger.warning("job_id=%s not accepted, its events cannot be written: %s", job.id, exc)
+                session.rollback()
+                raise BrokerUnavailable(NOT_QUEUED) from exc
+            session.commit()
+            return job
         session.commit()
         try:
             self.send(job)
-            self.events.publish(job.id, EventType.STATUS, self._queued(job))
+            self.events.publish(job.id, EventType.STATUS, self._queued(job, admission))
         except BROKER_ERRORS as exc:
             logger.warning("job_id=%s could not be sent: %s", job.id, exc)
             failed = Ending(JobStatus.FAILED, BrokerUnavailable.code, NOT_QUEUED)
@@ -143,6 +209,4 @@ class Dispatcher:
             if ended:
                 raise BrokerUnavailable(NOT_QUEUED) from exc
             logger.warning("job_id=%s left the queued state meanwhile: the send went through", job.id)
-            return job
-        repo.mark_dispatched(self.engine, job_id=job.id)
         return job

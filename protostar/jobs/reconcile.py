@@ -1,7 +1,10 @@
 """The reconciler: makes the queues agree with the ``jobs`` table. Run by beat every ``reconcile_interval``
 seconds on the maintenance worker (no tenant work queues in front of it), single-flight.
 
-* **unsent**: committed but never sent (the API died between commit and send) → sent now.
+* **turns**: jobs waiting for their tenant's turn (``jobs.turns``) whose tenant has a free slot on their queue
+  → sent now, oldest first, within the cap. An ending sends the next job itself; this covers an ending whose
+  send never happened (its worker killed right after, PostgreSQL away), a cancel, an expiry, a failed send.
+  Rows committed unsent by an older API that died before its send are sent the same way after ``unsent_grace``.
 * **silent**: running, but no heartbeat for ``reap_after`` → re-queued while attempts remain, else failed
   ``worker_lost`` with a reason that says its worker kept dying (or ``cancelled`` when a cancel was pending).
   This is how a thread-pool worker's jobs come back after its process died: their messages sit in kombu's
@@ -42,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from protostar.constants import EventType, JobStatus
 from protostar.db.models import Job
-from protostar.jobs import repo
+from protostar.jobs import repo, turns
 from protostar.jobs.dispatch import BROKER_ERRORS, Dispatcher
 from protostar.jobs.ending import Ending
 
@@ -58,7 +61,7 @@ INSPECT_TIMEOUT = 1.0  # seconds live workers have to say which of the ids they 
 
 @dataclass
 class Report:
-    resent_unsent: int = 0
+    released: int = 0  # jobs whose tenant's turn came (waiting ones, or committed unsent)
     requeued_silent: int = 0
     failed_silent: int = 0
     cancelled_silent: int = 0
@@ -152,13 +155,14 @@ def reconcile(*, session: Session, client: redis.Redis, dispatcher: Dispatcher, 
     settings = dispatcher.settings
     report = Report()
     ended: list[tuple[Job, Ending]] = []
+    with session.begin():  # each tenant's turns in a short transaction of their own (``next_turn``)
+        now = repo.db_now(session)
+        groups = turns.waiting(session.connection(), older_than=repo.ago(now, settings.unsent_grace), limit=batch)
+    for tenant_id, queue in groups:
+        report.released += dispatcher.next_turn(tenant_id=tenant_id, queue=queue)
     with session.begin():
         conn = session.connection()
         now = repo.db_now(session)
-        for job in repo.unsent(session, older_than=repo.ago(now, settings.unsent_grace), limit=batch):
-            dispatcher.send(job)
-            repo.mark_sent(conn, job_id=job.id)
-            report.resent_unsent += 1
         for job in repo.silent(session, heartbeat_before=repo.ago(now, settings.reap_after), limit=batch):
             ending = _reap_silent(conn, job, dispatcher, report, now=now)
             if ending is not None:

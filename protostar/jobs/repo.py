@@ -32,7 +32,11 @@ def create(
     queue: str,
     payload: dict[str, Any],
     job_id: uuid.UUID | None = None,
+    dispatched: bool = False,
+    stage: str | None = None,
 ) -> Job:
+    """A ``queued`` job; ``dispatched``: counted as sent from its insert on (it is sent right after the commit,
+    see ``jobs.turns``), else it waits unsent (``stage`` says why)."""
     job = Job(
         id=job_id or uuid.uuid4(),
         tenant_id=tenant_id,
@@ -44,6 +48,8 @@ def create(
         progress_done=0,
         attempts=0,
         cancel_requested=False,
+        stage=stage,
+        dispatched_at=func.now() if dispatched else None,
     )
     session.add(job)
     session.flush()
@@ -114,16 +120,17 @@ def page(
     return newest_first(session, stmt, model=Job, limit=limit, cursor=cursor)
 
 
-def reopen(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+def reopen(session: Session, *, job: Job, dispatched: bool, stage: str) -> Job:
     """Put a ``failed`` or ``cancelled`` job back to ``queued`` for a new round of attempts (its work is
-    idempotent as ever); ``Conflict`` for any other status, or when one of its kind is in flight already."""
-    job = get_for_tenant(session, tenant_id=tenant_id, job_id=job_id)
+    idempotent as ever), counted as sent (``dispatched``) or waiting unsent; ``Conflict`` for any other status
+    (an ``IntegrityError`` when one of its kind is in flight already)."""
+    job_id = job.id
     reopened = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_((JobStatus.FAILED.value, JobStatus.CANCELLED.value)))
         .values(
             status=QUEUED,
-            stage="retry",
+            stage=stage,
             progress_done=0,
             progress_total=None,
             attempts=0,
@@ -133,7 +140,7 @@ def reopen(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
             cancel_requested=False,
             worker=None,
             heartbeat_at=None,
-            dispatched_at=None,
+            dispatched_at=func.now() if dispatched else None,
             started_at=None,
             finished_at=None,
         )
@@ -314,17 +321,6 @@ def mark_sent(conn: Connection, *, job_id: uuid.UUID) -> None:
 
 
 # --- reconciler side -----------------------------------------------------------------------------------
-
-
-def unsent(session: Session, *, older_than: datetime, limit: int) -> list[Job]:
-    stmt = (
-        select(Job)
-        .where(Job.status == QUEUED, Job.dispatched_at.is_(None), Job.created_at < older_than)
-        .order_by(Job.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(stmt))
 
 
 def long_queued(session: Session, *, dispatched_before: datetime, limit: int) -> list[Job]:

@@ -22,12 +22,20 @@ logger = logging.getLogger(__name__)
 
 
 def submit(
-    session: Session, *, dispatcher: Dispatcher, kind: JobKind, tenant_id: uuid.UUID, target_id: uuid.UUID
+    session: Session,
+    *,
+    dispatcher: Dispatcher,
+    kind: JobKind,
+    tenant_id: uuid.UUID,
+    target_id: uuid.UUID,
+    quota: bool = True,
 ) -> Submitted:
-    """The summary job of ``target_id`` (a session or a document): a new one, or the one already in flight."""
+    """The summary job of ``target_id`` (a session or a document): a new one, or the one already in flight.
+    ``quota``: a caller's request counts against its tenant's queued-jobs quota; the automatic summaries (after
+    an answer, beat's) do not (one per session at most, and no caller to answer 429 to)."""
     key = KINDS[kind].one_in_flight
     assert key is not None, f"{kind} is not a summary kind"
-    return dispatcher.submit(session, kind=kind, tenant_id=tenant_id, payload={key: str(target_id)})
+    return dispatcher.submit(session, kind=kind, tenant_id=tenant_id, payload={key: str(target_id)}, quota=quota)
 
 
 def after_answer(
@@ -48,7 +56,12 @@ def after_answer(
     if jobs_repo.in_flight(session, kind=JobKind.SUMMARY_SESSION.value, key="session_id", value=str(session_id)):
         return None  # cheap check first; the unique index is what decides
     submitted = submit(
-        session, dispatcher=dispatcher, kind=JobKind.SUMMARY_SESSION, tenant_id=tenant_id, target_id=session_id
+        session,
+        dispatcher=dispatcher,
+        kind=JobKind.SUMMARY_SESSION,
+        tenant_id=tenant_id,
+        target_id=session_id,
+        quota=False,
     )
     if not submitted.created:
         return None
@@ -77,7 +90,12 @@ def resummarize(
     queued = []
     for session_id, tenant_id in stale:
         submitted = submit(
-            session, dispatcher=dispatcher, kind=JobKind.SUMMARY_SESSION, tenant_id=tenant_id, target_id=session_id
+            session,
+            dispatcher=dispatcher,
+            kind=JobKind.SUMMARY_SESSION,
+            tenant_id=tenant_id,
+            target_id=session_id,
+            quota=False,
         )
         if submitted.created:
             repo.tried(session, session_id=session_id, base=backoff_base, cap=backoff_cap)

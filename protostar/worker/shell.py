@@ -42,12 +42,31 @@ TURN_SPREAD_CAP = 30.0  # longest jitter added to a wait for a turn (it grows wi
 
 
 def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> dict[str, Any] | None:
-    """Run ``pipeline`` for one delivery of ``job_id``. Safe to call again for the same job."""
-    jid = uuid.UUID(job_id)
-    settings = clients.settings
-    job = _claim(task, clients, jid)
+    """Run ``pipeline`` for one delivery of ``job_id``. Safe to call again for the same job. However it ends,
+    the tenant's next job waiting its turn on this queue is sent (``jobs.turns``)."""
+    job = _claim(task, clients, uuid.UUID(job_id))
     if job is None:
         return None
+    try:
+        return _run_claimed(task, clients, job, pipeline)
+    finally:
+        _next_turn(clients, job)
+
+
+def _next_turn(clients: Clients, job: Job) -> None:
+    """The job ended (or went back to wait for a retry, when nothing frees): send its tenant's next job waiting
+    on this queue. Not done here (PostgreSQL or the broker away): the reconciler's next run does it."""
+    try:
+        clients.dispatcher.next_turn(tenant_id=job.tenant_id, queue=job.queue)
+    except Exception as exc:
+        if (name := faults.dependency(exc)) is None:
+            raise
+        logger.warning("job_id=%s the next turn was not taken, %s unavailable: left to the reconciler", job.id, name)
+
+
+def _run_claimed(task: Task, clients: Clients, job: Job, pipeline: Pipeline) -> dict[str, Any] | None:
+    jid = job.id
+    settings = clients.settings
     ctx = JobContext(
         job_id=jid,
         tenant_id=job.tenant_id,

@@ -52,7 +52,7 @@ def test_a_committed_but_unsent_job_is_sent(
     live: Live, engine: Engine, client: redis.Redis, dispatcher: Dispatcher, api: httpx.Client
 ) -> None:
     job_id = make_job(engine, created_at="now() - interval '1 hour'")
-    assert run(engine, client, dispatcher)["resent_unsent"] >= 1
+    assert run(engine, client, dispatcher)["released"] >= 1
     job = wait_status(api, str(job_id), "succeeded")
     assert job["attempts"] == 1
 

@@ -16,6 +16,7 @@ from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import (
     MAX_METADATA_BYTES,
+    QUOTA,
     Accepted,
     DocumentDetail,
     DocumentOut,
@@ -45,7 +46,7 @@ router = APIRouter(prefix="/v1", tags=["documents"])
     "/documents",
     status_code=202,
     response_model=UploadOut,
-    responses={200: {"model": UploadOut, "description": "the same content was already uploaded"}},
+    responses={200: {"model": UploadOut, "description": "the same content was already uploaded"}, **QUOTA},
 )
 async def upload_document(request: Request, principal: PrincipalDep, state: StateDep) -> JSONResponse:
     """Multipart ``file`` and optional ``metadata`` (a JSON object of 16 KiB at most). The type is sniffed from
@@ -138,7 +139,7 @@ def remove_document(document_id: uuid.UUID, principal: PrincipalDep, session: Se
     return Response(status_code=204)
 
 
-@router.post("/documents/{document_id}/summarize", status_code=202, response_model=Accepted)
+@router.post("/documents/{document_id}/summarize", status_code=202, response_model=Accepted, responses=QUOTA)
 def summarize_document(
     document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> Accepted:

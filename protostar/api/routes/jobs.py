@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
-from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, TOO_MANY_STREAMS, Accepted, JobOut, JobPage, ProbeIn
+from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, QUOTA, TOO_MANY_STREAMS, Accepted, JobOut, JobPage, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
 from protostar.db.models import Job
@@ -58,10 +58,12 @@ def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, 
     job = cancel(
         session, tenant_id=principal.tenant_id, job_id=job_id, client=state.clients.redis, events=state.clients.events
     )
+    if job.status == JobStatus.CANCELLED and job.started_at is None:  # ended queued: its slot, if it had one, is free
+        state.clients.dispatcher.next_turn(tenant_id=principal.tenant_id, queue=job.queue)
     return JobOut.of(job)
 
 
-@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=CONFLICT)
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses={**CONFLICT, **QUOTA})
 def retry_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
     """Run a ``failed`` or ``cancelled`` job again, under the same id, with a new round of attempts (the work
     is idempotent: one set of chunks, one answer, one summary per range); ``409`` for any other status."""
@@ -86,7 +88,7 @@ async def job_events(
     return await event_stream(request, state, principal, job_id, last_event_id or after)
 
 
-@router.post("/probes", status_code=202, response_model=Accepted, responses=ADMIN_ERRORS)
+@router.post("/probes", status_code=202, response_model=Accepted, responses={**ADMIN_ERRORS, **QUOTA})
 def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: StateDep) -> Accepted:
     """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
     submitted = state.clients.dispatcher.submit(

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import accepted, events_url
-from protostar.api.schemas import Accepted, MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
+from protostar.api.schemas import QUOTA, Accepted, MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
 from protostar.chat import repo
 from protostar.chat.submit import ask
 from protostar.constants import JobKind
@@ -33,7 +33,7 @@ def get_session(session_id: uuid.UUID, principal: PrincipalDep, session: Session
     return SessionOut.of(row, repo.messages(session, session_id=row.id), summary.content if summary else None)
 
 
-@router.post("/sessions/{session_id}/summarize", status_code=202, response_model=Accepted)
+@router.post("/sessions/{session_id}/summarize", status_code=202, response_model=Accepted, responses=QUOTA)
 def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> Accepted:
     """Queue a summary of the session now; when one is queued or running already, that job is the answer."""
     chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
@@ -47,7 +47,7 @@ def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, session: S
     return accepted(state, submitted.job)
 
 
-@router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted)
+@router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted, responses=QUOTA)
 def post_message(
     session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> MessageAccepted:

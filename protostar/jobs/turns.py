@@ -1,0 +1,150 @@
+"""Fair turns between tenants: a job reaches the broker only while its tenant has a free slot on its queue.
+
+The broker's queues are first in, first out. Were every job sent at once, one tenant's 500 uploads would sit in
+front of another tenant's single upload for the whole backlog. So each tenant may have at most
+``Settings.tenant_inflight[queue]`` jobs *in flight* on a queue (sent and not ended: ``running``, or ``queued``
+with ``dispatched_at`` set); a job submitted past that cap is committed ``queued`` with stage ``waiting_turn``
+and ``dispatched_at`` NULL, and is not sent. When one of the tenant's jobs on that queue ends, its oldest
+waiting job is sent (:func:`take`), to the back of the broker's queue: behind any other tenant's job that
+arrived meanwhile. Each tenant thus has at most its cap in the broker at any time, and tenants take turns: a
+tenant with one job waits for about one job of each busy tenant, not for their backlogs.
+
+Who sends a waiting job: the worker that ended one of the tenant's jobs on that queue (``worker.shell``), the
+cancel of a queued job (the API's cancel route), and the reconciler on every run (``jobs.reconcile``), which covers an
+ending whose own send was lost (a worker killed right after the end, PostgreSQL away for a moment).
+
+Counting and inserting (or counting and sending) happen under a transaction-scoped advisory lock on
+(tenant, queue), taken in a statement of its own: the count that follows is a new statement, so its snapshot
+sees every job a concurrent submit or ending committed before the lock was ours. Caps are exact, not
+approximate. The lock is per tenant and queue: tenants never wait for each other.
+
+A tenant's queued jobs per queue (waiting or sent, not started) are also bounded: past
+``Settings.tenant_max_queued`` a submit answers ``429`` with ``Retry-After``, before anything is stored, and the
+same count decides again under the lock at insert.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, text, update
+
+from protostar.constants import JobStatus, Queue
+from protostar.db.models import Job
+from protostar.errors import TooManyRequests
+from protostar.settings import Settings
+
+WAITING_TURN = "waiting_turn"  # the stage of a job held back until its tenant has a free slot on its queue
+QUOTA_RETRY_AFTER = 10  # seconds a caller over its queued-jobs quota is told to wait (``Retry-After``)
+QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+
+
+@dataclass(frozen=True)
+class Admission:
+    send: bool  # a slot is free: the job is committed as sent and sent at once; else it waits its turn
+    in_flight: int  # the tenant's jobs on the queue sent and not ended, before this one
+    cap: int
+
+
+@dataclass(frozen=True)
+class Released:
+    """A waiting job whose turn came: what a send needs."""
+
+    id: uuid.UUID
+    task_name: str
+    queue: str
+
+
+def cap(settings: Settings, queue: str) -> int:
+    return settings.tenant_inflight[Queue(queue)]
+
+
+def lock(conn: Connection, *, tenant_id: uuid.UUID, queue: str) -> None:
+    """Serialize the tenant's submits and turns on ``queue`` until the transaction ends."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"turns:{tenant_id}:{queue}"})
+
+
+def _open(tenant_id: uuid.UUID, queue: str) -> ColumnElement[bool]:
+    return and_(Job.tenant_id == tenant_id, Job.queue == queue, Job.status.in_((QUEUED, RUNNING)))
+
+
+def _in_flight() -> ColumnElement[bool]:
+    return or_(Job.status == RUNNING, Job.dispatched_at.is_not(None))
+
+
+def counts(conn: Connection, *, tenant_id: uuid.UUID, queue: str) -> tuple[int, int]:
+    """(in flight, queued) of the tenant's jobs on ``queue``: sent and not ended; not started."""
+    row = conn.execute(
+        select(
+            func.count().filter(_in_flight()),
+            func.count().filter(Job.status == QUEUED),
+        ).where(_open(tenant_id, queue))
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def check_quota(conn: Connection, settings: Settings, *, tenant_id: uuid.UUID, queue: str) -> None:
+    """``TooManyRequests`` when the tenant's queued jobs on ``queue`` reached the quota (no lock: a check before
+    costly work, such as storing an upload; :func:`admit` decides again under the lock)."""
+    _, queued = counts(conn, tenant_id=tenant_id, queue=queue)
+    _refuse_past_quota(settings, queued, queue)
+
+
+def _refuse_past_quota(settings: Settings, queued: int, queue: str) -> None:
+    if queued >= settings.tenant_max_queued:
+        raise TooManyRequests(
+            f"{queued} jobs of yours are queued on the {queue} queue, the most allowed "
+            f"(PROTOSTAR_TENANT_MAX_QUEUED); nothing was accepted, try again when some have started",
+            retry_after=QUOTA_RETRY_AFTER,
+        )
+
+
+def admit(conn: Connection, settings: Settings, *, tenant_id: uuid.UUID, queue: str, quota: bool) -> Admission:
+    """In the submitting transaction, before the job's row is written: lock the tenant's turns on ``queue``
+    (until the commit), refuse past the queued-jobs quota (when ``quota``), and say whether the job may be sent
+    now or waits its turn."""
+    lock(conn, tenant_id=tenant_id, queue=queue)
+    in_flight, queued = counts(conn, tenant_id=tenant_id, queue=queue)
+    if quota:
+        _refuse_past_quota(settings, queued, queue)
+    limit = cap(settings, queue)
+    return Admission(send=in_flight < limit, in_flight=in_flight, cap=limit)
+
+
+def take(conn: Connection, *, tenant_id: uuid.UUID, queue: str, limit: int) -> list[Released]:
+    """In the caller's transaction: mark as sent the tenant's oldest waiting jobs on ``queue`` that fit under
+    ``limit`` (none when its slots are full), and return them; the caller commits, then sends them."""
+    lock(conn, tenant_id=tenant_id, queue=queue)
+    in_flight = select(func.count()).select_from(Job).where(_open(tenant_id, queue), _in_flight()).scalar_subquery()
+    picked = (
+        select(Job.id)
+        .where(_open(tenant_id, queue), Job.status == QUEUED, Job.dispatched_at.is_(None))
+        .order_by(Job.created_at)
+        .limit(func.greatest(0, limit - in_flight))
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    rows = conn.execute(
+        update(Job)
+        .where(and_(Job.id == picked.c.id, Job.status == QUEUED, Job.dispatched_at.is_(None)))
+        .values(dispatched_at=text("now()"), stage=None)
+        .returning(Job.id, Job.task_name, Job.queue)
+    ).all()
+    return [Released(r[0], r[1], r[2]) for r in rows]
+
+
+def waiting(conn: Connection, *, older_than: object, limit: int) -> list[tuple[uuid.UUID, str]]:
+    """(tenant, queue) pairs with jobs not sent: waiting their turn, or committed longer than the grace ago and
+    never sent (an API that died between its commit and its send, before this version)."""
+    rows = conn.execute(
+        select(Job.tenant_id, Job.queue)
+        .where(
+            Job.status == QUEUED,
+            Job.dispatched_at.is_(None),
+            or_(Job.stage == WAITING_TURN, Job.created_at < older_than),
+        )
+        .group_by(Job.tenant_id, Job.queue)
+        .limit(limit)
+    ).all()
+    return [(r[0], r[1]) for r in rows]

@@ -203,15 +203,7 @@ def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *,
     if retries >= settings.transient_retries:
         _end(ctx, _failure(JobStatus.FAILED, error))
         raise error from cause
-    try:
-        released = repo.release(ctx.engine, job_id=ctx.job_id, attempt=ctx.attempt, stage="retrying")
-    except Exception as exc:
-        if (name := faults.dependency(exc)) is None:
-            raise
-        logger.warning("job_id=%s retry not recorded, %s unavailable: left running for takeover", ctx.job_id, name)
-        released = True
-    if not released:
-        logger.warning("job_id=%s failed transiently but another delivery owns it now", ctx.job_id)
+    if not _back_to_queue(ctx, stage="retrying"):
         raise error from cause
     delay = backoff.delay(retries + 1, base=1.0, cap=30.0)
     logger.warning(
@@ -220,6 +212,22 @@ def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *,
     ctx.emit(EventType.STATUS, {"status": JobStatus.QUEUED.value, "retry_in": round(delay, 1), "reason": error.message})
     _send_again(task, "transient", countdown=delay, cap=settings.transient_retries, cause=cause)
     raise error from cause  # not reached: the cap is checked above
+
+
+def _back_to_queue(ctx: JobContext, *, stage: str) -> bool:
+    """Put the job back to ``queued`` with ``stage`` (its attempt given back) before it is sent again; ``False``
+    when another delivery owns it now (this one must not send it again). When PostgreSQL is unavailable the row
+    stays ``running``: its heartbeat goes stale, and the message sent again (or the reconciler) takes it over."""
+    try:
+        released = repo.release(ctx.engine, job_id=ctx.job_id, attempt=ctx.attempt, stage=stage)
+    except Exception as exc:
+        if (name := faults.dependency(exc)) is None:
+            raise
+        logger.warning("job_id=%s %s not recorded, %s unavailable: left running for takeover", ctx.job_id, stage, name)
+        return True
+    if not released:
+        logger.warning("job_id=%s back to its queue (%s) but another delivery owns it now", ctx.job_id, stage)
+    return released
 
 
 def _wait_for_turn(task: Task, ctx: JobContext, settings: Settings, busy: LLMBusy) -> None:
@@ -238,15 +246,7 @@ def _wait_for_turn(task: Task, ctx: JobContext, settings: Settings, busy: LLMBus
         )
         _end(ctx, _failure(JobStatus.FAILED, error))
         raise error from busy
-    try:
-        released = repo.release(ctx.engine, job_id=ctx.job_id, attempt=ctx.attempt, stage="waiting_for_llm")
-    except Exception as exc:
-        if (name := faults.dependency(exc)) is None:
-            raise
-        logger.warning("job_id=%s wait not recorded, %s unavailable: left running for takeover", ctx.job_id, name)
-        released = True
-    if not released:
-        logger.warning("job_id=%s found no LLM turn but another delivery owns it now", ctx.job_id)
+    if not _back_to_queue(ctx, stage="waiting_for_llm"):
         return
     logger.info("job_id=%s no LLM turn (%s): sent again in %.1f s", ctx.job_id, busy.limit, countdown)
     ctx.emit(

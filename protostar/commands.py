@@ -70,10 +70,10 @@ _VARS = {
 def environment(
     name: str, env: Mapping[str, str], s3_keys: Mapping[S3Access, Mapping[str, str]] | None = None
 ) -> dict[str, str]:
-    """``env`` for the process ``name`` (a key of ``SECRETS``; any other gets no secret): the secrets it does not
-    use left out, the object store's keys replaced by ``s3_keys[access]`` when given (the embedded store's
-    scoped pairs, ``Stack.s3_env``)."""
-    needs = SECRETS.get(name, Secrets())
+    """``env`` for the process ``name`` (a key of ``SECRETS``, or another instance of one named after it, such
+    as ``api-2``; any other gets no secret): the secrets it does not use left out, the object store's keys
+    replaced by ``s3_keys[access]`` when given (the embedded store's scoped pairs, ``Stack.s3_env``)."""
+    needs = _secrets_of(name)
     dropped = {var for field, names in _VARS.items() if not getattr(needs, field) for var in names}
     if needs.s3 is None:
         dropped.update(_S3_VARS)
@@ -81,6 +81,14 @@ def environment(
     if needs.s3 is not None and s3_keys is not None:
         scoped.update(s3_keys.get(needs.s3, {}))
     return scoped
+
+
+def _secrets_of(name: str) -> Secrets:
+    """The secrets of process ``name``: its own entry, else the longest entry it is an instance of."""
+    for key in sorted(SECRETS, key=len, reverse=True):
+        if name == key or name.startswith(f"{key}-"):
+            return SECRETS[key]
+    return Secrets()
 
 
 def _celery(command: str) -> list[str]:

@@ -62,3 +62,11 @@ def test_each_process_gets_only_its_secrets() -> None:
 def test_an_external_store_keeps_its_configured_keys_for_those_that_use_it() -> None:
     assert secrets_of("worker-ingest", scoped=False)["PROTOSTAR_S3_ACCESS_KEY"] == "root-access"
     assert "PROTOSTAR_S3_ACCESS_KEY" not in secrets_of("worker-chat", scoped=False)
+
+
+def test_another_instance_of_a_process_gets_its_secrets() -> None:
+    """A second API (``api-2``, the stream-cap test's ``api-streams``) is an API: without the object store's
+    keys it could not start, and its crash loop made the supervisor stop the whole test stack."""
+    assert secrets_of("api-streams") == secrets_of("api")
+    assert secrets_of("worker-ingest-2") == secrets_of("worker-ingest")
+    assert secrets_of("apis") == {}

@@ -176,3 +176,15 @@ def object_key(engine: Engine, *, job_id: uuid.UUID) -> str | None:
             ),
             {"job": job_id},
         ).scalar()
+
+
+def sweep(engine: Engine) -> int:
+    """Delete the parts of jobs that ended (a cancelled job's, left for a delivery that may own it now); the
+    number of rows deleted. Beat's reconcile runs it."""
+    with engine.begin() as conn:
+        return conn.execute(
+            text(
+                "DELETE FROM ingest_parts p USING jobs j "
+                "WHERE j.id = p.job_id AND j.status NOT IN ('queued', 'running')"
+            )
+        ).rowcount

@@ -66,8 +66,8 @@ def ingest(
                     embedder=embedder,
                     settings=settings,
                 )
-            except (InputRejected, TimeLimitExceeded):  # the job fails: its parts are of no more use. (A cancelled
-                _forget_parts(engine, ctx.job_id)  # job's stay for its retry; another delivery may own it now.)
+            except (InputRejected, TimeLimitExceeded):  # the job fails: its parts are of no more use. A cancelled
+                _forget_parts(engine, ctx.job_id)  # job's stay (another delivery may own it now): reconcile sweeps them
                 raise
             page_count: int | None = pages
         else:

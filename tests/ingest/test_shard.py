@@ -14,6 +14,7 @@ import psutil
 import pytest
 from sqlalchemy import Engine, text
 
+from protostar.ingest import parts
 from protostar.ingest.chunk import chunk
 from protostar.ingest.parse import parse
 from tests.api.test_jobs import wait_status
@@ -184,6 +185,8 @@ def test_cancel_during_a_sharded_ingest_stores_no_chunks(api: httpx.Client, engi
             ).first()
 
     wait_for(settled, timeout=30, what="the part leases to run out")
+    assert parts.sweep(engine) >= 1  # beat's reconcile deletes an ended job's parts
+    assert parts_of(engine, job_id) == []
 
 
 def test_a_failed_part_fails_the_document_with_its_reason(api: httpx.Client, engine: Engine) -> None:

@@ -97,7 +97,9 @@ def run(
         raise InputRejected("the document has no text to index")
     ctx.progress("chunk", len(chunks), len(chunks))
     step = settings.ingest_part_chunks
-    runs = [{"texts": [c.text for c in chunks[i : i + step]]} for i in range(0, len(chunks), step)]
+    runs = [  # the model in the plan: vectors of another model (a changed setting) are planned again
+        {"model": embedder.model, "texts": [c.text for c in chunks[i : i + step]]} for i in range(0, len(chunks), step)
+    ]
     parts.plan(engine, job_id=ctx.job_id, phase=EMBED, specs=runs)
     fan_out(min(len(runs) - 1, settings.ingest_concurrency - 1))
     _drive(ctx, EMBED, len(chunks), engine=engine, embedder=embedder, settings=settings, source=lambda: path)

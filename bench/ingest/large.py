@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, Row, markdown, publish
+from bench.common import RESULTS, MachineShare, Row, markdown, publish
 from bench.harness import INGEST_WORKER, bench_env, launched
 from bench.ingest import corpus
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     began = time.monotonic()
+    share = MachineShare()
     data = corpus.long_pdf(args.pages)
 
     def env(data_dir: Path) -> dict[str, str]:
@@ -109,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         Row(
             "  seconds: Protostar job / bare script (parse · chunk · embed)",
             f"{job_seconds:.0f}",
-            f"{bare['seconds']:.0f} ({bare['parse']:.0f} · {bare['chunk']:.1f} · {bare['embed']:.0f})",
+            f"{bare['seconds']:.0f} ({bare['parse']:.0f} · {bare['chunk']:.1f} · {bare['embed']:.0f}; "
+            f"{bare['chunks']:.0f} chunks)",
             "",
         ),
     ]
-    table = markdown("ingest-large", f"{args.pages}-page PDF", time.monotonic() - began, rows)
+    run_text = f"{args.pages}-page PDF"
+    table = markdown("ingest.large", run_text, time.monotonic() - began, rows, notes=[share.describe()])
     publish("ingest-large", table)
     return 0
 

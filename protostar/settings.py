@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     ingest_shard_pages: int = Field(
         60, ge=2, description="PDFs with more pages are parsed and embedded in parts by all ingest children"
     )
+    ingest_shard_chunks: int = Field(
+        512, ge=2, description="other documents with more chunks are embedded in parts by all ingest children"
+    )
     ingest_part_pages: int = Field(20, ge=1, description="pages of a PDF per part of a sharded ingest")
     ingest_part_chunks: int = Field(192, ge=1, description="chunks embedded per part of a sharded ingest")
     ingest_part_lease: float = Field(

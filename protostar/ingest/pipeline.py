@@ -40,8 +40,9 @@ def ingest(
     fan_out: shard.FanOut | None = None,
 ) -> dict[str, Any]:
     """Ingest the job's document. A PDF over ``ingest_shard_pages`` pages is parsed and embedded in parts by all
-    ingest children (:mod:`protostar.ingest.shard`, helpers sent through ``fan_out``); anything else, or no
-    ``fan_out``, in this delivery alone."""
+    ingest children (:mod:`protostar.ingest.shard`, helpers sent through ``fan_out``); any other document over
+    ``ingest_shard_chunks`` chunks is parsed here and embedded in parts; the rest, or all with no ``fan_out``,
+    in this delivery alone."""
     document_id = uuid.UUID(ctx.payload["document_id"])
     document = documents.load(engine, document_id=document_id)
     if document is None:
@@ -54,6 +55,7 @@ def ingest(
         ctx.progress("download", 1, 1)
         ctx.check_cancelled()
         pages = shard.pages_to_shard(path, ctx.payload["kind"], settings) if fan_out is not None else None
+        sharded = pages is not None
         if pages is not None and fan_out is not None:
             logger.info("document_id=%s job_id=%s sharded: %d pages", document_id, ctx.job_id, pages)
             try:
@@ -71,7 +73,19 @@ def ingest(
                 raise
             page_count: int | None = pages
         else:
-            chunks, vectors, page_count = _single(ctx, path, embedder=embedder, settings=settings)
+            chunks, page_count = _parsed(ctx, path, settings=settings)
+            if fan_out is not None and len(chunks) > settings.ingest_shard_chunks:
+                logger.info("document_id=%s job_id=%s sharded: %d chunks", document_id, ctx.job_id, len(chunks))
+                sharded = True
+                try:
+                    vectors = shard.embed(
+                        ctx, chunks, fan_out=fan_out, engine=engine, embedder=embedder, settings=settings
+                    )
+                except (InputRejected, TimeLimitExceeded):
+                    _forget_parts(engine, ctx.job_id)
+                    raise
+            else:
+                vectors = embed_chunks(ctx, chunks, embedder=embedder, batch=settings.embedding_batch_size)
     ctx.progress("store", 0, 1)
     with ctx.owned() as conn:
         if not documents.lock_for_write(conn, document_id=document_id):
@@ -85,7 +99,7 @@ def ingest(
             model=embedder.model,
         )
         documents.mark_ingested(conn, document_id=document_id, chunk_count=count, page_count=page_count)
-        if pages is not None:
+        if sharded:
             parts.delete(conn, job_id=ctx.job_id)
     ctx.progress("store", 1, 1)
     logger.info("document_id=%s job_id=%s ingested chunks=%d pages=%s", document_id, ctx.job_id, count, page_count)
@@ -97,10 +111,8 @@ def ingest(
     }
 
 
-def _single(
-    ctx: JobContext, path: Path, *, embedder: Embedder, settings: Settings
-) -> tuple[list[Chunk], np.ndarray, int | None]:
-    """Parse, chunk and embed in this delivery alone (the path of every document but large PDFs)."""
+def _parsed(ctx: JobContext, path: Path, *, settings: Settings) -> tuple[list[Chunk], int | None]:
+    """Parse and chunk in this delivery alone (every document but large PDFs)."""
     ctx.progress("parse", 0, 1)
     parsed = parse(path, ctx.payload["kind"], max_pages=settings.max_pages)
     ctx.progress("parse", 1, 1)
@@ -109,8 +121,7 @@ def _single(
     if not chunks:
         raise InputRejected("the document has no text to index")
     ctx.progress("chunk", len(chunks), len(chunks))
-    vectors = embed_chunks(ctx, chunks, embedder=embedder, batch=settings.embedding_batch_size)
-    return chunks, vectors, parsed.page_count
+    return chunks, parsed.page_count
 
 
 def _forget_parts(engine: Engine, job_id: uuid.UUID) -> None:

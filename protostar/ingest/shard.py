@@ -9,7 +9,9 @@ deadlock; when no helper runs at all, the coordinator does every part. Two phase
 1. ``parse``: page ranges of ``ingest_part_pages`` pages, each copied to a PDF of its own with PDFium and parsed
    as a whole file is; the elements get their pages in the whole document back.
 2. ``embed``: the chunks, cut from all the elements in one pass (so their texts, order and pages are exactly a
-   single pass's), in runs of ``ingest_part_chunks``, embedded and written as float32 vectors.
+   single pass's), in runs of ``ingest_part_chunks``, embedded and written as float32 vectors. A document of
+   another format with over ``ingest_shard_chunks`` chunks is parsed and chunked in one piece, and has only
+   this phase (:func:`embed`).
 
 A part's result survives its child: a child killed mid-part leaves the lease to run out (``ingest_part_lease``)
 and the part is claimed again. Results are keyed by job, not attempt, so a redelivered job keeps the done parts.
@@ -96,6 +98,15 @@ def run(
     if not chunks:
         raise InputRejected("the document has no text to index")
     ctx.progress("chunk", len(chunks), len(chunks))
+    return chunks, embed(ctx, chunks, fan_out=fan_out, engine=engine, embedder=embedder, settings=settings)
+
+
+def embed(
+    ctx: JobContext, chunks: list[Chunk], *, fan_out: FanOut, engine: Engine, embedder: Embedder, settings: Settings
+) -> np.ndarray:
+    """The embed phase alone: the chunks' vectors in their order, embedded in runs by all ingest children. Also
+    the path of a large document of another format (over ``ingest_shard_chunks`` chunks, parsed in one piece)."""
+    path = Path("/nonexistent")  # an embed part reads no file
     step = settings.ingest_part_chunks
     runs = [  # the model in the plan: vectors of another model (a changed setting) are planned again
         {"model": embedder.model, "texts": [c.text for c in chunks[i : i + step]]} for i in range(0, len(chunks), step)
@@ -107,7 +118,7 @@ def run(
     vectors = np.concatenate([np.frombuffer(b, dtype=np.float32).reshape(-1, embedder.dim) for b in blobs])
     if len(vectors) != len(chunks):  # a plan changed under a done part: never store mismatched vectors
         raise RuntimeError(f"sharded embedding gave {len(vectors)} vectors for {len(chunks)} chunks")
-    return chunks, vectors
+    return vectors
 
 
 def _drive(

@@ -168,11 +168,17 @@ def test_sigkill_of_an_ingest_child_during_a_sharded_ingest_leaves_one_set_of_ch
     wait_for(lambda: len(_ingest_children(live)) == live.settings.ingest_concurrency, timeout=60, what="children")
 
 
-def test_cancel_during_a_sharded_ingest_stores_no_chunks(api: httpx.Client, engine: Engine) -> None:
-    response = upload(api, "cancel-me.pdf", make_pdf(60, tag=uuid.uuid4().hex[:8]))
+@pytest.mark.parametrize("stop", ["cancel", "delete"])
+def test_cancel_or_delete_during_a_sharded_ingest_stores_no_chunks(
+    api: httpx.Client, engine: Engine, stop: str
+) -> None:
+    response = upload(api, f"{stop}-me.pdf", make_pdf(60, tag=uuid.uuid4().hex[:8]))
     job_id, document_id = response.json()["job_id"], response.json()["document_id"]
     wait_for(lambda: parts_of(engine, job_id), timeout=180, what="the parts to be planned")
-    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    if stop == "cancel":
+        assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    else:
+        assert api.delete(f"/v1/documents/{document_id}").status_code == 204
     job = wait_status(api, job_id, "cancelled", "succeeded", "failed", timeout=120)
     assert job["status"] == "cancelled"
     assert stored_chunks(engine, document_id) == []
@@ -214,3 +220,31 @@ def test_a_failed_part_fails_the_document_with_its_reason(api: httpx.Client, eng
     assert job["error"] == {"code": "input_rejected", "message": reason}
     assert stored_chunks(engine, document_id) == []
     assert parts_of(engine, job_id) == []
+
+
+def test_a_long_text_is_embedded_in_parts_with_the_chunks_of_a_single_pass(
+    live: Live, api: httpx.Client, engine: Engine
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    body = "\n\n".join(
+        f"Section {i} {tag}. "
+        + " ".join(f"Line {j} of section {i} mentions the {WORDS[(i + j) % 20]}." for j in range(12))
+        for i in range(240)
+    )
+    response = upload(api, "long-notes.txt", body.encode())
+    job_id, document_id = response.json()["job_id"], response.json()["document_id"]
+    job = wait_status(api, job_id, "succeeded", "failed", timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "same.txt"
+        path.write_bytes(body.encode())
+        single = chunk(
+            parse(path, "txt", max_pages=live.settings.max_pages).elements,
+            max_tokens=live.settings.chunk_tokens,
+            overlap=live.settings.chunk_overlap,
+        )
+    assert len(single) > live.settings.ingest_shard_chunks  # embedded in parts
+    assert stored_chunks(engine, document_id) == [(c.ordinal, c.text, c.page) for c in single]
+    assert parts_of(engine, job_id) == []
+    embed_steps = [e.data for e in read_events(api, job_id) if e.event == "progress" and e.data["stage"] == "embed"]
+    assert embed_steps[-1] == {"stage": "embed", "done": len(single), "total": len(single)}

@@ -19,6 +19,7 @@ class Queue(StrEnum):
 class TaskName(StrEnum):
     PROBE = "protostar.probe"
     INGEST = "protostar.ingest.document"
+    INGEST_PART = "protostar.ingest.part"
     CHAT = "protostar.chat.answer"
     SUMMARY_SESSION = "protostar.summary.session"
     SUMMARY_DOCUMENT = "protostar.summary.document"

@@ -132,6 +132,17 @@ class Settings(BaseSettings):
     embedding_api_key: SecretStr | None = None
     embedding_batch_size: int = Field(32, gt=0)
     embedding_timeout: float = Field(30.0, gt=0)
+    ingest_shard_pages: int = Field(
+        60, ge=2, description="PDFs with more pages are parsed and embedded in parts by all ingest children"
+    )
+    ingest_shard_chunks: int = Field(
+        512, ge=2, description="other documents with more chunks are embedded in parts by all ingest children"
+    )
+    ingest_part_pages: int = Field(20, ge=1, description="pages of a PDF per part of a sharded ingest")
+    ingest_part_chunks: int = Field(192, ge=1, description="chunks embedded per part of a sharded ingest")
+    ingest_part_lease: float = Field(
+        30.0, gt=0, description="seconds a part stays claimed without a renewal; then another child takes it"
+    )
 
     # --- workers --------------------------------------------------------------------------------------
     visibility_timeout: int = Field(4 * 3600, gt=0)

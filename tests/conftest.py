@@ -46,6 +46,13 @@ TEST_ENV = {
     "PROTOSTAR_MAX_ATTEMPTS": "3",
     "PROTOSTAR_TRANSIENT_RETRIES": "3",
     "PROTOSTAR_INGEST_CONCURRENCY": "2",
+    # Sharded ingest (tests/ingest/test_shard.py): PDFs over 20 pages in parts of 8 pages and 32 chunks; other
+    # documents over 150 chunks embedded in parts (tests/ingest/test_documents_api.py's long report).
+    "PROTOSTAR_INGEST_SHARD_PAGES": "20",
+    "PROTOSTAR_INGEST_SHARD_CHUNKS": "150",
+    "PROTOSTAR_INGEST_PART_PAGES": "8",
+    "PROTOSTAR_INGEST_PART_CHUNKS": "32",
+    "PROTOSTAR_INGEST_PART_LEASE": "3",
     "PROTOSTAR_CHAT_CONCURRENCY": "8",
     "PROTOSTAR_SUMMARY_CONCURRENCY": "2",
     "PROTOSTAR_MAINTENANCE_CONCURRENCY": "1",

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -185,6 +186,27 @@ class Chunk(Base):
     token_count: Mapped[int] = mapped_column(Integer, default=0)
     embedding_model: Mapped[str] = mapped_column(String(128))
     embedding: Mapped[Any] = mapped_column(Vector())
+
+
+class IngestPart(Base):
+    """One part of a sharded ingest (``protostar.ingest.shard``): a page range to parse or a run of chunks to
+    embed, claimed for a lease by whichever ingest child takes it, and its result once done. Keyed by job, phase
+    and part (not attempt): a part's result depends only on the document and the plan, so a redelivered job
+    keeps the parts already done. Deleted with the job's end; cascades with the job."""
+
+    __tablename__ = "ingest_parts"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    done: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
 
 
 class ChatSession(Base):

@@ -19,8 +19,8 @@ from sqlalchemy import Engine
 
 from protostar.documents import repo as documents
 from protostar.embeddings.embed import Embedder
-from protostar.errors import InputRejected
-from protostar.ingest import store
+from protostar.errors import InputRejected, TimeLimitExceeded
+from protostar.ingest import parts, shard, store
 from protostar.ingest.chunk import Chunk, chunk
 from protostar.ingest.parse import parse
 from protostar.jobs.context import JobContext
@@ -31,8 +31,18 @@ logger = logging.getLogger(__name__)
 
 
 def ingest(
-    ctx: JobContext, *, engine: Engine, bucket: Bucket, embedder: Embedder, settings: Settings
+    ctx: JobContext,
+    *,
+    engine: Engine,
+    bucket: Bucket,
+    embedder: Embedder,
+    settings: Settings,
+    fan_out: shard.FanOut | None = None,
 ) -> dict[str, Any]:
+    """Ingest the job's document. A PDF over ``ingest_shard_pages`` pages is parsed and embedded in parts by all
+    ingest children (:mod:`protostar.ingest.shard`, helpers sent through ``fan_out``); any other document over
+    ``ingest_shard_chunks`` chunks is parsed here and embedded in parts; the rest, or all with no ``fan_out``,
+    in this delivery alone."""
     document_id = uuid.UUID(ctx.payload["document_id"])
     document = documents.load(engine, document_id=document_id)
     if document is None:
@@ -44,16 +54,38 @@ def ingest(
         bucket.download(document.object_key, str(path))
         ctx.progress("download", 1, 1)
         ctx.check_cancelled()
-        ctx.progress("parse", 0, 1)
-        parsed = parse(path, ctx.payload["kind"], max_pages=settings.max_pages)
-        ctx.progress("parse", 1, 1)
-    ctx.check_cancelled()
-
-    chunks = chunk(parsed.elements, max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap)
-    if not chunks:
-        raise InputRejected("the document has no text to index")
-    ctx.progress("chunk", len(chunks), len(chunks))
-    vectors = embed_chunks(ctx, chunks, embedder=embedder, batch=settings.embedding_batch_size)
+        pages = shard.pages_to_shard(path, ctx.payload["kind"], settings) if fan_out is not None else None
+        sharded = pages is not None
+        if pages is not None and fan_out is not None:
+            logger.info("document_id=%s job_id=%s sharded: %d pages", document_id, ctx.job_id, pages)
+            try:
+                chunks, vectors = shard.run(
+                    ctx,
+                    path=path,
+                    page_count=pages,
+                    fan_out=fan_out,
+                    engine=engine,
+                    embedder=embedder,
+                    settings=settings,
+                )
+            except (InputRejected, TimeLimitExceeded):  # the job fails: its parts are of no more use. A cancelled
+                _forget_parts(engine, ctx.job_id)  # job's stay (another delivery may own it now): reconcile sweeps them
+                raise
+            page_count: int | None = pages
+        else:
+            chunks, page_count = _parsed(ctx, path, settings=settings)
+            if fan_out is not None and len(chunks) > settings.ingest_shard_chunks:
+                logger.info("document_id=%s job_id=%s sharded: %d chunks", document_id, ctx.job_id, len(chunks))
+                sharded = True
+                try:
+                    vectors = shard.embed(
+                        ctx, chunks, fan_out=fan_out, engine=engine, embedder=embedder, settings=settings
+                    )
+                except (InputRejected, TimeLimitExceeded):
+                    _forget_parts(engine, ctx.job_id)
+                    raise
+            else:
+                vectors = embed_chunks(ctx, chunks, embedder=embedder, batch=settings.embedding_batch_size)
     ctx.progress("store", 0, 1)
     with ctx.owned() as conn:
         if not documents.lock_for_write(conn, document_id=document_id):
@@ -66,17 +98,38 @@ def ingest(
             vectors=vectors,
             model=embedder.model,
         )
-        documents.mark_ingested(conn, document_id=document_id, chunk_count=count, page_count=parsed.page_count)
+        documents.mark_ingested(conn, document_id=document_id, chunk_count=count, page_count=page_count)
+        if sharded:
+            parts.delete(conn, job_id=ctx.job_id)
     ctx.progress("store", 1, 1)
-    logger.info(
-        "document_id=%s job_id=%s ingested chunks=%d pages=%s", document_id, ctx.job_id, count, parsed.page_count
-    )
+    logger.info("document_id=%s job_id=%s ingested chunks=%d pages=%s", document_id, ctx.job_id, count, page_count)
     return {
         "document_id": str(document_id),
         "chunks": count,
-        "pages": parsed.page_count,
+        "pages": page_count,
         "embedding_model": embedder.model,
     }
+
+
+def _parsed(ctx: JobContext, path: Path, *, settings: Settings) -> tuple[list[Chunk], int | None]:
+    """Parse and chunk in this delivery alone (every document but large PDFs)."""
+    ctx.progress("parse", 0, 1)
+    parsed = parse(path, ctx.payload["kind"], max_pages=settings.max_pages)
+    ctx.progress("parse", 1, 1)
+    ctx.check_cancelled()
+    chunks = chunk(parsed.elements, max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap)
+    if not chunks:
+        raise InputRejected("the document has no text to index")
+    ctx.progress("chunk", len(chunks), len(chunks))
+    return chunks, parsed.page_count
+
+
+def _forget_parts(engine: Engine, job_id: uuid.UUID) -> None:
+    try:
+        with engine.begin() as conn:
+            parts.delete(conn, job_id=job_id)
+    except Exception as exc:  # noqa: BLE001 (best effort: the rows go with the job's row, or the next success)
+        logger.warning("job_id=%s parts not deleted: %r", job_id, exc)
 
 
 def embed_chunks(ctx: JobContext, chunks: list[Chunk], *, embedder: Embedder, batch: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from protostar.bundle import Clients
 from protostar.constants import TaskName
 from protostar.db.engine import make_sessionmaker
+from protostar.ingest import parts
 from protostar.jobs.reconcile import reconcile
 from protostar.settings import MAINTENANCE_TIME_LIMITS
 from protostar.summary.submit import resummarize
@@ -41,10 +42,12 @@ def single_flight(name: str, run: Callable[[Session, Clients], T]) -> T | None:
 
 @shared_task(name=TaskName.RECONCILE.value, acks_late=True, soft_time_limit=_SOFT, time_limit=_HARD)
 def reconcile_task() -> dict[str, int] | None:
-    return single_flight(
-        "reconcile",
-        lambda session, res: reconcile(session=session, client=res.redis, dispatcher=res.dispatcher).as_dict(),
-    )
+    def run(session: Session, res: Clients) -> dict[str, int]:
+        counts = reconcile(session=session, client=res.redis, dispatcher=res.dispatcher).as_dict()
+        counts["ingest_parts_swept"] = parts.sweep(res.engine)  # of sharded ingests that ended cancelled
+        return counts
+
+    return single_flight("reconcile", run)
 
 
 @shared_task(name=TaskName.RESUMMARIZE.value, acks_late=True, soft_time_limit=_SOFT, time_limit=_HARD)

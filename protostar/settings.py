@@ -123,6 +123,16 @@ class Settings(BaseSettings):
     # --- ingestion ------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="larger uploads answer 413")
     max_pages: int = Field(5000, gt=0, description="documents with more pages fail with a reason")
+    ocr_max_pages: int = Field(
+        100, ge=0, description="pages of one document read by OCR at most; later scanned pages are skipped with a note"
+    )
+    ocr_page_seconds: float = Field(
+        15.0, gt=0, description="time budget of OCR on one page; a page past it is skipped with a note"
+    )
+    ocr_min_chars: int = Field(
+        20, ge=1, description="non-space characters that make a PDF page's text layer usable (else the page is OCRed)"
+    )
+    ocr_dpi: int = Field(200, ge=50, le=600, description="resolution PDF pages are rendered at for OCR")
     chunk_tokens: int = Field(200, ge=32, description="token budget of a chunk")
     chunk_overlap: int = Field(30, ge=0, description="tokens repeated between consecutive chunks")
     embedding_provider: Literal["local", "openai"] = "local"

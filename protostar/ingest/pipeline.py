@@ -22,6 +22,7 @@ from protostar.embeddings.embed import Embedder
 from protostar.errors import InputRejected
 from protostar.ingest import store
 from protostar.ingest.chunk import Chunk, chunk
+from protostar.ingest.ocr import OcrLimits
 from protostar.ingest.parse import parse
 from protostar.jobs.context import JobContext
 from protostar.settings import Settings
@@ -45,7 +46,13 @@ def ingest(
         ctx.progress("download", 1, 1)
         ctx.check_cancelled()
         ctx.progress("parse", 0, 1)
-        parsed = parse(path, ctx.payload["kind"], max_pages=settings.max_pages)
+        parsed = parse(
+            path,
+            ctx.payload["kind"],
+            max_pages=settings.max_pages,
+            ocr=OcrLimits.from_settings(settings),
+            between_pages=ctx.check_cancelled,
+        )
         ctx.progress("parse", 1, 1)
     ctx.check_cancelled()
 
@@ -76,6 +83,7 @@ def ingest(
         "chunks": count,
         "pages": parsed.page_count,
         "embedding_model": embedder.model,
+        **({"ocr": parsed.ocr} if parsed.ocr is not None else {}),
     }
 
 

@@ -221,7 +221,9 @@ def _parse_pdf(
         if report is not None and report.skipped:
             reasons = "; ".join(sorted({entry["reason"] for entry in report.skipped}))
             raise InputRejected(f"no text could be extracted from the PDF (scanned pages skipped: {reasons})")
-        raise InputRejected("no text could be extracted from the PDF (blank, scanned without text, or malformed)")
+        raise InputRejected(
+            "no text could be extracted from the PDF (blank, scanned or malformed PDF, and OCR found no text)"
+        )
     return Parsed(elements=elements, page_count=page_count, ocr=report.as_result() if report else None)
 
 

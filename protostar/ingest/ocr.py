@@ -44,8 +44,8 @@ would otherwise take gigabytes)."""
 
 @dataclass(frozen=True)
 class OcrLimits:
-    max_pages: int = 100
-    page_seconds: float = 15.0
+    max_pages: int = 50
+    page_seconds: float = 30.0
     min_chars: int = 20
     dpi: int = 200
 

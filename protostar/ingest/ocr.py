@@ -10,7 +10,8 @@ Pages are handled one at a time, each image dropped before the next is made: a P
 ``OcrLimits.dpi`` (its longest side at most ``MAX_SIDE`` pixels), an image file's frames are decoded by Pillow
 and shrunk to the same bound. Each page has a time budget (``OcrLimits.page_seconds``), enforced with
 ``SIGALRM`` in the main thread (the prefork child runs tasks there; billiard's soft time limit uses
-``SIGUSR1``, so they do not meet): the alarm interrupts OCR between two ONNX runs. Elsewhere (a thread pool) the
+``SIGUSR1``, so they do not meet; an alarm someone else had set is put back afterwards): the alarm interrupts
+OCR between two ONNX runs. Elsewhere (a thread pool) the
 budget is checked when the page ends.
 
 :func:`page_text` turns RapidOCR's boxes into lines (boxes whose vertical centres fall within half a line
@@ -119,12 +120,17 @@ def _alarm(seconds: float) -> Iterator[None]:
         raise PageTimeout
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    if outer:  # someone else's alarm was set (pytest-timeout's, say): ours must not outlive it
+        signal.setitimer(signal.ITIMER_REAL, min(seconds, outer))
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:  # put it back with what was left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 0.001))
 
 
 def page_text(boxes: Sequence[Sequence[Any]]) -> list[str]:

@@ -3,14 +3,17 @@ parse() on scans made in the test (a text PDF rendered to images, written back w
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pypdfium2 as pdfium  # type: ignore[import-untyped]
 import pytest
 
 from protostar.errors import InputRejected
-from protostar.ingest.ocr import OcrLimits, OcrReport, page_text, usable_text_layer
+from protostar.ingest.ocr import OcrLimits, OcrReport, PageTimeout, _alarm, page_text, usable_text_layer
 from protostar.ingest.parse import parse, warm
 from tests.ingest.scans import FACTS, png, scanned_pdf, text_pdf
 
@@ -62,6 +65,25 @@ def test_consecutive_pages_skipped_for_one_reason_are_one_note() -> None:
         {"page": 3, "last_page": 4, "reason": "over the cap"},
         {"page": 6, "last_page": 6, "reason": "over the cap"},
     ]
+
+
+def test_the_page_alarm_interrupts_and_gives_back_an_alarm_set_before_it() -> None:
+    def outer_handler(signum: int, frame: FrameType | None) -> None:
+        raise AssertionError("the outer alarm fired")
+
+    previous = signal.signal(signal.SIGALRM, outer_handler)
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    try:
+        with pytest.raises(PageTimeout), _alarm(0.05):
+            time.sleep(5)
+        with _alarm(5):
+            pass
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0 < remaining <= 100
+        assert signal.getsignal(signal.SIGALRM) is outer_handler
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")

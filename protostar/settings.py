@@ -127,7 +127,7 @@ class Settings(BaseSettings):
         50, ge=0, description="pages of one document read by OCR at most; later scanned pages are skipped with a note"
     )
     ocr_page_seconds: float = Field(
-        30.0, gt=0, description="time budget of OCR on one page; a page past it is skipped with a note"
+        30.0, gt=0, description="CPU seconds OCR may spend on one page; a page past it is skipped with a note"
     )
     ocr_min_chars: int = Field(
         20, ge=1, description="non-space characters that make a PDF page's text layer usable (else the page is OCRed)"

@@ -124,10 +124,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="larger uploads answer 413")
     max_pages: int = Field(5000, gt=0, description="documents with more pages fail with a reason")
     ocr_max_pages: int = Field(
-        50, ge=0, description="pages of one document read by OCR at most; later scanned pages are skipped with a note"
+        25, ge=0, description="pages of one document read by OCR at most; later scanned pages are skipped with a note"
     )
     ocr_page_seconds: float = Field(
-        30.0, gt=0, description="CPU seconds OCR may spend on one page; a page past it is skipped with a note"
+        60.0, gt=0, description="CPU seconds OCR may spend on one page; a page past it is skipped with a note"
     )
     ocr_min_chars: int = Field(
         20, ge=1, description="non-space characters that make a PDF page's text layer usable (else the page is OCRed)"

@@ -387,7 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=0.03, help="Gaussian noise per dimension of the copied vectors")
     p.add_argument("--search-reps", type=int, default=30, help="rounds over the questions, per query kind")
     p.add_argument("--log-level", default="INFO", help="PROTOSTAR_LOG_LEVEL of the API and worker")
-    p.add_argument("--ocr-pages", type=int, default=6, help="pages of the text PDF and its scan in phase 6")
+    p.add_argument("--ocr-pages", type=int, default=4, help="pages of the text PDF and its scan in phase 6")
     p.add_argument("--ocr-rounds", type=int, default=1, help="times phase 6 uploads the pair")
     p.add_argument("--phases", default="12346", help="which phases to run: any of 1-4 and 6 (5, memory, rides along)")
     return p.parse_args(argv)

@@ -10,9 +10,10 @@ Pages are handled one at a time, each image dropped before the next is made: a P
 ``OcrLimits.dpi`` (its longest side at most ``MAX_SIDE`` pixels), an image file's frames are decoded by Pillow
 and shrunk to the same bound. Each page has a budget of CPU time (``OcrLimits.page_seconds``: CPU seconds of
 the process, so that a page is not skipped because other processes took the cores; a dense two-column page
-takes about 7), enforced with ``ITIMER_PROF``/``SIGPROF`` in the main thread (the prefork child runs tasks
-there; billiard's soft time limit uses ``SIGUSR1`` and pytest-timeout ``SIGALRM``, so they do not meet; a
-profiling timer someone else had set is put back afterwards): the signal interrupts OCR between two ONNX runs.
+takes about 9 in a bare process, about 15 in a warmed ingest child), enforced with ``ITIMER_PROF``/``SIGPROF``
+in the main thread (the prefork child runs tasks there; billiard's soft time limit uses ``SIGUSR1`` and
+pytest-timeout ``SIGALRM``, so they do not meet; a profiling timer someone else had set is put back
+afterwards): the signal interrupts OCR between two ONNX runs.
 Elsewhere (a thread pool) the budget is checked, in CPU time, when the page ends.
 
 :func:`page_text` turns RapidOCR's boxes into lines (boxes whose vertical centres fall within half a line
@@ -46,8 +47,8 @@ would otherwise take gigabytes)."""
 
 @dataclass(frozen=True)
 class OcrLimits:
-    max_pages: int = 50
-    page_seconds: float = 30.0
+    max_pages: int = 25
+    page_seconds: float = 60.0
     min_chars: int = 20
     dpi: int = 200
 

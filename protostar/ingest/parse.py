@@ -295,6 +295,35 @@ def _ocr_one(out: _OcrPages, number: int, image: Callable[[], Any], limits: OcrL
         out.elements[number] = elements
 
 
+def _ocr_frames(
+    path: Path, label: str, numbers: range, limits: OcrLimits, between_pages: Callable[[], None] | None
+) -> _OcrPages:
+    out = _OcrPages(elements={}, report=OcrReport())
+    frames = itertools.islice(image_frames(path), numbers.start - 1, numbers.stop - 1)
+    for number in numbers:
+        if between_pages is not None:
+            between_pages()  # outside the try below: a cancel must reach the task shell as it is
+        if _counted(out.report) >= limits.max_pages:
+            for later in range(number, numbers.stop):  # not decoded at all
+                out.report.skip(later, f"over the OCR cap of {limits.max_pages} pages per document")
+            break
+        try:
+            frame = next(frames)
+        except StopIteration:
+            break
+        except Exception as exc:  # decoding this frame failed: keep what was read
+            if _not_about_the_input(exc):
+                raise
+            logger.info("%s: the image could not be decoded: %r", path.name, exc)
+            if not out.elements:
+                raise InputRejected(f"the {label} could not be decoded ({type(exc).__name__})") from exc
+            out.report.skip(number, f"the {label} could not be decoded from here on ({type(exc).__name__})")
+            break
+        _ocr_one(out, number, functools.partial(_given, frame), limits)
+        del frame
+    return out
+
+
 def _given(value: Any) -> Any:
     return value
 
@@ -317,22 +346,7 @@ def _parse_image(
     if frame_count > max_pages:
         raise InputRejected(f"the {label} has {frame_count} pages; the limit is {max_pages}")
     numbers = _page_range(pages, frame_count)
-    out = _OcrPages(elements={}, report=OcrReport())
-    try:
-        frames = itertools.islice(image_frames(path), numbers.start - 1, numbers.stop - 1)
-        for number, frame in enumerate(frames, start=numbers.start):
-            if between_pages is not None:
-                between_pages()
-            if _counted(out.report) >= limits.max_pages:
-                out.report.skip(number, f"over the OCR cap of {limits.max_pages} pages per document")
-                continue
-            _ocr_one(out, number, functools.partial(_given, frame), limits)
-    except Exception as exc:  # decoding a later frame failed: keep what was read
-        if _not_about_the_input(exc):
-            raise
-        logger.info("%s: the image could not be decoded: %r", path.name, exc)
-        if not out.elements:
-            raise InputRejected(f"the {label} could not be decoded ({type(exc).__name__})") from exc
+    out = _ocr_frames(path, label, numbers, limits, between_pages)
     elements = [element for number in sorted(out.elements) for element in out.elements[number]]
     if not elements:
         if out.report.skipped:

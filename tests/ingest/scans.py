@@ -77,3 +77,11 @@ def png(lines: list[str], dpi: int = 150) -> bytes:
     out = io.BytesIO()
     _images(text_pdf([lines]), dpi)[0].save(out, format="PNG")  # type: ignore[attr-defined]
     return out.getvalue()
+
+
+def tiff(pages: list[list[str]], dpi: int = 150) -> bytes:
+    """One TIFF frame per page of text."""
+    images = _images(text_pdf(pages), dpi)
+    out = io.BytesIO()
+    images[0].save(out, format="TIFF", save_all=True, append_images=images[1:])  # type: ignore[attr-defined]
+    return out.getvalue()

@@ -15,7 +15,7 @@ import pytest
 from protostar.errors import InputRejected
 from protostar.ingest.ocr import OcrLimits, OcrReport, PageTimeout, _alarm, page_text, usable_text_layer
 from protostar.ingest.parse import parse, warm
-from tests.ingest.scans import FACTS, png, scanned_pdf, text_pdf
+from tests.ingest.scans import FACTS, png, scanned_pdf, text_pdf, tiff
 
 
 @pytest.mark.parametrize(
@@ -150,6 +150,18 @@ def test_a_png_is_read(scans: Path) -> None:
     parsed = parse(scans / "page.png", "png", max_pages=100, ocr=OcrLimits())
     assert parsed.page_count == 1 and parsed.ocr == {"pages": 1, "skipped": []}
     assert "fortytwokindsofpear" in words(" ".join(e.text for e in parsed.elements)).replace("-", "")
+
+
+def test_a_multipage_tiff_is_read_frame_by_frame_up_to_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "scan.tif"
+    path.write_bytes(tiff(FACTS))
+    parsed = parse(path, "tiff", max_pages=100, ocr=OcrLimits(max_pages=1))
+    assert parsed.page_count == 3 and {e.page for e in parsed.elements} == {1}
+    assert parsed.ocr is not None and parsed.ocr["pages"] == 1
+    assert [(s["page"], s["last_page"]) for s in parsed.ocr["skipped"]] == [(2, 3)]
+    assert "brankov" in words(" ".join(e.text for e in parsed.elements))
+    with pytest.raises(InputRejected, match="3 pages; the limit is 2"):
+        parse(path, "tiff", max_pages=2)
 
 
 def test_a_damaged_image_fails_with_a_reason(tmp_path: Path) -> None:

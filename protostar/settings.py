@@ -123,6 +123,16 @@ class Settings(BaseSettings):
     # --- ingestion ------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="larger uploads answer 413")
     max_pages: int = Field(5000, gt=0, description="documents with more pages fail with a reason")
+    ocr_max_pages: int = Field(
+        25, ge=0, description="pages of one document read by OCR at most; later scanned pages are skipped with a note"
+    )
+    ocr_page_seconds: float = Field(
+        60.0, gt=0, description="CPU seconds OCR may spend on one page; a page past it is skipped with a note"
+    )
+    ocr_min_chars: int = Field(
+        20, ge=1, description="non-space characters that make a PDF page's text layer usable (else the page is OCRed)"
+    )
+    ocr_dpi: int = Field(200, ge=50, le=600, description="resolution PDF pages are rendered at for OCR")
     chunk_tokens: int = Field(200, ge=32, description="token budget of a chunk")
     chunk_overlap: int = Field(30, ge=0, description="tokens repeated between consecutive chunks")
     embedding_provider: Literal["local", "openai"] = "local"
@@ -212,8 +222,7 @@ class Settings(BaseSettings):
                 raise ValueError("each soft time limit must be below its hard time limit")
         if max(hard for _, hard in limits) >= self.visibility_timeout:
             raise ValueError("visibility_timeout must exceed the longest task, or tasks run twice")
-        if self.chunk_overlap >= self.chunk_tokens:
-            raise ValueError("chunk_overlap must be below chunk_tokens")
+        self._refuse_unsafe_ingest()
         if self.embedding_provider == "openai" and not self.embedding_base_url:
             raise ValueError("PROTOSTAR_EMBEDDING_BASE_URL is required with PROTOSTAR_EMBEDDING_PROVIDER=openai")
         if self.llm_total_timeout >= self.chat_soft_time_limit:
@@ -235,6 +244,12 @@ class Settings(BaseSettings):
             if key is not None and len(key.get_secret_value()) < 32:
                 raise ValueError("PROTOSTAR_BOOTSTRAP_API_KEY must be at least 32 characters in production")
         return self
+
+    def _refuse_unsafe_ingest(self) -> None:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be below chunk_tokens")
+        if self.ocr_max_pages * self.ocr_page_seconds >= self.ingest_soft_time_limit:
+            raise ValueError("ocr_max_pages x ocr_page_seconds must be below ingest_soft_time_limit, or OCR fails jobs")
 
     def _refuse_unsafe_recovery(self) -> None:
         """The recovery timings: a live job is never taken over, and beat's reconciler sends can expire."""

@@ -25,6 +25,8 @@ Starts its own embedded Redis/PostgreSQL/S3 in a temp dir on free ports, applies
    ``ORDER BY embedding <=> q LIMIT 5``, alternating, from this process.
 5. Peak RSS (``VmHWM``) of the ingest pool child during phase 1 (and after the whole corpus) vs the baseline
    parser process's.
+6. OCR pages/s next to text-layer pages/s: a generated ``--ocr-pages``-page text PDF and its scan (image-only
+   PDF) uploaded in turn (``bench.ingest.ocr``).
 
 Results: a markdown table on stdout and in ``bench/results/ingest.md``; process output and query plans in
 ``bench/results/ingest.log``.
@@ -43,7 +45,7 @@ from typing import IO
 
 from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, pct, publish, wait_idle
 from bench.harness import INGEST_WORKER, System, bench_env, launched
-from bench.ingest import corpus, e2e, embedding, latency, models, retrieval
+from bench.ingest import corpus, e2e, embedding, latency, models, ocr, retrieval
 from bench.ingest.processes import BareParser, MemorySampler
 
 LOG = RESULTS / "ingest.log"
@@ -102,6 +104,24 @@ def report_pages(report: Report, runs: list[e2e.FileRun]) -> None:
     report.extra += [*e2e.file_table(runs), ""]
 
 
+def report_ocr(report: Report, pairs: list[ocr.Pair]) -> None:
+    report.figure = 6
+    r = ocr.rates(pairs)
+    pages = sum(p.pages for p in pairs)
+    report.add(
+        f"OCR pages/s, scanned PDF, one ingest child, job started→finished ({len(pairs)} x {pairs[0].pages} pages)",
+        f"{r['scan_job']:.2f}",
+        f"the same pages with their text layer {r['text_job']:.2f}",
+        f"{r['scan_job'] / r['text_job']:.3f}",
+    )
+    report.add(
+        f"  parse stage alone ({pages} pages each)",
+        f"{r['scan_parse']:.2f}",
+        f"text layer {r['text_parse']:.2f}",
+        f"{r['scan_parse'] / r['text_parse']:.3f}",
+    )
+
+
 def report_rss(report: Report, sampler: MemorySampler, bare_kb: int | None, docs: retrieval.Corpus | None) -> None:
     report.figure = 5
     idle, pdf, every = (sampler.peaks.get(label) for label in ("idle", "pdf", "corpus"))
@@ -126,6 +146,9 @@ def report_rss(report: Report, sampler: MemorySampler, bare_kb: int | None, docs
         helpers = ", ".join(f"{name} {kb / MB:,.0f} MB" for name, kb in every.helpers.items())
         if helpers:
             report.notes.append(f"processes the ingest child started (converters), peak RSS each: {helpers}")
+    scans = sampler.peaks.get("ocr")
+    if scans:
+        report.add("  after the OCR phase (6)", f"{scans.hwm_kb / MB:,.0f} MB", "", "", "≤ 1536 MB")
     if docs is not None and docs.runs:
         grown = {
             name: (sampler.peak_between(r.started, r.finished), sampler.rss_before(r.started))
@@ -288,6 +311,11 @@ def run_phases(args: argparse.Namespace, system: System, report: Report, log: IO
         sampler.label = "corpus"
         key, tenant_id = system.tenant_key("bench-qa")
         docs = retrieval.ingest(system, key, tenant_id)
+    if "6" in args.phases:
+        print("6/6 OCR pages/s next to text-layer pages/s (the same pages)...", flush=True)
+        sampler.label = "ocr"
+        key6, _ = system.tenant_key("bench-ocr")
+        report_ocr(report, ocr.run(system, key6, pages=args.ocr_pages, rounds=args.ocr_rounds))
     sampler.stop()
     report_rss(report, sampler, bare_kb, docs)
     if docs is not None:
@@ -359,7 +387,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=0.03, help="Gaussian noise per dimension of the copied vectors")
     p.add_argument("--search-reps", type=int, default=30, help="rounds over the questions, per query kind")
     p.add_argument("--log-level", default="INFO", help="PROTOSTAR_LOG_LEVEL of the API and worker")
-    p.add_argument("--phases", default="1234", help="which phases to run: any of 1-4 (5, memory, rides along)")
+    p.add_argument("--ocr-pages", type=int, default=4, help="pages of the text PDF and its scan in phase 6")
+    p.add_argument("--ocr-rounds", type=int, default=1, help="times phase 6 uploads the pair")
+    p.add_argument("--phases", default="12346", help="which phases to run: any of 1-4 and 6 (5, memory, rides along)")
     return p.parse_args(argv)
 
 

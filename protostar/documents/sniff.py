@@ -13,9 +13,10 @@ CSV look alike as bytes), where the extension refines the flavour:
   ``txt``. Without a ``.csv``/``.tsv`` name, comma-separated text is ``txt``.
 
 Text is accepted when it has no NUL bytes and decodes as UTF-8 or reads like a legacy 8-bit encoding
-(Windows-1252 / Latin-1). JSON, XML other than (X)HTML, images, archives, executables and legacy Office
-files raise :class:`UnsupportedMediaType` naming what was found, and so does a ZIP or OLE2 container whose
-directory is damaged or truncated; an empty file raises :class:`ValidationFailed`.
+(Windows-1252 / Latin-1). PNG, JPEG and TIFF images are accepted (read by OCR) once their header checks out.
+JSON, XML other than (X)HTML, other images, archives, executables and legacy Office files raise
+:class:`UnsupportedMediaType` naming what was found, and so does a ZIP or OLE2 container whose directory is
+damaged or truncated; an empty file raises :class:`ValidationFailed`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ _TYPES: dict[str, tuple[str, str]] = {
     "md": ("text/markdown", ".md"),
     "csv": ("text/csv", ".csv"),
     "txt": ("text/plain", ".txt"),
+    "png": ("image/png", ".png"),
+    "jpeg": ("image/jpeg", ".jpg"),
+    "tiff": ("image/tiff", ".tif"),
 }
 
 SUPPORTED_KINDS: frozenset[str] = frozenset(_TYPES)
@@ -105,6 +109,9 @@ def _sniff_kind(file: BinaryIO, head: bytes, filename: str | None) -> str:
         return "pdf"
     if head.lstrip().startswith(b"{\\rtf"):
         return "rtf"
+    image = _image_kind(head)
+    if image is not None:
+        return image
     strong = _signature(head, _STRONG_SIGNATURES)
     if strong:
         raise UnsupportedMediaType(strong)
@@ -233,12 +240,35 @@ def _ole_kind(file: BinaryIO) -> str:
 
 _PDF_HEADER = re.compile(rb"(?:^|[\r\n])%PDF-\d\.\d")
 
+# Images read by OCR: the magic number, then a check that the header is whole (PNG's IHDR chunk first, a JPEG
+# marker after SOI, a TIFF's first IFD offset inside the file's head or beyond it but not before the header).
+_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+
+def _image_kind(head: bytes) -> str | None:
+    kind = next((kind for magic, kind in _IMAGE_MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        return None
+    if kind == "png" and head[12:16] != b"IHDR":
+        raise UnsupportedMediaType("the file looks like a PNG image but its header is damaged")
+    if kind == "jpeg" and len(head) < 4:
+        raise UnsupportedMediaType("the file looks like a JPEG image but is truncated")
+    if kind == "tiff":
+        if len(head) < 8:
+            raise UnsupportedMediaType("the file looks like a TIFF image but is truncated")
+        offset = struct.unpack("<I" if head[:2] == b"II" else ">I", head[4:8])[0]
+        if offset < 8:
+            raise UnsupportedMediaType("the file looks like a TIFF image but its header is damaged")
+    return kind
+
+
 # Magic numbers that text cannot start with: checked before the text test.
 _STRONG_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "PNG images"),
-    (b"\xff\xd8\xff", "JPEG images"),
-    (b"II*\x00", "TIFF images"),
-    (b"MM\x00*", "TIFF images"),
     (b"\x1f\x8b", "gzip archives"),
     (b"\xfd7zXZ\x00", "xz archives"),
     (b"7z\xbc\xaf\x27\x1c", "7-Zip archives"),

@@ -9,6 +9,17 @@ parsing, and to count pages. When ``unstructured``'s ``fast`` strategy returns n
 deliberately skips PDFs whose pages it judges "too complex", and swallows its own extraction errors), the
 text PDFium extracts is used instead, one ``NarrativeText`` element per page.
 
+Pages without a usable text layer (:func:`~protostar.ingest.ocr.usable_text_layer`: fewer than
+``OcrLimits.min_chars`` non-space characters in PDFium's text) are rendered and read by OCR
+(:mod:`protostar.ingest.ocr`), and so are image files (PNG, JPEG, TIFF, each frame a page): up to
+``OcrLimits.max_pages`` pages per call, each within its time budget. A page that fails OCR, runs out of time or
+is over the cap is skipped and noted in :attr:`Parsed.ocr` (the job's result shows it); the document fails only
+when nothing at all could be read. A page with a usable text layer is never OCRed. When every page is a scan,
+``unstructured`` is not run at all.
+
+``first_page`` / ``last_page`` (1-based, inclusive) parse a range of a PDF's pages (or an image's frames): the
+range is copied into a PDF of its own for ``unstructured``, and page numbers stay those of the whole document.
+
 E-mail attachments are not parsed: ``unstructured`` would route them through its auto-partitioner, which
 reaches for the Hugging Face Hub for images and fails the whole message on one broken attachment.
 """
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import logging
 import os
 import re
@@ -30,6 +42,17 @@ import pypdfium2 as pdfium  # type: ignore[import-untyped]
 import pypdfium2.raw as pdfium_c  # type: ignore[import-untyped]
 
 from protostar.errors import InputRejected
+from protostar.ingest.ocr import (
+    OcrLimits,
+    OcrReport,
+    PageTimeout,
+    count_frames,
+    image_frames,
+    read_page,
+    render_pdf_page,
+    usable_text_layer,
+)
+from protostar.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +68,8 @@ class Element:
 class Parsed:
     elements: list[Element]
     page_count: int | None
+    ocr: dict[str, Any] | None = None
+    """When OCR was needed: ``{"pages": read, "skipped": [{"page", "last_page", "reason"}]}``; else None."""
 
 
 _LABELS = {
@@ -61,7 +86,12 @@ _LABELS = {
     "rtf": "RTF document",
     "odt": "OpenDocument text",
     "epub": "EPUB book",
+    "png": "PNG image",
+    "jpeg": "JPEG image",
+    "tiff": "TIFF image",
 }
+
+IMAGE_KINDS = frozenset({"png", "jpeg", "tiff"})
 
 _Partitioner = Callable[..., list[Any]]
 
@@ -120,23 +150,210 @@ def _partitioners() -> dict[str, _Partitioner]:
     }
 
 
-def parse(path: Path, kind: str, *, max_pages: int) -> Parsed:
-    """Parse the document at ``path`` of a kind :func:`~protostar.documents.sniff.sniff` returned."""
+def parse(
+    path: Path,
+    kind: str,
+    *,
+    max_pages: int,
+    ocr: OcrLimits | None = None,
+    first_page: int | None = None,
+    last_page: int | None = None,
+    between_pages: Callable[[], None] | None = None,
+) -> Parsed:
+    """Parse the document at ``path`` of a kind :func:`~protostar.documents.sniff.sniff` returned.
+
+    ``ocr``: the OCR limits (default: from the settings). ``first_page``/``last_page``: a page range of a PDF or
+    an image file (default: all pages). ``between_pages`` is called before each OCR page (the pipeline passes
+    its cancel check), since OCR takes seconds per page.
+    """
     if kind not in _LABELS:
         raise InputRejected(f"documents of type {kind!r} are not supported")
     if not path.is_file():
         raise FileNotFoundError(path)  # ours to fix, not the input's fault: let it escape
+    limits = ocr if ocr is not None else OcrLimits.from_settings(get_settings())
+    if kind in IMAGE_KINDS:
+        return _parse_image(path, kind, max_pages, limits, (first_page, last_page), between_pages)
+    if kind != "pdf" and (first_page is not None or last_page is not None):
+        raise ValueError("page ranges are for PDFs and images")  # a caller's mistake, not the input's
     warm()
-    page_count = _check_pdf(path, max_pages) if kind == "pdf" else None
-    elements = _partition(path, kind)
-    if not elements and kind == "pdf":
-        elements = _pdfium_elements(path)
+    if kind != "pdf":
+        elements = _partition(path, kind)
         if not elements:
-            raise InputRejected("no text could be extracted from the PDF (scanned or malformed PDF)")
-        logger.info("%s: unstructured found no text, PDFium found %d pages of it", path.name, len(elements))
+            raise InputRejected(f"no text could be extracted from the {_LABELS[kind]}")
+        return Parsed(elements=elements, page_count=None)
+    return _parse_pdf(path, max_pages, limits, (first_page, last_page), between_pages)
+
+
+def _page_range(pages: tuple[int | None, int | None], count: int) -> range:
+    """1-based page numbers of the range, clamped to the document."""
+    first = max(1, pages[0] or 1)
+    last = min(count, pages[1] or count)
+    return range(first, last + 1)
+
+
+def _parse_pdf(
+    path: Path,
+    max_pages: int,
+    limits: OcrLimits,
+    pages: tuple[int | None, int | None],
+    between_pages: Callable[[], None] | None,
+) -> Parsed:
+    page_count = _check_pdf(path, max_pages)
+    numbers = _page_range(pages, page_count)
+    layers = _text_layers(path, numbers)  # page number -> PDFium's text
+    scanned = [number for number in numbers if not usable_text_layer(layers[number], limits.min_chars)]
+    elements: list[Element] = []
+    if len(scanned) < len(numbers):
+        elements = _partition_pdf_range(path, numbers, page_count)
+        if not elements:
+            elements = [
+                Element(text=text, type="NarrativeText", page=number)
+                for number, text in layers.items()
+                if text and number not in scanned
+            ]
+            logger.info("%s: unstructured found no text, PDFium found %d pages of it", path.name, len(elements))
+    report: OcrReport | None = None
+    if scanned:
+        by_page = _ocr_pdf_pages(path, scanned, limits, between_pages)
+        report = by_page.report
+        elements = _merge(elements, by_page.elements)
     if not elements:
-        raise InputRejected(f"no text could be extracted from the {_LABELS[kind]}")
-    return Parsed(elements=elements, page_count=page_count)
+        if report is not None and report.skipped:
+            reasons = "; ".join(sorted({entry["reason"] for entry in report.skipped}))
+            raise InputRejected(f"no text could be extracted from the PDF (scanned pages skipped: {reasons})")
+        raise InputRejected(
+            "no text could be extracted from the PDF (blank, scanned or malformed PDF, and OCR found no text)"
+        )
+    return Parsed(elements=elements, page_count=page_count, ocr=report.as_result() if report else None)
+
+
+def _merge(text_layer: list[Element], ocred: dict[int, list[Element]]) -> list[Element]:
+    """The text layer's elements with each OCRed page's in its place: OCR text replaces the little a page's
+    text layer had when it found more, else the text layer stays. Order: by page, then as found."""
+    layer_by_page: dict[int | None, list[Element]] = {}
+    for element in text_layer:
+        layer_by_page.setdefault(element.page, []).append(element)
+    for page, elements in ocred.items():
+        found = sum(len(element.text) for element in elements)
+        had = sum(len(element.text) for element in layer_by_page.get(page, []))
+        if found > had:
+            layer_by_page[page] = elements
+    return [element for page in sorted(layer_by_page, key=lambda p: p or 0) for element in layer_by_page[page]]
+
+
+@dataclass
+class _OcrPages:
+    elements: dict[int, list[Element]]
+    report: OcrReport
+
+
+def _ocr_pdf_pages(
+    path: Path, numbers: list[int], limits: OcrLimits, between_pages: Callable[[], None] | None
+) -> _OcrPages:
+    out = _OcrPages(elements={}, report=OcrReport())
+    document = pdfium.PdfDocument(path)
+    try:
+        for number in numbers:
+            if between_pages is not None:
+                between_pages()
+            if _counted(out.report) >= limits.max_pages:
+                out.report.skip(number, f"over the OCR cap of {limits.max_pages} pages per document")
+                continue
+            _ocr_one(out, number, functools.partial(render_pdf_page, document, number - 1, dpi=limits.dpi), limits)
+    finally:
+        document.close()
+    logger.info("%s: OCR read %d pages, skipped %s", path.name, out.report.pages, out.report.skipped)
+    return out
+
+
+def _counted(report: OcrReport) -> int:
+    """Pages OCR was tried on (read, failed or timed out), which is what the cap counts."""
+    tried = report.pages
+    for entry in report.skipped:
+        if not entry["reason"].startswith("over the OCR cap"):
+            tried += entry["last_page"] - entry["page"] + 1
+    return tried
+
+
+def _ocr_one(out: _OcrPages, number: int, image: Callable[[], Any], limits: OcrLimits) -> None:
+    """OCR one page; a failure or a timeout becomes a note, never an exception (apart from out of memory and
+    the task's soft time limit, which must reach the task shell as they are)."""
+    try:
+        paragraphs = read_page(image(), seconds=limits.page_seconds)
+    except PageTimeout:
+        out.report.skip(number, f"OCR ran out of its {limits.page_seconds:g} s budget for the page")
+        return
+    except Exception as exc:  # the boundary with a renderer and an OCR engine fed untrusted input
+        if _not_about_the_input(exc):
+            raise
+        logger.info("page %d: OCR failed: %r", number, exc)
+        out.report.skip(number, f"OCR failed ({type(exc).__name__})")
+        return
+    out.report.pages += 1
+    elements = [Element(text=text, type="NarrativeText", page=number) for text in paragraphs if text.strip()]
+    if elements:
+        out.elements[number] = elements
+
+
+def _ocr_frames(
+    path: Path, label: str, numbers: range, limits: OcrLimits, between_pages: Callable[[], None] | None
+) -> _OcrPages:
+    out = _OcrPages(elements={}, report=OcrReport())
+    frames = itertools.islice(image_frames(path), numbers.start - 1, numbers.stop - 1)
+    for number in numbers:
+        if between_pages is not None:
+            between_pages()  # outside the try below: a cancel must reach the task shell as it is
+        if _counted(out.report) >= limits.max_pages:
+            for later in range(number, numbers.stop):  # not decoded at all
+                out.report.skip(later, f"over the OCR cap of {limits.max_pages} pages per document")
+            break
+        try:
+            frame = next(frames)
+        except StopIteration:
+            break
+        except Exception as exc:  # decoding this frame failed: keep what was read
+            if _not_about_the_input(exc):
+                raise
+            logger.info("%s: the image could not be decoded: %r", path.name, exc)
+            if not out.elements:
+                raise InputRejected(f"the {label} could not be decoded ({type(exc).__name__})") from exc
+            out.report.skip(number, f"the {label} could not be decoded from here on ({type(exc).__name__})")
+            break
+        _ocr_one(out, number, functools.partial(_given, frame), limits)
+        del frame
+    return out
+
+
+def _given(value: Any) -> Any:
+    return value
+
+
+def _parse_image(
+    path: Path,
+    kind: str,
+    max_pages: int,
+    limits: OcrLimits,
+    pages: tuple[int | None, int | None],
+    between_pages: Callable[[], None] | None,
+) -> Parsed:
+    label = _LABELS[kind]
+    try:
+        frame_count = count_frames(path)
+    except Exception as exc:  # Pillow on untrusted input: unreadable, truncated, a decompression bomb
+        if _not_about_the_input(exc):
+            raise
+        raise InputRejected(f"the {label} could not be opened ({type(exc).__name__})") from exc
+    if frame_count > max_pages:
+        raise InputRejected(f"the {label} has {frame_count} pages; the limit is {max_pages}")
+    numbers = _page_range(pages, frame_count)
+    out = _ocr_frames(path, label, numbers, limits, between_pages)
+    elements = [element for number in sorted(out.elements) for element in out.elements[number]]
+    if not elements:
+        if out.report.skipped:
+            reasons = "; ".join(sorted({entry["reason"] for entry in out.report.skipped}))
+            raise InputRejected(f"no text could be read from the {label} ({reasons})")
+        raise InputRejected(f"no text could be read from the {label}")
+    return Parsed(elements=elements, page_count=frame_count, ocr=out.report.as_result())
 
 
 def _check_pdf(path: Path, max_pages: int) -> int:
@@ -156,12 +373,12 @@ def _check_pdf(path: Path, max_pages: int) -> int:
     return page_count
 
 
-def _partition(path: Path, kind: str) -> list[Element]:
+def _partition(path: Path, kind: str, **extra: Any) -> list[Element]:
     partitioner = _partitioners()[kind]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            raw = partitioner(**_arguments(path, kind))
+            raw = partitioner(**_arguments(path, kind), **extra)
     except Exception as exc:  # the boundary with parsers of untrusted input
         if _not_about_the_input(exc):
             raise
@@ -236,24 +453,42 @@ def repair_mojibake(text: str) -> str:
     return _MOJIBAKE.sub(fix, text)
 
 
-def _pdfium_elements(path: Path) -> list[Element]:
-    """One NarrativeText element per page that has text, from PDFium's text layer."""
-    elements = []
+def _text_layers(path: Path, numbers: range) -> dict[int, str]:
+    """PDFium's text of each page in ``numbers`` (1-based), tidied (empty for a page without a text layer)."""
+    layers = {}
     document = pdfium.PdfDocument(path)
     try:
-        for index in range(len(document)):
-            page = document[index]
+        for number in numbers:
+            page = document[number - 1]
             textpage = page.get_textpage()
             try:
-                text = _tidy(str(textpage.get_text_bounded()))
+                layers[number] = _tidy(str(textpage.get_text_bounded()))
             finally:
                 textpage.close()
                 page.close()
-            if text:
-                elements.append(Element(text=text, type="NarrativeText", page=index + 1))
     finally:
         document.close()
-    return elements
+    return layers
+
+
+def _partition_pdf_range(path: Path, numbers: range, page_count: int) -> list[Element]:
+    """``unstructured``'s elements of the pages in ``numbers``; a range short of the whole document is copied
+    into a PDF of its own first (page numbers stay the whole document's)."""
+    if numbers.start == 1 and numbers.stop - 1 == page_count:
+        return _partition(path, "pdf")
+    part = path.with_name(f"{path.name}.pages-{numbers.start}-{numbers.stop - 1}.pdf")
+    source = pdfium.PdfDocument(path)
+    target = pdfium.PdfDocument.new()
+    try:
+        target.import_pages(source, list(range(numbers.start - 1, numbers.stop - 1)))
+        target.save(part)
+    finally:
+        target.close()
+        source.close()
+    try:
+        return _partition(part, "pdf", starting_page_number=numbers.start)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _tidy(text: str) -> str:

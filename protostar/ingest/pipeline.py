@@ -22,6 +22,7 @@ from protostar.embeddings.embed import Embedder
 from protostar.errors import InputRejected, TimeLimitExceeded
 from protostar.ingest import parts, shard, store
 from protostar.ingest.chunk import Chunk, chunk
+from protostar.ingest.ocr import OcrLimits
 from protostar.ingest.parse import parse
 from protostar.jobs.context import JobContext
 from protostar.settings import Settings
@@ -72,8 +73,9 @@ def ingest(
                 _forget_parts(engine, ctx.job_id)  # job's stay (another delivery may own it now): reconcile sweeps them
                 raise
             page_count: int | None = pages
+            ocr: dict[str, Any] | None = None  # the parts' OCR notes are not gathered (yet)
         else:
-            chunks, page_count = _parsed(ctx, path, settings=settings)
+            chunks, page_count, ocr = _parsed(ctx, path, settings=settings)
             if fan_out is not None and len(chunks) > settings.ingest_shard_chunks:
                 logger.info("document_id=%s job_id=%s sharded: %d chunks", document_id, ctx.job_id, len(chunks))
                 sharded = True
@@ -108,20 +110,29 @@ def ingest(
         "chunks": count,
         "pages": page_count,
         "embedding_model": embedder.model,
+        **({"ocr": ocr} if ocr is not None else {}),
     }
 
 
-def _parsed(ctx: JobContext, path: Path, *, settings: Settings) -> tuple[list[Chunk], int | None]:
-    """Parse and chunk in this delivery alone (every document but large PDFs)."""
+def _parsed(
+    ctx: JobContext, path: Path, *, settings: Settings
+) -> tuple[list[Chunk], int | None, dict[str, Any] | None]:
+    """Parse (OCR included) and chunk in this delivery alone (every document but large PDFs); the OCR note."""
     ctx.progress("parse", 0, 1)
-    parsed = parse(path, ctx.payload["kind"], max_pages=settings.max_pages)
+    parsed = parse(
+        path,
+        ctx.payload["kind"],
+        max_pages=settings.max_pages,
+        ocr=OcrLimits.from_settings(settings),
+        between_pages=ctx.check_cancelled,
+    )
     ctx.progress("parse", 1, 1)
     ctx.check_cancelled()
     chunks = chunk(parsed.elements, max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap)
     if not chunks:
         raise InputRejected("the document has no text to index")
     ctx.progress("chunk", len(chunks), len(chunks))
-    return chunks, parsed.page_count
+    return chunks, parsed.page_count, parsed.ocr
 
 
 def _forget_parts(engine: Engine, job_id: uuid.UUID) -> None:

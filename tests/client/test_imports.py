@@ -26,3 +26,9 @@ def test_the_client_needs_only_httpx_and_the_standard_library() -> None:
 def test_the_api_loads_neither_the_client_nor_the_cli() -> None:
     api = loaded("protostar.api.app")
     assert not {name for name in api if name.startswith(("protostar.client", "protostar.console"))}
+
+
+def test_the_api_loads_no_ocr_nor_parser() -> None:
+    api = loaded("protostar.api.app")
+    heavy = ("rapidocr_onnxruntime", "cv2", "pypdfium2", "unstructured", "protostar.ingest")
+    assert not {name for name in api if name.startswith(heavy)}

@@ -87,12 +87,27 @@ def test_empty_file_fails_validation() -> None:
         sniff_bytes(b"", "empty.txt")
 
 
-def test_png_is_unsupported() -> None:
-    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
+@pytest.mark.parametrize(
+    ("head", "kind", "content_type"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "png", "image/png"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "jpeg", "image/jpeg"),
+        (b"II*\x00\x08\x00\x00\x00", "tiff", "image/tiff"),
+        (b"MM\x00*\x00\x00\x00\x08", "tiff", "image/tiff"),
+    ],
+)
+def test_png_jpeg_and_tiff_images_are_accepted_by_their_bytes(head: bytes, kind: str, content_type: str) -> None:
+    detected = sniff_bytes(head + bytes(range(256)) * 4, "scan.txt")  # the name does not matter
+    assert detected.kind == kind and detected.content_type == content_type
+
+
+def test_damaged_image_headers_are_unsupported() -> None:
     with pytest.raises(UnsupportedMediaType, match="PNG"):
-        sniff_bytes(png, "picture.txt")
-    with pytest.raises(UnsupportedMediaType, match="PNG"):
-        sniff_bytes(b"\x89PNG\r\n\x1a\n", None)
+        sniff_bytes(b"\x89PNG\r\n\x1a\n", None)  # no IHDR chunk
+    with pytest.raises(UnsupportedMediaType, match="TIFF"):
+        sniff_bytes(b"II*\x00\x00\x00\x00\x00" + bytes(100), None)  # first IFD inside the header
+    with pytest.raises(UnsupportedMediaType, match="GIF"):
+        sniff_bytes(b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + bytes(range(256)), None)  # no OCR for GIF
 
 
 @pytest.mark.parametrize("seed", range(20))

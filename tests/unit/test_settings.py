@@ -30,6 +30,7 @@ def test_defaults_are_valid_for_development() -> None:
             "llm_total_timeout must be below summary_soft_time_limit",
         ),
         ({"summary_max_tokens": 600}, "three summaries"),
+        ({"ocr_max_pages": 100, "ocr_page_seconds": 20}, "ocr_max_pages x ocr_page_seconds"),
         (
             {"environment": "production", "redis_url": None, "database_url": None, "s3_endpoint": None},
             "PROTOSTAR_REDIS_URL",

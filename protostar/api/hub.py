@@ -29,6 +29,8 @@ from typing import Any, Final
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from protostar.backoff import delay
 from protostar.jobs.events import Event, decode, stream_key
@@ -40,6 +42,7 @@ READ_COUNT = 500  # entries per key and read
 QUEUE_BATCHES = 256  # batches a subscriber may have waiting before it is told to replay
 POOL_CONNECTIONS = 16  # the blocking pool of short reads (replays, wakes, stream leases)
 POOL_WAIT = 10.0  # seconds a short read waits for a pooled connection
+POOL_RETRIES, POOL_RETRY_BASE, POOL_RETRY_CAP = 2, 0.05, 0.5  # a short read on a dropped connection: tries again
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 5.0  # seconds: the hub's reconnects
 WAKE_PREFIX = "protostar:hub:wake:"
 WAKE_TTL = 60  # seconds
@@ -110,12 +113,15 @@ class Hub:
             socket_timeout=self.block_ms / 1000 + self.read_timeout,  # above the blocking read
             max_connections=1,
         )
+        # After a Redis restart every pooled connection is dead: a command retries on a fresh one (capped,
+        # jittered) instead of answering a stream's opening with 503.
         pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
             max_connections=POOL_CONNECTIONS,
             timeout=POOL_WAIT,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.read_timeout,
+            retry=Retry(ExponentialWithJitterBackoff(base=POOL_RETRY_BASE, cap=POOL_RETRY_CAP), POOL_RETRIES),
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._task = asyncio.create_task(self._run(), name="sse-hub")

@@ -110,6 +110,7 @@ def test_the_hub_reconnects_and_keeps_its_subscribers_when_redis_restarts(stack:
             await asyncio.sleep(0.2)
             first = publish()
             assert [e.id for e in await _take(sub, 1)] == [first]
+            assert await hub.exists(job)  # a short read: its pooled connection is dead after the restart
             assert stack.redis is not None
             stack.redis.stop()
             await asyncio.sleep(2.5)  # the hub's reads fail meanwhile
@@ -117,6 +118,8 @@ def test_the_hub_reconnects_and_keeps_its_subscribers_when_redis_restarts(stack:
             second = await asyncio.to_thread(publish)
             assert [e.id for e in await _take(sub, 1)] == [second]  # the same subscriber, after the restart
             assert hub.reconnects > 0
+            # The short reads' pool replaces its dead connections (before, the first read answered a stream 503).
+            assert [e.id for e in await hub.replay(job, "0-0")] == [first, second]
         finally:
             await hub.stop()
 

@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 
 RRF_K = 60
 MAX_LOOSE_WORDS = 32
-FTS_POOL = 200  # most full-text matches ranked per tier: bounds the cost of a question of common words
-# (bench.ingest at 100k chunks: 1000 → 200 halves the search latency, recall@5 and MRR on qa.jsonl unchanged)
+FTS_POOL = 1000  # most full-text matches ranked per tier: bounds the cost of a question of common words.
+# 200 halved the latency at 100k chunks (bench.ingest), but then the "any word" tier of a 2,754-chunk corpus was
+# an arbitrary fifth of its matches, chosen by the order the chunks were stored in: with another ingest order a
+# qa.jsonl question fell out of the top 5 (with 1000 it ranks first). A bound that keeps recall is issue 14's.
 _WORD = re.compile(r"\w+")
 _EXCLUDED = re.compile(r"(?<![\w-])-\w+")  # websearch syntax: -word excludes the word
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import urllib3
 from minio import Minio
+from minio.error import S3Error
 
 from protostar.errors import ServiceError
 from protostar.settings import Settings
+
+# A small object that ``Bucket.ready`` reads. Reading object data needs the store's data servers, as uploads do; a
+# bucket's metadata does not: after a restart, SeaweedFS answered HEAD bucket seconds before it could read or store
+# an object, and uploads sent then waited on it instead of being answered 503.
+HEALTH_KEY = "health/ready"
+HEALTH_BODY = b"ok"
 
 
 def make_minio(settings: Settings) -> Minio:
@@ -59,4 +67,17 @@ class Bucket:
         self.client.remove_object(self.name, key)
 
     def ready(self) -> bool:
-        return bool(self.client.bucket_exists(self.name))
+        """The store serves object data: ``HEALTH_KEY`` is read (and written first, on a new bucket)."""
+        try:
+            response = self.client.get_object(self.name, HEALTH_KEY)
+        except S3Error as exc:
+            if exc.code != "NoSuchKey":
+                raise
+            self.client.put_object(self.name, HEALTH_KEY, io.BytesIO(HEALTH_BODY), len(HEALTH_BODY))
+            return True
+        try:
+            response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        return True

@@ -15,10 +15,11 @@ every route and the shared synchronous pipeline code for one failure mode. So th
   complete, storing it gets ``UPLOAD_RATE`` more time per byte). Past it, if a dependency is down or frozen, the
   caller gets ``503 dependency_timeout``, a message that names nothing internal, and the connection is closed.
 * Whether one is, a :class:`Monitor` knows: a thread per dependency pings it (PostgreSQL, Redis, the object
-  store) every ``PING_EVERY`` seconds, and one whose last answer is older than half the deadline (at least 1 s)
-  is taken as down (a frozen one never answers, so its thread just waits). A request past its deadline while every
-  dependency answers is slow for another reason (a starved CPU while workers start on a small machine, a cold
-  model): it goes on, looked at again after each further deadline, rather than being told a dependency is down.
+  store, by reading a small object's data) every ``PING_EVERY`` seconds, and one whose last answer is older than
+  half the deadline (at least 1 s) is taken as down (a frozen one never answers, so its thread just waits). A
+  request past its deadline while every dependency answers is slow for another reason (a starved CPU while
+  workers start on a small machine, a cold model): it goes on, looked at again after each further deadline,
+  rather than being told a dependency is down.
 * The abandoned route is left to finish in the background: its thread is blocked in the driver and cannot be
   interrupted, and it finishes when the dependency answers again (or fails by its own timeouts). Whatever it sends
   is dropped, it reads a disconnect, and the request's dependencies (``api.deps``) refuse to start any more work,

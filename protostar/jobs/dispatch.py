@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
 NOT_QUEUED = "the task queue is unavailable; nothing was queued, try again"
 
-# Partial unique indexes on ``jobs`` that allow one job in flight per key (see protostar.db.models.Job).
-TURN_CAME = {"reason": "its tenant's turn came: sent to the queue"}
+TURN_CAME = {"reason": "its tenant's turn came: sent to the queue"}  # the queued event of a job sent by next_turn
 
+# Partial unique indexes on ``jobs`` that allow one job in flight per key (see protostar.db.models.Job).
 IN_FLIGHT_INDEXES = frozenset({"uq_jobs_summary_session_in_flight", "uq_jobs_summary_document_in_flight"})
 
 

@@ -40,11 +40,16 @@ def ingest_task(self: Task, job_id: str) -> dict[str, Any] | None:
 
 
 def _fan_out(job_id: str, count: int) -> None:
-    """Send ``count`` helpers for the job's parts to the ingest queue. Not sent (the broker away): the job's own
-    delivery does every part itself, so this never fails the job."""
+    """Send ``count`` helpers for the job's parts to the ingest queue, with the ingest queue's time limits (a
+    helper works through parts until none is left: the default limit of a minute stopped helpers mid-part) and an
+    expiry (a helper that waited longer than a whole ingest may run finds nothing left). Not sent (the broker
+    away): the job's own delivery does every part itself, so this never fails the job."""
+    soft, hard = resources.current().settings.time_limits[Queue.INGEST]
     for _ in range(max(count, 0)):
         try:
-            ingest_part_task.apply_async(args=[job_id], queue=Queue.INGEST.value)
+            ingest_part_task.apply_async(
+                args=[job_id], queue=Queue.INGEST.value, soft_time_limit=soft, time_limit=hard, expires=hard
+            )
         except Exception as exc:  # noqa: BLE001 (boundary: helpers only speed the job up)
             logger.warning("job_id=%s part helper not sent: %r", job_id, exc)
             return

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     embedding_base_url: str | None = None
     embedding_api_key: SecretStr | None = None
     embedding_batch_size: int = Field(32, gt=0)
+    reembed_in_flight: int = Field(
+        8,
+        ge=1,
+        description="ingests of documents embedded by another model (after a change of model) queued or running at "
+        "once, for all tenants together; beat tops them up every reembed_interval seconds",
+    )
+    reembed_interval: float = Field(60.0, ge=2, description="seconds between beat's looks for such documents")
     embedding_timeout: float = Field(30.0, gt=0)
     ingest_shard_pages: int = Field(
         60, ge=2, description="PDFs with more pages are parsed and embedded in parts by all ingest children"

@@ -136,7 +136,11 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(200, ge=32, description="token budget of a chunk")
     chunk_overlap: int = Field(30, ge=0, description="tokens repeated between consecutive chunks")
     embedding_provider: Literal["local", "openai"] = "local"
-    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2-onnx-int8",
+        description="the model id recorded with every vector; with the local provider all-MiniLM-L6-v2-onnx-int8 "
+        "(ONNX Runtime, int8) or all-MiniLM-L6-v2 (torch)",
+    )
     embedding_dim: int = Field(384, gt=0)
     embedding_base_url: str | None = None
     embedding_api_key: SecretStr | None = None

@@ -1,8 +1,8 @@
 """Text → L2-normalised float32 vectors, from the bundled local model or any OpenAI-compatible endpoint.
 
-The bundled all-MiniLM-L6-v2 runs two ways, each its own model id because their numbers differ: through torch
-and sentence-transformers (:data:`LOCAL_MODEL`, the default) or through ONNX Runtime with int8 weights
-(:data:`ONNX_INT8_MODEL`, opt-in, about 3.4x the tokens/s per core). Every embedder builds its heavy part (the
+The bundled all-MiniLM-L6-v2 runs two ways, each its own model id because their numbers differ: through ONNX
+Runtime with int8 weights (:data:`ONNX_INT8_MODEL`, the default, about 3.3x the tokens/s per core) or through
+torch and sentence-transformers (:data:`LOCAL_MODEL`). Every embedder builds its heavy part (the
 session, the torch model, the HTTP client) on first use, never at import, so a prefork child builds its own
 after the fork. Vectors of different models are never compared: every stored chunk carries the name of the
 model that embedded it.
@@ -263,8 +263,8 @@ class OpenAIEmbedder:
 def make_embedder(settings: Settings, *, threads: int | None = None) -> Embedder:
     """The embedder the settings ask for; ``threads=1`` in prefork children, so two children share two cores.
 
-    With the ``local`` provider the model id picks the numeric path: :data:`LOCAL_MODEL` (torch, the
-    default) or :data:`ONNX_INT8_MODEL`."""
+    With the ``local`` provider the model id picks the numeric path: :data:`ONNX_INT8_MODEL` (the default)
+    or :data:`LOCAL_MODEL` (torch)."""
     if settings.embedding_provider == "local":
         model, dim = settings.embedding_model, settings.embedding_dim
         if model not in (ONNX_INT8_MODEL, LOCAL_MODEL) or dim != LOCAL_DIM:

@@ -84,4 +84,9 @@ beat_schedule = {
         "schedule": _timedelta(minutes=1),
         "options": {"expires": 55, "queue": _Queue.MAINTENANCE.value},
     },
+    "reembed-documents": {
+        "task": _TaskName.REEMBED.value,
+        "schedule": _timedelta(seconds=_settings.reembed_interval),
+        "options": {"expires": max(1.0, _settings.reembed_interval - 1), "queue": _Queue.MAINTENANCE.value},
+    },
 }

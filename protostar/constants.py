@@ -25,6 +25,7 @@ class TaskName(StrEnum):
     SUMMARY_DOCUMENT = "protostar.summary.document"
     RECONCILE = "protostar.maintenance.reconcile"
     RESUMMARIZE = "protostar.maintenance.resummarize"
+    REEMBED = "protostar.maintenance.reembed"
 
 
 class JobKind(StrEnum):

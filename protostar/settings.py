@@ -136,11 +136,22 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(200, ge=32, description="token budget of a chunk")
     chunk_overlap: int = Field(30, ge=0, description="tokens repeated between consecutive chunks")
     embedding_provider: Literal["local", "openai"] = "local"
-    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2-onnx-int8",
+        description="the model id recorded with every vector; with the local provider all-MiniLM-L6-v2-onnx-int8 "
+        "(ONNX Runtime, int8) or all-MiniLM-L6-v2 (torch)",
+    )
     embedding_dim: int = Field(384, gt=0)
     embedding_base_url: str | None = None
     embedding_api_key: SecretStr | None = None
     embedding_batch_size: int = Field(32, gt=0)
+    reembed_in_flight: int = Field(
+        8,
+        ge=1,
+        description="ingests of documents embedded by another model (after a change of model) queued or running at "
+        "once, for all tenants together; beat tops them up every reembed_interval seconds",
+    )
+    reembed_interval: float = Field(60.0, ge=2, description="seconds between beat's looks for such documents")
     embedding_timeout: float = Field(30.0, gt=0)
     ingest_shard_pages: int = Field(
         60, ge=2, description="PDFs with more pages are parsed and embedded in parts by all ingest children"

@@ -18,9 +18,10 @@ Starts its own embedded Redis/PostgreSQL/S3 in a temp dir on free ports, applies
    ONNX int8 ``OnnxEmbedder.embed`` vs the torch ``LocalEmbedder.embed`` (tokens/s per core).
 3. Retrieval quality on ``qa.jsonl`` after ingesting the whole corpus: recall@5 and MRR@5 of POST /v1/search
    (hybrid) vs vector-only (exact) and full-text-only rankings of the same chunks; then the ONNX int8 and the
-   torch embedders each rank the chunks of the questions' documents (exact cosine, and hybrid ``search()`` over
-   a copy of those chunks in a tenant of each model), on ``qa.jsonl`` and on the benchmark's own questions
-   (``bench.ingest.models``).
+   torch embedders each embed every chunk of the corpus (tokens/s per core) and rank, in the same run, the
+   chunks of the questions' documents and then the whole corpus (exact cosine, hybrid ``search()`` over a copy
+   of those chunks in a tenant of each model, and full text), on ``qa.jsonl`` and on the benchmark's own
+   questions (``bench.ingest.models``).
 4. Search latency p50/p99 with 100,000 chunks in the table: ``protostar.search.search()`` vs a bare pgvector
    ``ORDER BY embedding <=> q LIMIT 5``, alternating, from this process.
 5. Peak RSS (``VmHWM``) of the ingest pool child during phase 1 (and after the whole corpus) vs the baseline
@@ -229,35 +230,65 @@ def report_retrieval(report: Report, scores: dict[str, retrieval.Score], docs: r
     )
 
 
-def report_models(report: Report, result: models.Comparison) -> None:
+def report_models(report: Report, result: models.Comparison, *, whole: bool) -> None:
     report.figure = 3
-    onnx, torch = result.scores["onnx"], result.scores["torch"]
+    onnx, torch, full = result.scores["onnx"], result.scores["torch"], result.scores["full text"]
+    scope = (
+        f"the whole corpus ({result.chunks:,} chunks of {len(result.documents)} documents)"
+        if whole
+        else f"the {result.chunks} chunks of {', '.join(result.documents)}"
+    )
+    own = f"{result.own_questions} own questions" + (" (drawn from the whole corpus)" if whole else "")
     for key, label in (
         ("qa", f"vector only (exact), `qa.jsonl` ({len(corpus.questions())} questions)"),
-        ("own", f"vector only (exact), own questions ({result.own_questions} sentences)"),
+        ("own", f"vector only (exact), {own}"),
         ("hybrid qa", "hybrid `search()` (each model's copy of the chunks in its own tenant), `qa.jsonl`"),
-        ("hybrid own", "hybrid `search()`, own questions"),
+        ("hybrid own", f"hybrid `search()`, {own}"),
     ):
         o, t = onnx[key], torch[key]
         report.add(
-            f"  over the {result.chunks} chunks of {', '.join(result.documents)}, {label}: ONNX int8 recall@5 / MRR@5",
+            f"  over {scope}, {label}: ONNX int8 recall@5 / MRR@5",
             f"{o.recall:.3f} / {o.mrr:.3f}",
             f"torch {t.recall:.3f} / {t.mrr:.3f}",
             f"{o.recall - t.recall:+.3f} / {o.mrr - t.mrr:+.3f}",
             "within 0.02",
         )
-    o, t = result.throughput["onnx"], result.throughput["torch"]
     report.add(
-        f"  tokens/s per core embedding those {result.chunks} chunks (windows of {models.WINDOW}, taking turns)",
+        f"  over {scope}, full text only (the same for both models), `qa.jsonl` · {own}: recall@5 / MRR@5",
+        f"{full['qa'].recall:.3f} / {full['qa'].mrr:.3f} · {full['own'].recall:.3f} / {full['own'].mrr:.3f}",
+    )
+    where = "whole corpus" if whole else "questions' documents"
+    report.extra += [
+        f"`qa.jsonl` over {scope}: rank of each question's first answering chunk in each list (hybrid: "
+        f"`search()` asked for {models.DEPTH}; the worker's rows are the tenant `POST /v1/search` searched, "
+        f"embedded by the worker with the configured model):",
+        "",
+        *result.table,
+        "",
+    ]
+    for name, scores in result.scores.items():
+        for key, s in scores.items():
+            if s.misses:
+                report.notes.append(f"misses of {name} on {key} ({where}): " + "; ".join(s.misses[:10]))
+    for key, lines in result.lost.items():
+        if lines:
+            report.notes.append(
+                f"{key} questions in the top 5 of one model's hybrid search only ({where}, {len(lines)}): "
+                + "; ".join(lines[:10])
+            )
+
+
+def report_model_speed(report: Report, embedded: models.Embedded) -> None:
+    report.figure = 3
+    o, t = embedded.throughput["onnx"], embedded.throughput["torch"]
+    report.add(
+        f"  tokens/s per core embedding the corpus's {len(embedded.chunks):,} chunks (windows of {models.WINDOW}, "
+        "taking turns)",
         f"{o.tokens_per_s:,.0f}",
         f"torch {t.tokens_per_s:,.0f}",
         f"{o.tokens_per_s / t.tokens_per_s:.2f}",
         "≥ 2.5",
     )
-    for name, scores in result.scores.items():
-        for key, s in scores.items():
-            if s.misses:
-                report.notes.append(f"misses of {name} on {key} (pool): " + "; ".join(s.misses[:10]))
 
 
 def report_latency(report: Report, result: latency.Latency, noise: float) -> None:
@@ -350,14 +381,19 @@ def measure_corpus(
         report_retrieval(report, retrieval.evaluate(system, key, docs, embedder), docs)
     system.stop("api")
     if "3" in args.phases:
-        print("    ONNX int8 vs torch embedder on the questions' documents...", flush=True)
-        chunks = models.pool(system, docs.tenant_id, docs.names, {q.document for q in corpus.questions()})
+        print("    ONNX int8 vs torch embedder: embedding the whole corpus with each...", flush=True)
         both = {
             "onnx": OnnxEmbedder(data_dir=system.settings.data_dir, threads=1),
             "torch": LocalEmbedder(batch_size=system.settings.embedding_batch_size, threads=1),
         }
-        own = models.own_questions(chunks, args.own_questions)
-        report_models(report, models.compare(system, docs.tenant_id, chunks, own, both))
+        embedded = models.embed(models.pool(system, docs.tenant_id, docs.names), both)
+        report_model_speed(report, embedded)
+        for documents in ({q.document for q in corpus.questions()}, None):
+            scope = "the questions' documents" if documents else "the whole corpus"
+            print(f"    ranking {scope} with each model (exact, hybrid, full text)...", flush=True)
+            stored = None if documents else (docs.names, embedder)
+            compared = models.compare(system, docs.tenant_id, embedded, documents, args.own_questions, both, stored)
+            report_models(report, compared, whole=documents is None)
     if "2" in args.phases:
         print("2/4 embedding throughput...", flush=True)
         windows = embedding.sample(system, docs.tenant_id, args.embed_texts, args.embed_window)

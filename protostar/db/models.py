@@ -144,6 +144,8 @@ class Document(Base):
     page_count: Mapped[int | None] = mapped_column(Integer)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict, server_default=text("'{}'"))
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The model of its chunks' vectors (set with them): another than the configured one means embed again.
+    embedding_model: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     # Not stored: the status and error of the document's latest ingest job (``job_id``), the one truth.

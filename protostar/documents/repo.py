@@ -78,9 +78,11 @@ def lock_for_write(conn: Connection, *, document_id: uuid.UUID) -> bool:
     return conn.execute(select(Document.id).where(Document.id == document_id).with_for_update()).first() is not None
 
 
-def mark_ingested(conn: Connection, *, document_id: uuid.UUID, chunk_count: int, page_count: int | None) -> None:
+def mark_ingested(
+    conn: Connection, *, document_id: uuid.UUID, chunk_count: int, page_count: int | None, model: str
+) -> None:
     conn.execute(
         update(Document)
         .where(Document.id == document_id)
-        .values(chunk_count=chunk_count, page_count=page_count, updated_at=text("now()"))
+        .values(chunk_count=chunk_count, page_count=page_count, embedding_model=model, updated_at=text("now()"))
     )

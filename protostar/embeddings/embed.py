@@ -1,8 +1,8 @@
 """Text → L2-normalised float32 vectors, from the bundled local model or any OpenAI-compatible endpoint.
 
 The bundled all-MiniLM-L6-v2 runs two ways, each its own model id because their numbers differ: through ONNX
-Runtime with int8 weights (:data:`ONNX_INT8_MODEL`, the default, about 3.4x the tokens/s per core) or
-through torch and sentence-transformers (:data:`LOCAL_MODEL`). Every embedder builds its heavy part (the
+Runtime with int8 weights (:data:`ONNX_INT8_MODEL`, the default, about 3.3x the tokens/s per core) or through
+torch and sentence-transformers (:data:`LOCAL_MODEL`). Every embedder builds its heavy part (the
 session, the torch model, the HTTP client) on first use, never at import, so a prefork child builds its own
 after the fork. Vectors of different models are never compared: every stored chunk carries the name of the
 model that embedded it.

@@ -100,7 +100,9 @@ def ingest(
             vectors=vectors,
             model=embedder.model,
         )
-        documents.mark_ingested(conn, document_id=document_id, chunk_count=count, page_count=page_count)
+        documents.mark_ingested(
+            conn, document_id=document_id, chunk_count=count, page_count=page_count, model=embedder.model
+        )
         if sharded:
             parts.delete(conn, job_id=ctx.job_id)
     ctx.progress("store", 1, 1)

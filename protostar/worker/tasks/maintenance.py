@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from protostar.bundle import Clients
 from protostar.constants import TaskName
 from protostar.db.engine import make_sessionmaker
+from protostar.documents.reembed import reembed
 from protostar.ingest import parts
 from protostar.jobs.reconcile import reconcile
 from protostar.settings import MAINTENANCE_TIME_LIMITS
@@ -65,3 +66,15 @@ def resummarize_task() -> dict[str, Any] | None:
         return {"queued": len(queued)}
 
     return single_flight("resummarize", run)
+
+
+@shared_task(name=TaskName.REEMBED.value, acks_late=True, soft_time_limit=_SOFT, time_limit=_HARD)
+def reembed_task() -> dict[str, Any] | None:
+    def run(session: Session, res: Clients) -> dict[str, Any]:
+        settings = res.settings  # the model id is the setting's, whatever the provider: no model is loaded here
+        queued = reembed(
+            session, dispatcher=res.dispatcher, model=settings.embedding_model, in_flight=settings.reembed_in_flight
+        )
+        return {"queued": len(queued)}
+
+    return single_flight("reembed", run)

@@ -62,9 +62,6 @@ TEST_ENV = {
     "PROTOSTAR_MAX_UPLOAD_BYTES": str(40 * 1024 * 1024),
     # OCR (tests/ingest/test_ocr_api.py): a 3-page scan then has a page over the cap.
     "PROTOSTAR_OCR_MAX_PAGES": "2",
-    # Re-ingest after a change of model (tests/documents/test_reembed.py): beat looks every 2 s, 2 at a time.
-    "PROTOSTAR_REEMBED_INTERVAL": "2",
-    "PROTOSTAR_REEMBED_IN_FLIGHT": "2",
     "PROTOSTAR_RESTART_BACKOFF": "0.2",
     "PROTOSTAR_RESTART_BACKOFF_CAP": "2",
     # Above the 2 s default: on a loaded 2-core test machine a first search (model load) or a large upload's

@@ -1,5 +1,6 @@
-"""After a change of embedding model, documents embedded by the old one are ingested again by beat, a few at a
-time, and are found by search again (live stack; the old model is made by hand in the tables)."""
+"""After a change of embedding model, documents embedded by the old one are ingested again, a few at a time, and
+are found by search again (live stack; the old model is made by hand in the tables; beat's runs are called
+here, as the live stack runs no beat)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import uuid
 
 import httpx
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
-from protostar.documents.reembed import REASON
+import celeryconfig
+from protostar.constants import TaskName
+from protostar.documents.reembed import REASON, reembed
+from protostar.jobs.dispatch import Dispatcher
 from tests.api.test_jobs import wait_status
 from tests.conftest import Live
 from tests.ingest.test_documents_api import upload
@@ -17,8 +22,13 @@ from tests.ingest.test_documents_api import upload
 OLD = "an-older-model"
 
 
+def test_beat_looks_for_documents_of_another_model() -> None:
+    entry = celeryconfig.beat_schedule["reembed-documents"]
+    assert entry["task"] == TaskName.REEMBED.value and entry["options"]["queue"] == "maintenance"
+
+
 def test_documents_of_another_model_are_ingested_again_a_few_at_a_time(
-    api: httpx.Client, engine: Engine, live: Live
+    api: httpx.Client, engine: Engine, live: Live, dispatcher: Dispatcher
 ) -> None:
     word = f"zorblax{uuid.uuid4().hex[:8]}"
     documents = {}
@@ -36,10 +46,14 @@ def test_documents_of_another_model_are_ingested_again_a_few_at_a_time(
         conn.execute(
             text("UPDATE documents SET embedding_model = :m WHERE id::text = ANY(:ids)"), {"m": OLD, "ids": ids}
         )
-    # Beat's reembed (every 2 s in the tests, at most 2 in flight) queues them again; until then search reads
-    # only the configured model's chunks, so these are not found.
-    most_in_flight, deadline = 0, time.monotonic() + 240
+    assert not api.post("/v1/search", json={"query": f"{word} gauge"}).json()["hits"]  # the configured model's only
+    # Beat's runs, at most 2 in flight: the documents are queued again, 2 at first, the third once one ended.
+    most_in_flight, queued, deadline = 0, [], time.monotonic() + 240
     while time.monotonic() < deadline:
+        with Session(engine) as session:
+            now = reembed(session, dispatcher=dispatcher, model=live.settings.embedding_model, in_flight=2)
+        assert len(now) <= 2
+        queued += [str(d) for d in now if str(d) in ids]
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
@@ -58,10 +72,11 @@ def test_documents_of_another_model_are_ingested_again_a_few_at_a_time(
         most_in_flight = max(most_in_flight, in_flight)
         if all(model == live.settings.embedding_model and status == "succeeded" for _, model, status, _ in rows):
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     else:
         raise AssertionError(f"not ingested again: {rows}")
-    assert most_in_flight <= 2  # PROTOSTAR_REEMBED_IN_FLIGHT in the tests
+    assert most_in_flight <= 2
+    assert sorted(queued) == sorted(ids)  # each once: a run while one is in flight does not queue it twice
     assert all(reason == REASON for *_, reason in rows)  # a new ingest job each, the same document ids
     assert {row[0] for row in rows} == set(ids)
     for document_id in ids:

@@ -132,9 +132,10 @@ def test_make_embedder_picks_the_numeric_path_from_the_model_id(tmp_path: Path) 
     onnx = make_embedder(Settings(data_dir=tmp_path, embedding_model=ONNX_INT8_MODEL), threads=1)
     assert isinstance(onnx, OnnxEmbedder)
     assert (onnx.model, onnx.dim, onnx.threads) == (ONNX_INT8_MODEL, 384, 1)
-    default = make_embedder(Settings(data_dir=tmp_path), threads=1)  # torch, until a same-run comparison decides
-    assert isinstance(default, LocalEmbedder)
-    assert default.model == LOCAL_MODEL
+    default = make_embedder(Settings(data_dir=tmp_path), threads=1)
+    assert isinstance(default, OnnxEmbedder) and default.model == ONNX_INT8_MODEL
+    torch_path = make_embedder(Settings(embedding_model=LOCAL_MODEL), threads=1)
+    assert isinstance(torch_path, LocalEmbedder) and torch_path.model == LOCAL_MODEL
     with pytest.raises(ServiceError, match="onnx-int8"):
         make_embedder(Settings(embedding_model="all-MiniLM-L6-v2-onnx"))
     with pytest.raises(ServiceError):

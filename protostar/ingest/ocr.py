@@ -2,9 +2,18 @@
 
 The OCR models (PP-OCRv4 detection and recognition, a direction classifier) ship inside the wheel and run on
 ONNX Runtime: nothing is downloaded, ever. :func:`engine` imports the package and loads the models on first use
-in a process, once (an ingest child that never meets a scan never pays for it: about 0.3 s and 100 MB); one
-ONNX thread per process, since the prefork children already take one core each. Nothing here imports
-``rapidocr_onnxruntime`` at module import, so importing this module is cheap and the API never sees it.
+in a process (an ingest child that never meets a scan never pays for it: about 0.3 s and 40 MB), and
+:func:`release` drops them after the task that used them (the ingest tasks do, before trimming the heap: about
+20 MB back, a reload costs 0.2 s); one ONNX thread per process, since the prefork children already take one core
+each. Nothing here imports ``rapidocr_onnxruntime`` at module import, so importing this module is cheap and the
+API never sees it.
+
+The text detector sees the page with its longest side at most ``DET_MAX_SIDE`` pixels (PaddleOCR's own default
+for PP-OCR detection); the lines it finds are still cut from the full-size page for recognition. On a whole
+2,000-pixel page the detector's activations took 550-620 MB (ONNX Runtime's memory pattern, planned after the
+first run of a shape, is one block for all of them) and it found worse boxes: lines of two columns run together,
+words without spaces. At 960 pixels: about 150 MB, and 0.86 of the words of six corpus pages found instead of
+0.31 (measured in a process like an ingest child, pages scanned at 150 DPI and rendered at 200).
 
 Pages are handled one at a time, each image dropped before the next is made: a PDF page is rendered by PDFium at
 ``OcrLimits.dpi`` (its longest side at most ``MAX_SIDE`` pixels), an image file's frames are decoded by Pillow
@@ -39,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 MAX_SIDE = 2000
 """Longest side, in pixels, of an image handed to OCR (RapidOCR shrinks anything larger to this itself)."""
+
+DET_MAX_SIDE = 960
+"""Longest side, in pixels, of the image the text detector reads (RapidOCR's ``Det.limit_side_len`` with
+``limit_type: max``)."""
 
 MAX_IMAGE_PIXELS = 80_000_000
 """An image file whose frame has more pixels than this is refused before it is decoded (a decompression bomb
@@ -96,10 +109,26 @@ def engine() -> Any:
     """RapidOCR with its bundled models, loaded once per process."""
     started = time.perf_counter()
     from rapidocr_onnxruntime import RapidOCR  # type: ignore[import-untyped]
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess  # type: ignore[import-untyped]
 
-    ocr = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, print_verbose=False)
+    ocr = RapidOCR(
+        intra_op_num_threads=1,
+        inter_op_num_threads=1,
+        print_verbose=False,
+        det_limit_type="max",
+        det_limit_side_len=DET_MAX_SIDE,
+    )
+    # RapidOCR 1.4 replaces a "max" limit by 960, 1,500 or 2,000 after the image's size, whatever was configured
+    # (RapidAI/RapidOCR#740, open): the detector's preprocessing with the configured limit.
+    det = ocr.text_det
+    det.get_preprocess = lambda _longest: DetPreProcess(det.limit_side_len, det.limit_type, det.mean, det.std)
     logger.info("OCR models loaded in %.1f s", time.perf_counter() - started)
     return ocr
+
+
+def release() -> None:
+    """Drop the OCR models, if loaded; the next page loads them again. The caller trims the heap afterwards."""
+    engine.cache_clear()
 
 
 def read_page(image: Any, *, seconds: float) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from protostar.constants import Queue, TaskName
+from protostar.ingest.ocr import release as release_ocr
 from protostar.worker import limits, resources
 from protostar.worker.shell import run_job
 
@@ -36,6 +37,7 @@ def ingest_task(self: Task, job_id: str) -> dict[str, Any] | None:
             ),
         )
     finally:
+        release_ocr()
         limits.release_free_memory()
 
 
@@ -79,6 +81,7 @@ def ingest_part_task(self: Task, job_id: str) -> int:
         logger.warning("job_id=%s part helper stopped: %r", job_id, exc)
         return 0
     finally:
+        release_ocr()
         limits.release_free_memory()
     if done:
         logger.info("job_id=%s part helper did %d parts", job_id, done)

@@ -46,7 +46,8 @@ def test_documents_of_another_model_are_ingested_again_a_few_at_a_time(
         conn.execute(
             text("UPDATE documents SET embedding_model = :m WHERE id::text = ANY(:ids)"), {"m": OLD, "ids": ids}
         )
-    assert not api.post("/v1/search", json={"query": f"{word} gauge"}).json()["hits"]  # the configured model's only
+    found = {h["document_id"] for h in api.post("/v1/search", json={"query": f"{word} gauge"}).json()["hits"]}
+    assert not found & set(ids)  # search reads the configured model's chunks only
     # Beat's runs, at most 2 in flight: the documents are queued again, 2 at first, the third once one ended.
     most_in_flight, queued, deadline = 0, [], time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -88,4 +89,4 @@ def test_documents_of_another_model_are_ingested_again_a_few_at_a_time(
         ).scalars()
         assert list(models) == [live.settings.embedding_model]  # the old chunks were replaced, not added to
     hits = api.post("/v1/search", json={"query": f"{word} gauge", "top_k": 5}).json()
-    assert {h["document_id"] for h in hits["hits"]} == set(ids), hits
+    assert set(ids) <= {h["document_id"] for h in hits["hits"]}, hits

@@ -307,18 +307,20 @@ def test_a_second_models_vectors_never_mix_with_the_first(
     assert [h.filename for h in default] == ["large.txt"]
 
 
-def test_the_default_model_search_uses_its_hnsw_index(engine: Engine, corpus: Corpus) -> None:
+def test_the_default_model_search_uses_its_hnsw_index(engine: Engine, corpus: Corpus, settings: Settings) -> None:
+    """The configured (default) model's index, made at start-up and holding every tenant's chunks of that model."""
+    model = settings.embedding_model
     tenant = corpus.tenant()
     doc = corpus.document(tenant)
-    corpus.store(tenant, doc, [f"filler chunk number {i}" for i in range(3000)], unit(3000, 384, 10))
+    corpus.store(tenant, doc, [f"filler chunk number {i}" for i in range(3000)], unit(3000, 384, 10), model=model)
     with engine.begin() as conn:
         conn.execute(text("ANALYZE chunks"))
     with engine.connect() as conn:
         statement, params = search_statement(
-            conn, tenant_id=tenant, query="filler", vector=unit(1, 384, 11)[0], model=MODEL, top_k=5, candidates=50
+            conn, tenant_id=tenant, query="filler", vector=unit(1, 384, 11)[0], model=model, top_k=5, candidates=50
         )
         plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, params))
-    assert "ix_chunks_hnsw_all_minilm_l6_v2" in plan, plan
+    assert index_name(model) in plan, plan
 
 
 def test_a_switch_of_model_gets_its_index_at_start_up_and_search_uses_it(

@@ -355,11 +355,11 @@ def run_phases(args: argparse.Namespace, system: System, report: Report, log: IO
 
 
 def measure_pages(args: argparse.Namespace, system: System, log: IO[str]) -> tuple[list[e2e.FileRun], int]:
-    from protostar.ingest.parse import _tiny_pdf
+    from protostar.ingest.parse import text_pdf
 
     key, _ = system.tenant_key("bench-pages")
     with tempfile.NamedTemporaryFile(suffix=".pdf") as warm:
-        warm.write(_tiny_pdf("Warm up."))  # the PDF an ingest child warms up with: both start equal
+        warm.write(text_pdf([["Warm up."]]))  # the PDF an ingest child warms up with: both start equal
         warm.flush()
         bare = BareParser(Path(warm.name), log)
     try:

@@ -98,14 +98,36 @@ def chunk(
     count_tokens: TokenCounter = approx_tokens,
 ) -> list[Chunk]:
     """Chunks of ``elements`` of at most ``max_tokens`` tokens each (as ``count_tokens`` counts them)."""
-    if max_tokens < 8:
-        raise ValueError("max_tokens must be at least 8")
-    if not 0 <= overlap < max_tokens:
-        raise ValueError("overlap must be at least 0 and below max_tokens")
-    packer = _Packer(max_tokens=max_tokens, overlap=overlap, count=count_tokens)
-    for index, element in enumerate(elements):
-        packer.add(index, element)
-    return packer.finish()
+    chunker = Chunker(max_tokens=max_tokens, overlap=overlap, count_tokens=count_tokens)
+    chunker.feed(elements)
+    return chunker.finish()
+
+
+class Chunker:
+    """:func:`chunk` for elements that arrive a batch at a time, in order. A chunk once closed is final (later
+    elements never change it), so :attr:`closed` chunks can be embedded while later pages are still parsed; the
+    chunks are those of one :func:`chunk` call over all the elements."""
+
+    def __init__(self, *, max_tokens: int, overlap: int, count_tokens: TokenCounter = approx_tokens) -> None:
+        if max_tokens < 8:
+            raise ValueError("max_tokens must be at least 8")
+        if not 0 <= overlap < max_tokens:
+            raise ValueError("overlap must be at least 0 and below max_tokens")
+        self._packer = _Packer(max_tokens=max_tokens, overlap=overlap, count=count_tokens)
+        self._next = 0  # the index of the next element: pieces of one element join by it
+
+    @property
+    def closed(self) -> list[Chunk]:
+        return self._packer.chunks
+
+    def feed(self, elements: Sequence[Element]) -> None:
+        for element in elements:
+            self._packer.add(self._next, element)
+            self._next += 1
+
+    def finish(self) -> list[Chunk]:
+        """All the chunks, the last one closed."""
+        return self._packer.finish()
 
 
 class _Packer:

@@ -113,7 +113,7 @@ def warm() -> None:
     sent_tokenize("Warm the model. Then parse.")
     pos_tag("warm the model")
     # The first PDF partition imports more of the stack and compiles numba functions: pay that here.
-    partitioners["pdf"](file=io.BytesIO(_tiny_pdf("Warm up.")), strategy="fast", languages=["eng"])
+    partitioners["pdf"](file=io.BytesIO(text_pdf([["Warm up."]])), strategy="fast", languages=["eng"])
     logger.info("ingest parsers warmed in process %d", os.getpid())
 
 
@@ -496,17 +496,23 @@ def _tidy(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _tiny_pdf(text: str) -> bytes:
-    """A valid one-page PDF showing ``text`` (ASCII, no parentheses), built by hand."""
-    content = b"BT /F1 12 Tf 72 720 Td (" + text.encode("ascii") + b") Tj ET"
-    objects = [
+def text_pdf(pages: list[list[str]], *, size: int = 16) -> bytes:
+    """A valid PDF with one page per list of lines, in ``size`` pt Helvetica (ASCII, no parentheses or
+    backslashes), built by hand: the ingest child's warm-up document (and the tests' text pages)."""
+    count = len(pages)
+    objects: list[bytes] = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> "
-        b"/Contents 5 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(count)), count),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
     ]
+    for i, lines in enumerate(pages):
+        shown = b" ".join(b"(%s) Tj T*" % line.encode("ascii") for line in lines)
+        content = b"BT /F1 %d Tf %d TL 72 720 Td %s ET" % (size, size + size // 4, shown)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            b"/Contents %d 0 R >>" % (5 + 2 * i)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):

@@ -33,35 +33,39 @@ class State:
     failure: tuple[str, str] | None  # (code, message) of the first failed part
 
 
-def plan(engine: Engine, *, job_id: uuid.UUID, phase: str, specs: list[dict[str, Any]]) -> None:
-    """Make the phase's parts, keeping those a former delivery made for the same plan (done ones included);
-    a different plan (other settings) replaces them. Failed parts are reset, to be tried again."""
+def plan(
+    engine: Engine, *, job_id: uuid.UUID, phase: str, specs: list[dict[str, Any]], start: int = 0, final: bool = True
+) -> None:
+    """Make parts ``start``, ``start + 1``, ... of the phase from ``specs``, keeping those a former delivery made
+    with the same spec (done ones included); a part of another spec (other settings) is replaced, a failed
+    one reset, to be tried again. ``final``: the phase has no more parts, those past these are deleted. A phase
+    can so be planned a few parts at a time (the embed runs of a document still being parsed)."""
+    if not specs and not final:
+        return
     with engine.begin() as conn:
-        rows = conn.execute(
-            text("SELECT spec FROM ingest_parts WHERE job_id = :job AND phase = :phase ORDER BY part FOR UPDATE"),
-            {"job": job_id, "phase": phase},
-        ).all()
-        if [row.spec for row in rows] == specs:
+        if specs:
+            upsert = text(
+                """
+                INSERT INTO ingest_parts (job_id, phase, part, spec) VALUES (:job, :phase, :part, :spec)
+                ON CONFLICT (job_id, phase, part) DO UPDATE SET spec = excluded.spec, done = false, result = NULL,
+                    size = 0, error_code = NULL, error_message = NULL, holder = NULL, lease_until = NULL
+                WHERE ingest_parts.spec IS DISTINCT FROM excluded.spec OR ingest_parts.error_code IS NOT NULL
+                """
+            ).bindparams(bindparam("spec", type_=JSONB))
             conn.execute(
-                text(
-                    "UPDATE ingest_parts SET done = false, error_code = NULL, error_message = NULL "
-                    "WHERE job_id = :job AND phase = :phase AND error_code IS NOT NULL"
-                ),
-                {"job": job_id, "phase": phase},
+                upsert, [{"job": job_id, "phase": phase, "part": start + i, "spec": s} for i, s in enumerate(specs)]
             )
-            return
-        conn.execute(
-            text("DELETE FROM ingest_parts WHERE job_id = :job AND phase = :phase"), {"job": job_id, "phase": phase}
-        )
-        insert = text(
-            "INSERT INTO ingest_parts (job_id, phase, part, spec) VALUES (:job, :phase, :part, :spec)"
-        ).bindparams(bindparam("spec", type_=JSONB))
-        conn.execute(insert, [{"job": job_id, "phase": phase, "part": i, "spec": s} for i, s in enumerate(specs)])
+        if final:
+            conn.execute(
+                text("DELETE FROM ingest_parts WHERE job_id = :job AND phase = :phase AND part >= :end"),
+                {"job": job_id, "phase": phase, "end": start + len(specs)},
+            )
 
 
 def claim(engine: Engine, *, job_id: uuid.UUID, lease: float) -> Claimed | None:
     """Take the job's next free part for ``lease`` seconds; None when none is free or the job is not running
-    (ended, cancelled, cancel requested)."""
+    (ended, cancelled, cancel requested). Parse parts come before embed parts ("parse" > "embed"): the embed
+    runs are cut from parsed pages, so a parse left for last would leave the other children nothing to do."""
     holder = uuid.uuid4().hex
     with engine.begin() as conn:
         row = conn.execute(
@@ -72,7 +76,7 @@ def claim(engine: Engine, *, job_id: uuid.UUID, lease: float) -> Claimed | None:
                     SELECT q.job_id, q.phase, q.part FROM ingest_parts q
                     JOIN jobs j ON j.id = q.job_id AND j.status = 'running' AND NOT j.cancel_requested
                     WHERE q.job_id = :job AND NOT q.done AND (q.lease_until IS NULL OR q.lease_until < now())
-                    ORDER BY q.phase, q.part LIMIT 1 FOR UPDATE OF q SKIP LOCKED
+                    ORDER BY q.phase DESC, q.part LIMIT 1 FOR UPDATE OF q SKIP LOCKED
                 ) free
                 WHERE p.job_id = free.job_id AND p.phase = free.phase AND p.part = free.part
                 RETURNING p.phase, p.part, p.spec
@@ -151,14 +155,40 @@ def state(engine: Engine, *, job_id: uuid.UUID, phase: str) -> State:
     )
 
 
-def results(engine: Engine, *, job_id: uuid.UUID, phase: str) -> list[bytes]:
-    """The results of the phase's parts, in part order (all done, none failed: the caller checked)."""
+def results(engine: Engine, *, job_id: uuid.UUID, phase: str, first: int = 0) -> list[bytes]:
+    """The results of the phase's parts from ``first`` on, in part order, up to the first one not done (or
+    failed: the caller looks at :func:`state` for failures)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT result FROM ingest_parts WHERE job_id = :job AND phase = :phase ORDER BY part"),
-            {"job": job_id, "phase": phase},
+            text(
+                """
+                SELECT result FROM ingest_parts
+                WHERE job_id = :job AND phase = :phase AND part >= :first AND part < coalesce((
+                    SELECT min(part) FROM ingest_parts WHERE job_id = :job AND phase = :phase AND part >= :first
+                    AND (NOT done OR error_code IS NOT NULL)
+                ), 2147483647)
+                ORDER BY part
+                """
+            ),
+            {"job": job_id, "phase": phase, "first": first},
         ).all()
     return [bytes(r.result) for r in rows]
+
+
+def in_flight(engine: Engine, *, job_id: uuid.UUID, phase: str) -> bool:
+    """Whether the job is running (no cancel requested) with a part of the phase not done yet: a helper that
+    found no free part waits for the parts it may bring."""
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM ingest_parts p JOIN jobs j ON j.id = p.job_id "
+                    "WHERE p.job_id = :job AND p.phase = :phase AND NOT p.done "
+                    "AND j.status = 'running' AND NOT j.cancel_requested)"
+                ),
+                {"job": job_id, "phase": phase},
+            ).scalar()
+        )
 
 
 def delete(conn: Connection, *, job_id: uuid.UUID) -> None:

@@ -4,14 +4,17 @@ The job's own delivery (the *coordinator*, :func:`run`) plans the parts of a pha
 (:mod:`protostar.ingest.parts`), asks the task layer to send helper tasks (``fan_out``, a port: no Celery here),
 and then works through the parts itself like any helper does (:func:`help_job`): claim a free part with a lease,
 do it, write its result. It never waits on a part that only a busy child could do, so two children never
-deadlock; when no helper runs at all, the coordinator does every part. Two phases:
+deadlock; when no helper runs at all, the coordinator does every part. Two phases, which overlap:
 
 1. ``parse``: page ranges of ``ingest_part_pages`` pages, each copied to a PDF of its own with PDFium and parsed
    as a whole file is; the elements get their pages in the whole document back.
-2. ``embed``: the chunks, cut from all the elements in one pass (so their texts, order and pages are exactly a
-   single pass's), in runs of ``ingest_part_chunks``, embedded and written as float32 vectors. A document of
-   another format with over ``ingest_shard_chunks`` chunks is parsed and chunked in one piece, and has only
-   this phase (:func:`embed`).
+2. ``embed``: the chunks, cut from the elements by one chunker fed the parsed page ranges in order (so their
+   texts, order and pages are exactly a single pass's), in runs of ``ingest_part_chunks``, embedded and written
+   as float32 vectors. A chunk once closed never changes, so the coordinator plans each run as soon as its
+   chunks are closed, between its own parts: children embed the first pages while others parse the last ones
+   (parse parts are claimed first, so that the phase that feeds the other ends early). A document of another
+   format with over ``ingest_shard_chunks`` chunks is parsed and chunked in one piece, and has only this phase
+   (:func:`embed`).
 
 A part's result survives its child: a child killed mid-part leaves the lease to run out (``ingest_part_lease``)
 and the part is claimed again. Results are keyed by job, not attempt, so a redelivered job keeps the done parts.
@@ -26,6 +29,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +42,7 @@ from sqlalchemy import Engine
 from protostar.embeddings.embed import Embedder
 from protostar.errors import InputRejected, OutOfMemory
 from protostar.ingest import parts
-from protostar.ingest.chunk import Chunk, chunk
+from protostar.ingest.chunk import Chunk, Chunker
 from protostar.ingest.parse import Element, parse
 from protostar.jobs.context import JobContext
 from protostar.settings import Settings
@@ -81,44 +85,71 @@ def run(
     embedder: Embedder,
     settings: Settings,
 ) -> tuple[list[Chunk], np.ndarray]:
-    """The coordinator: the document's chunks and their vectors, made by all ingest children."""
+    """The coordinator: the document's chunks and their vectors, made by all ingest children. The phases
+    overlap: between parts, the coordinator feeds the page ranges parsed so far (in order) to one chunker and
+    plans an embed run for every ``ingest_part_chunks`` chunks closed, so children embed while others parse."""
     step = settings.ingest_part_pages
     ranges = [{"first": first, "last": min(first + step - 1, page_count)} for first in range(1, page_count + 1, step)]
     parts.plan(engine, job_id=ctx.job_id, phase=PARSE, specs=ranges)
     fan_out(min(len(ranges) - 1, settings.ingest_concurrency - 1))
-    _drive(ctx, PARSE, page_count, engine=engine, embedder=embedder, settings=settings, source=lambda: path)
-    elements = [
-        Element(text=t, type=k, page=p)
-        for blob in parts.results(engine, job_id=ctx.job_id, phase=PARSE)
-        for t, k, p in json.loads(blob)
-    ]
-    ctx.check_cancelled()
 
-    chunks = chunk(elements, max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap)
+    chunker = Chunker(max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap)
+    fed, planned = 0, 0  # parse parts fed to the chunker; embed runs planned
+
+    def feed() -> None:
+        nonlocal fed, planned
+        for blob in parts.results(engine, job_id=ctx.job_id, phase=PARSE, first=fed):
+            chunker.feed([Element(text=t, type=k, page=p) for t, k, p in json.loads(blob)])
+            fed += 1
+        runs = _runs(chunker.closed[planned * settings.ingest_part_chunks :], embedder=embedder, settings=settings)
+        full = [r for r in runs if len(r["texts"]) == settings.ingest_part_chunks]
+        parts.plan(engine, job_id=ctx.job_id, phase=EMBED, specs=full, start=planned, final=False)
+        planned += len(full)
+
+    _drive(
+        ctx, PARSE, page_count, engine=engine, embedder=embedder, settings=settings, source=lambda: path, between=feed
+    )
+    feed()
+    chunks = chunker.finish()
     if not chunks:
         raise InputRejected("the document has no text to index")
     ctx.progress("chunk", len(chunks), len(chunks))
-    return chunks, embed(ctx, chunks, fan_out=fan_out, engine=engine, embedder=embedder, settings=settings)
+    vectors = embed(ctx, chunks, fan_out=fan_out, engine=engine, embedder=embedder, settings=settings, planned=planned)
+    return chunks, vectors
 
 
 def embed(
-    ctx: JobContext, chunks: list[Chunk], *, fan_out: FanOut, engine: Engine, embedder: Embedder, settings: Settings
+    ctx: JobContext,
+    chunks: list[Chunk],
+    *,
+    fan_out: FanOut,
+    engine: Engine,
+    embedder: Embedder,
+    settings: Settings,
+    planned: int = 0,
 ) -> np.ndarray:
-    """The embed phase alone: the chunks' vectors in their order, embedded in runs by all ingest children. Also
-    the path of a large document of another format (over ``ingest_shard_chunks`` chunks, parsed in one piece)."""
-    path = Path("/nonexistent")  # an embed part reads no file
+    """The embed phase: the chunks' vectors in their order, embedded in runs by all ingest children; the first
+    ``planned`` runs were planned already (while the document was parsed). Also the path of a large document of
+    another format (over ``ingest_shard_chunks`` chunks, parsed in one piece)."""
     step = settings.ingest_part_chunks
-    runs = [  # the model in the plan: vectors of another model (a changed setting) are planned again
-        {"model": embedder.model, "texts": [c.text for c in chunks[i : i + step]]} for i in range(0, len(chunks), step)
-    ]
-    parts.plan(engine, job_id=ctx.job_id, phase=EMBED, specs=runs)
-    fan_out(min(len(runs) - 1, settings.ingest_concurrency - 1))
-    _drive(ctx, EMBED, len(chunks), engine=engine, embedder=embedder, settings=settings, source=lambda: path)
+    runs = _runs(chunks[planned * step :], embedder=embedder, settings=settings)
+    parts.plan(engine, job_id=ctx.job_id, phase=EMBED, specs=runs, start=planned)
+    fan_out(min(planned + len(runs) - 1, settings.ingest_concurrency - 1))
+    _drive(ctx, EMBED, len(chunks), engine=engine, embedder=embedder, settings=settings)
     blobs = parts.results(engine, job_id=ctx.job_id, phase=EMBED)
     vectors = np.concatenate([np.frombuffer(b, dtype=np.float32).reshape(-1, embedder.dim) for b in blobs])
     if len(vectors) != len(chunks):  # a plan changed under a done part: never store mismatched vectors
         raise RuntimeError(f"sharded embedding gave {len(vectors)} vectors for {len(chunks)} chunks")
     return vectors
+
+
+def _runs(chunks: list[Chunk], *, embedder: Embedder, settings: Settings) -> list[dict[str, Any]]:
+    """The embed parts of ``chunks``, ``ingest_part_chunks`` each; the model is in the spec, so that vectors of
+    another model (a changed setting) are planned again."""
+    step = settings.ingest_part_chunks
+    return [
+        {"model": embedder.model, "texts": [c.text for c in chunks[i : i + step]]} for i in range(0, len(chunks), step)
+    ]
 
 
 def _drive(
@@ -129,15 +160,18 @@ def _drive(
     engine: Engine,
     embedder: Embedder,
     settings: Settings,
-    source: Callable[[], Path],
+    source: Callable[[], Path] = lambda: Path("/nonexistent"),  # the document's file, for parse parts
+    between: Callable[[], None] | None = None,
 ) -> None:
-    """Do free parts of the phase, and wait for the others' parts, until all are done; a failed part fails
-    the job with its reason."""
+    """Do free parts of the job (of any phase), and wait for the others' parts, until all of ``phase`` are
+    done; ``between`` runs after each round. A failed part fails the job with its reason."""
     while True:
         ctx.check_cancelled()
         claimed = parts.claim(engine, job_id=ctx.job_id, lease=settings.ingest_part_lease)
         if claimed is not None:
             _do(claimed, job_id=ctx.job_id, engine=engine, embedder=embedder, settings=settings, source=source)
+        if between is not None:
+            between()
         state = parts.state(engine, job_id=ctx.job_id, phase=phase)
         if state.failure is not None:
             code, message = state.failure
@@ -158,9 +192,10 @@ def help_job(
     settings: Settings,
     object_key: Callable[[], str | None],
 ) -> int:
-    """A helper task's work: do free parts of the job until none is left; the number done. Returns at once
-    when the job is not running (ended, cancelled) or has no free part. ``object_key``: the document's, looked
-    up only when a parse part needs the file."""
+    """A helper task's work: do free parts of the job until none is left; the number done. Returns when the
+    job is not running (ended, cancelled) or has no free part, after waiting (``ingest_part_lease`` at most)
+    for the embed runs that parse parts still in flight may bring. ``object_key``: the document's, looked up
+    only when a parse part needs the file."""
     done = 0
     with tempfile.TemporaryDirectory(prefix="protostar-part-") as tmp:
         local: list[Path] = []
@@ -175,7 +210,15 @@ def help_job(
                 local.append(path)
             return local[0]
 
-        while (claimed := parts.claim(engine, job_id=job_id, lease=settings.ingest_part_lease)) is not None:
+        idle_since = time.monotonic()
+        while True:
+            claimed = parts.claim(engine, job_id=job_id, lease=settings.ingest_part_lease)
+            if claimed is None:  # while pages are parsed, embed runs may come: wait for them, a lease at most
+                waited = time.monotonic() - idle_since
+                if waited > settings.ingest_part_lease or not parts.in_flight(engine, job_id=job_id, phase=PARSE):
+                    return done
+                time.sleep(POLL)
+                continue
             try:
                 _do(claimed, job_id=job_id, engine=engine, embedder=embedder, settings=settings, source=source)
             except Exception:  # boundary: the lease runs out and the coordinator does the part
@@ -184,7 +227,7 @@ def help_job(
                 )
                 return done
             done += 1
-    return done
+            idle_since = time.monotonic()
 
 
 def _do(

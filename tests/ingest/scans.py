@@ -1,4 +1,4 @@
-"""Scanned documents for the OCR tests: a text PDF built by hand, rendered by PDFium to images, and the images
+"""Scanned documents for the OCR tests: a text PDF (``parse.text_pdf``), rendered by PDFium to images, and the images
 written back as a PDF without any text layer (or as a PNG). The facts are invented, so only OCR can find them."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 
 import pypdfium2 as pdfium  # type: ignore[import-untyped]
+
+from protostar.ingest.parse import text_pdf
 
 FACTS = [
     [
@@ -26,34 +28,6 @@ FACTS = [
         "and ships blue bottles to the port of Castellane.",
     ],
 ]
-
-
-def text_pdf(pages: list[list[str]]) -> bytes:
-    """A PDF with one page per list of lines, in 16 pt Helvetica (ASCII, no parentheses or backslashes)."""
-    count = len(pages)
-    objects: list[bytes] = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(count)), count),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    for i, lines in enumerate(pages):
-        body = b"BT /F1 16 Tf 20 TL 72 720 Td " + b" ".join(b"(%s) Tj T*" % line.encode("ascii") for line in lines)
-        content = body + b" ET"
-        objects.append(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
-            b"/Contents %d 0 R >>" % (5 + 2 * i)
-        )
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
 
 
 def _images(pdf: bytes, dpi: int) -> list[object]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from protostar.ingest.chunk import Chunk, approx_tokens, chunk
+from protostar.ingest.chunk import Chunk, Chunker, approx_tokens, chunk
 from protostar.ingest.parse import Element
 from tests.corpus_files import CORPUS
 
@@ -356,3 +356,23 @@ def test_overlap_reaches_back_across_short_elements() -> None:
         assert len(shared) >= 2
         assert after_lines[: len(shared)] == before_lines[-len(shared) :]
         assert approx_tokens("\n".join(shared)) <= 12
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_elements_fed_a_batch_at_a_time_give_the_chunks_of_one_call(seed: int) -> None:
+    """A sharded ingest feeds page ranges as they are parsed and embeds the closed chunks at once: a closed
+    chunk never changes, and the chunks are those of one call over all the elements."""
+    rng = random.Random(seed)
+    elements = random_document(rng)
+    max_tokens, overlap = rng.choice([(32, 0), (64, 8), (128, 24)])
+    chunker = Chunker(max_tokens=max_tokens, overlap=overlap)
+    seen: list[Chunk] = []
+    start = 0
+    while start < len(elements):
+        end = start + rng.randint(0, 6)
+        chunker.feed(elements[start:end])
+        assert chunker.closed[: len(seen)] == seen
+        seen = list(chunker.closed)
+        start = end
+    assert chunker.finish()[: len(seen)] == seen
+    assert chunker.finish() == chunk(elements, max_tokens=max_tokens, overlap=overlap)

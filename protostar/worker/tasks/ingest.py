@@ -11,6 +11,7 @@ from celery import Task, shared_task
 
 from protostar.constants import Queue, TaskName
 from protostar.ingest.ocr import release as release_ocr
+from protostar.jobs.kinds import send_options
 from protostar.worker import limits, resources
 from protostar.worker.shell import run_job
 
@@ -46,12 +47,11 @@ def _fan_out(job_id: str, count: int) -> None:
     helper works through parts until none is left: the default limit of a minute stopped helpers mid-part) and an
     expiry (a helper that waited longer than a whole ingest may run finds nothing left). Not sent (the broker
     away): the job's own delivery does every part itself, so this never fails the job."""
-    soft, hard = resources.current().settings.time_limits[Queue.INGEST]
+    options = send_options(resources.current().settings, Queue.INGEST)
+    options["expires"] = options["time_limit"]  # a helper's job has ended by then: it would find nothing to do
     for _ in range(max(count, 0)):
         try:
-            ingest_part_task.apply_async(
-                args=[job_id], queue=Queue.INGEST.value, soft_time_limit=soft, time_limit=hard, expires=hard
-            )
+            ingest_part_task.apply_async(args=[job_id], queue=Queue.INGEST.value, **options)
         except Exception as exc:  # noqa: BLE001 (boundary: helpers only speed the job up)
             logger.warning("job_id=%s part helper not sent: %r", job_id, exc)
             return

@@ -17,9 +17,16 @@ from protostar.errors import NotFound
 
 
 def create_session(
-    session: Session, *, tenant_id: uuid.UUID, title: str | None, metadata: dict[str, Any]
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    title: str | None,
+    metadata: dict[str, Any],
+    collection_ids: list[uuid.UUID] | None = None,
 ) -> ChatSession:
-    row = ChatSession(id=uuid.uuid4(), tenant_id=tenant_id, title=title, metadata_=metadata)
+    row = ChatSession(
+        id=uuid.uuid4(), tenant_id=tenant_id, title=title, metadata_=metadata, collection_ids=collection_ids or []
+    )
     session.add(row)
     session.flush()
     return row

@@ -304,7 +304,9 @@ class SessionCreated(BaseModel):
 class MessageIn(BaseModel):
     content: Text = Field(min_length=1, max_length=16_000)
     collection_ids: CollectionIds | None = Field(
-        None, max_length=MAX_COLLECTIONS, description="retrieve only from these (default: the session's binding)"
+        None,
+        max_length=MAX_COLLECTIONS,
+        description="retrieve only from these ([]: from all your documents; absent: the session's binding)",
     )
     filter: Filter | None = None
 

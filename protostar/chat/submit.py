@@ -31,10 +31,11 @@ def ask(
     filter: dict[str, Any] | None = None,
 ) -> Asked:
     """Add the user's message to the tenant's session and queue its answer on the chat queue. The answer
-    retrieves from ``collection_ids`` (checked to be the tenant's by the caller), else from the session's own,
+    retrieves from ``collection_ids`` (checked to be the tenant's by the caller; ``[]``: all its documents),
+    else (``None``) from the session's own,
     and only from documents matching ``filter``: both go in the job's payload, so a retry answers alike."""
     chat = repo.get_session(session, tenant_id=tenant_id, session_id=session_id)
-    bound = collection_ids if collection_ids else list(chat.collection_ids or [])
+    bound = collection_ids if collection_ids is not None else list(chat.collection_ids or [])
     payload: dict[str, Any] = {"session_id": str(chat.id), "message_id": ""}
     if bound:
         payload["collection_ids"] = [str(c) for c in bound]

@@ -59,8 +59,8 @@ def post_message(
     session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> MessageAccepted:
     """Add the user's message and queue the answer; follow ``events_url`` for its tokens as they arrive. The
-    answer retrieves from ``collection_ids`` (yours) when given, else from the session's collections, and only
-    from documents matching ``filter``."""
+    answer retrieves from ``collection_ids`` (yours; ``[]``: all your documents) when given, else from the
+    session's collections, and only from documents matching ``filter``."""
     scope = scope_of(session, tenant_id=principal.tenant_id, collection_ids=body.collection_ids, filter=body.filter)
     asked = ask(
         session,
@@ -68,7 +68,7 @@ def post_message(
         tenant_id=principal.tenant_id,
         session_id=session_id,
         content=body.content,
-        collection_ids=list(scope.collection_ids) if body.collection_ids else None,
+        collection_ids=list(scope.collection_ids) if body.collection_ids is not None else None,
         filter=body.filter,
     )
     return MessageAccepted(job_id=asked.job_id, message_id=asked.message_id, events_url=events_url(state, asked.job_id))

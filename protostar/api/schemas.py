@@ -32,7 +32,10 @@ def check_text(value: str) -> str:
 
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     """``value`` if it fits :data:`MAX_METADATA_BYTES` and holds no NUL character; raises ``ValueError``."""
-    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("metadata numbers must be finite (JSON has no Infinity or NaN)") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
     if _has_nul(value):

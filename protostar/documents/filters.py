@@ -23,6 +23,7 @@ string that is no date, simply does not match: never an error).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -102,6 +103,8 @@ def _scalar(value: object, where: str) -> Scalar:
         raise ValueError(f"{where}: compares with a string, number, boolean or null, not an object or array")
     if isinstance(value, str) and "\x00" in value:
         raise ValueError(f"{where}: text may not contain NUL characters")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: numbers must be finite")
     assert value is None or isinstance(value, str | int | float | bool)
     return value
 
@@ -111,6 +114,8 @@ def _bound(value: object, where: str) -> int | float | str:
         raise ValueError(f'{where}: takes a number or an ISO 8601 date ("2024-05-01", "2024-05-01T12:00:00Z")')
     if isinstance(value, str):
         return _iso(value, where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: numbers must be finite")
     return value
 
 

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from protostar.auth import create_key
+from protostar.client import Client, InvalidRequest, NotFound
 from protostar.db.engine import make_sessionmaker
 from tests.api.test_jobs import wait_status
 from tests.conftest import Live
@@ -213,6 +214,12 @@ def test_patch_replaces_a_documents_metadata_and_search_filters_on_it(
     try:
         assert tenant.patch(f"/v1/documents/{docs['mill']}", json={"metadata": ["no"]}).status_code == 422
         assert tenant.patch(f"/v1/documents/{docs['mill']}", json={}).status_code == 422
+        infinite = tenant.patch(
+            f"/v1/documents/{docs['mill']}",
+            content=b'{"metadata": {"a": 1e400}}',
+            headers={"content-type": "application/json"},
+        )
+        assert infinite.status_code == 422 and "finite" in infinite.text
         huge = {"blob": "x" * 20_000}
         assert tenant.patch(f"/v1/documents/{docs['mill']}", json={"metadata": huge}).status_code == 422
         assert other.patch(f"/v1/documents/{docs['mill']}", json={"metadata": {}}).status_code == 404
@@ -251,3 +258,31 @@ def test_chat_retrieves_only_from_the_sessions_collections_or_the_messages(
     assert _sources(tenant, own.json(), docs) == {"mill"}
     messages = tenant.get(f"/v1/sessions/{session_id}").json()["messages"]
     assert names(docs, messages[-1]["sources"]) == {"mill"}
+
+
+def test_the_python_client_covers_collections_filters_and_metadata_updates(live: Live, engine: Engine) -> None:
+    with make_sessionmaker(engine).begin() as session:
+        key = create_key(session, tenant=f"coll-client-{uuid.uuid4().hex[:8]}", admin=False)
+    with Client(live.api_url, key, timeout=60) as client:
+        collection = client.collections.create("reports")
+        body = f"The Ostrava tram depot repaints one tram every week. {uuid.uuid4().hex}".encode()
+        upload = client.upload(
+            body, filename="depot.txt", metadata={"year": 2022}, collection_id=collection.id, wait=True, timeout=240
+        )
+        assert upload.ok, upload
+        assert client.collections.get(collection.id).document_count == 1
+        assert [d.id for d in client.collections.documents(collection.id).items] == [upload.document.id]
+        question = "How often does the Ostrava tram depot repaint a tram?"
+        assert client.search(question, collection_ids=[collection.id], filter={"year": {"$gte": 2020}})
+        assert client.search(question, filter={"year": {"$lt": 2020}}) == []
+        assert client.documents.update(upload.document.id, metadata={"year": 2018}).metadata == {"year": 2018}
+        assert client.search(question, filter={"year": {"$lt": 2020}})
+        with pytest.raises(InvalidRequest):
+            client.search(question, filter={"year": {"$near": 1}})
+        assert client.collections.rename(collection.id, "old reports").name == "old reports"
+        client.collections.remove(collection.id, upload.document.id)
+        assert client.collections.add(collection.id, [upload.document.id]).document_count == 1
+        assert [c.id for c in client.collections.list().items] == [collection.id]
+        client.collections.delete(collection.id)
+        with pytest.raises(NotFound):
+            client.collections.get(collection.id)

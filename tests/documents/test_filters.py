@@ -39,6 +39,9 @@ from tests.ingest.test_store_search import Corpus, unit
         ({"draft": {"$exists": "yes"}}, "$exists takes true or false"),
         ({"team": {}}, "an empty object"),
         ({"": 1}, "field names are 1 to 128 characters"),
+        ({"year": {"$gt": float("inf")}}, "numbers must be finite"),
+        ({"year": float("nan")}, "numbers must be finite"),
+        ({"year": {"$in": [1, float("-inf")]}}, "numbers must be finite"),
         ({f"f{i}": i for i in range(MAX_CLAUSES + 1)}, f"at most {MAX_CLAUSES} conditions"),
     ],
 )

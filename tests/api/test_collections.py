@@ -131,13 +131,14 @@ def test_another_tenants_collection_is_a_404_everywhere(
     assert tenant.get(f"/v1/collections/{mine}").status_code == 200
 
 
-def test_an_upload_goes_straight_into_a_collection(tenant: httpx.Client) -> None:
-    cid = tenant.post("/v1/collections", json={"name": "inbox"}).json()["id"]
-    response = upload(tenant, "note.txt", b"A note about inbox things " + uuid.uuid4().hex.encode(), collection_id=cid)
+def test_an_upload_goes_straight_into_a_collection(other: httpx.Client) -> None:
+    """(As the other tenant: the search tests count the first tenant's documents.)"""
+    cid = other.post("/v1/collections", json={"name": "inbox"}).json()["id"]
+    response = upload(other, "note.txt", b"A note about inbox things " + uuid.uuid4().hex.encode(), collection_id=cid)
     assert response.status_code == 202, response.text
-    listed = tenant.get(f"/v1/collections/{cid}/documents").json()["items"]
+    listed = other.get(f"/v1/collections/{cid}/documents").json()["items"]
     assert [d["id"] for d in listed] == [response.json()["document_id"]]
-    bad = upload(tenant, "note.txt", b"another note " + uuid.uuid4().hex.encode(), collection_id="not-a-uuid")
+    bad = upload(other, "note.txt", b"another note " + uuid.uuid4().hex.encode(), collection_id="not-a-uuid")
     assert bad.status_code == 422 and "collection_id" in bad.json()["error"]["message"]
 
 
@@ -258,6 +259,10 @@ def test_chat_retrieves_only_from_the_sessions_collections_or_the_messages(
     assert _sources(tenant, own.json(), docs) == {"mill"}
     messages = tenant.get(f"/v1/sessions/{session_id}").json()["messages"]
     assert names(docs, messages[-1]["sources"]) == {"mill"}
+
+    # Its collection deleted, the session is bound to nothing: it retrieves from all the tenant's documents.
+    assert tenant.delete(f"/v1/collections/{cid}").status_code == 204
+    assert tenant.get(f"/v1/sessions/{session_id}").json()["collection_ids"] == []
 
 
 def test_the_python_client_covers_collections_filters_and_metadata_updates(live: Live, engine: Engine) -> None:

@@ -18,6 +18,7 @@ from protostar.api.schemas import (
     DocumentOut,
     DocumentPage,
 )
+from protostar.chat import repo as chat_repo
 from protostar.documents import collections
 from protostar.documents.collections import Counted
 
@@ -75,8 +76,10 @@ def rename_collection(
 
 @router.delete("/collections/{collection_id}", status_code=204)
 def delete_collection(collection_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> Response:
-    """Deletes the collection; its documents stay (only their membership goes)."""
+    """Deletes the collection; its documents stay (only their membership goes), and sessions bound to it are
+    bound to their other collections only (to none: all your documents)."""
     collections.remove(session, tenant_id=principal.tenant_id, collection_id=collection_id)
+    chat_repo.unbind_collection(session, tenant_id=principal.tenant_id, collection_id=collection_id)
     session.commit()
     return Response(status_code=204)
 

@@ -15,6 +15,15 @@ its own, then ``score = Σ 1 / (60 + rank)`` over the lists a chunk appears in.
   more): a bound on latency, at the price of recall for such over-broad queries.
 
 Only chunks embedded with ``model`` are searched, on both sides, so the two lists rank the same corpus.
+
+**Scope** (:class:`Scope`: collections and a metadata filter, ``documents.filters``) is applied inside both
+lists, not to the fused result, so ``top_k`` is still filled when enough chunks match. One query first finds
+the documents in scope (``documents`` by tenant, the GIN index on ``metadata``, the membership table's primary
+key) and the number of their chunks; both lists then keep ``document_id = ANY(those ids)`` (a constant array,
+which PostgreSQL tests with a hash). When the scope holds at most ``EXACT_CHUNKS`` chunks the vector side
+ranks all of them by exact distance (read through the ``document_id`` index): an HNSW walk that skips most of
+what it visits could come back short. Above that, the HNSW walk with the filter applied while walking (the
+iterative scan) finds enough.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
 from protostar.db.values import clean_text, vector_literal
+from protostar.documents.filters import Clause, compile_filter
 
 if TYPE_CHECKING:
     from protostar.embeddings.embed import Embedder
@@ -41,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 RRF_K = 60
 MAX_LOOSE_WORDS = 32
+EXACT_CHUNKS = 20_000  # a scope of at most this many chunks is ranked exactly on the vector side
 FTS_POOL = 1000  # most full-text matches ranked per tier: bounds the cost of a question of common words.
 # 200 halved the latency at 100k chunks (bench.ingest), but then the "any word" tier of a 2,754-chunk corpus was
 # an arbitrary fifth of its matches, chosen by the order the chunks were stored in: with another ingest order a
@@ -52,21 +63,16 @@ _SEARCH = """
 WITH q AS (
     SELECT websearch_to_tsquery('english', %(query)s) AS strict, websearch_to_tsquery('english', %(loose)s) AS loose
 ),
-vec AS MATERIALIZED (
-    SELECT id, embedding::vector({dim}) <=> %(vector)s::vector({dim}) AS distance
-    FROM chunks
-    WHERE embedding_model = {model} AND tenant_id = %(tenant)s
-    ORDER BY embedding::vector({dim}) <=> %(vector)s::vector({dim})
-    LIMIT %(candidates)s
-),
+vec AS MATERIALIZED ({vec}),
 every_word AS MATERIALIZED (
     SELECT c.id, c.tsv FROM chunks c CROSS JOIN q
-    WHERE c.tsv @@ q.strict AND c.embedding_model = {model} AND c.tenant_id = %(tenant)s
+    WHERE c.tsv @@ q.strict AND c.embedding_model = {model} AND c.tenant_id = %(tenant)s{c_scope}
     LIMIT %(pool)s
 ),
 some_word AS MATERIALIZED (
     SELECT c.id, c.tsv FROM chunks c CROSS JOIN q
-    WHERE c.tsv @@ q.loose AND NOT c.tsv @@ q.strict AND c.embedding_model = {model} AND c.tenant_id = %(tenant)s
+    WHERE c.tsv @@ q.loose AND NOT c.tsv @@ q.strict AND c.embedding_model = {model}
+      AND c.tenant_id = %(tenant)s{c_scope}
       AND (SELECT count(*) FROM every_word) < %(candidates)s
     LIMIT %(pool)s
 ),
@@ -94,6 +100,66 @@ WHERE c.tenant_id = %(tenant)s AND d.tenant_id = %(tenant)s
 ORDER BY f.score DESC, c.id
 """
 
+# The vector side: the nearest chunks by the model's HNSW index, or (a small scope) all the scope's chunks
+# ranked by exact distance; ``OFFSET 0`` keeps the planner from ordering them by the index instead.
+_VEC_INDEX = """
+    SELECT id, embedding::vector({dim}) <=> %(vector)s::vector({dim}) AS distance
+    FROM chunks
+    WHERE embedding_model = {model} AND tenant_id = %(tenant)s{scope}
+    ORDER BY embedding::vector({dim}) <=> %(vector)s::vector({dim})
+    LIMIT %(candidates)s
+"""
+_VEC_EXACT = """
+    SELECT id, distance FROM (
+        SELECT id, embedding::vector({dim}) <=> %(vector)s::vector({dim}) AS distance
+        FROM chunks
+        WHERE embedding_model = {model} AND tenant_id = %(tenant)s{scope}
+        OFFSET 0
+    ) s
+    ORDER BY distance, id
+    LIMIT %(candidates)s
+"""
+
+_IN_SCOPE = """
+SELECT coalesce(array_agg(d.id), '{{}}'::uuid[]), coalesce(sum(d.chunk_count), 0)
+FROM documents d
+WHERE d.tenant_id = %(tenant)s AND {condition}
+"""
+_MEMBERS = "d.id IN (SELECT m.document_id FROM collection_documents m WHERE m.collection_id = ANY(%(collections)s))"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which of the tenant's documents a search reads: those in any of ``collection_ids`` (all when empty) whose
+    metadata passes every clause of ``filter`` (``documents.filters.parse_filter``)."""
+
+    collection_ids: tuple[uuid.UUID, ...] = ()
+    filter: tuple[Clause, ...] = ()
+
+    @property
+    def everything(self) -> bool:
+        return not self.collection_ids and not self.filter
+
+
+@dataclass(frozen=True)
+class InScope:
+    document_ids: list[uuid.UUID]
+    chunks: int
+
+
+def in_scope(conn: Connection, *, tenant_id: uuid.UUID, scope: Scope) -> InScope:
+    """The tenant's documents in ``scope`` and how many chunks they hold."""
+    compiled = compile_filter(list(scope.filter))
+    conditions = [compiled.sql]
+    params: dict[str, Any] = {"tenant": tenant_id, **compiled.params}
+    if scope.collection_ids:
+        conditions.append(_MEMBERS)
+        params["collections"] = list(scope.collection_ids)
+    raw = _driver(conn)
+    statement = sql.SQL(_IN_SCOPE).format(condition=sql.SQL(" AND ".join(conditions))).as_string(raw)
+    ids, chunks = conn.exec_driver_sql(statement, params).one()
+    return InScope(list(ids), int(chunks))
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -115,12 +181,19 @@ def search(
     top_k: int,
     candidates: int = 50,
     ef_search: int = 80,
+    scope: Scope | None = None,
 ) -> list[Hit]:
-    """The tenant's best ``top_k`` chunks for ``query`` (embedded as ``query_vector`` by ``model``)."""
+    """The tenant's best ``top_k`` chunks for ``query`` (embedded as ``query_vector`` by ``model``), among the
+    documents in ``scope`` (all the tenant's when ``None``)."""
     if top_k <= 0:
         return []
     vector = _single_vector(query_vector)
     started = time.monotonic()
+    documents: InScope | None = None
+    if scope is not None and not scope.everything:
+        documents = in_scope(conn, tenant_id=tenant_id, scope=scope)
+        if not documents.document_ids:
+            return []
     configure_scan(conn, ef_search=max(ef_search, candidates))
     statement, params = search_statement(
         conn,
@@ -130,6 +203,7 @@ def search(
         model=model,
         top_k=top_k,
         candidates=max(candidates, top_k),
+        documents=documents,
     )
     rows = conn.exec_driver_sql(statement, params).all()
     hits = [Hit(row[0], row[1], row[2], float(row[3]), row[4], row[5]) for row in rows]
@@ -143,13 +217,30 @@ def search(
     return hits
 
 
-def retrieve(engine: Engine, embedder: Embedder, *, tenant_id: uuid.UUID, query: str, top_k: int) -> list[Hit]:
-    """Embed ``query`` and search the tenant's chunks of the embedder's model: what the search route and chat use."""
+def retrieve(
+    engine: Engine,
+    embedder: Embedder,
+    *,
+    tenant_id: uuid.UUID,
+    query: str,
+    top_k: int,
+    scope: Scope | None = None,
+) -> list[Hit]:
+    """Embed ``query`` and search the tenant's chunks of the embedder's model (in ``scope``): what the search
+    route and chat use."""
     if top_k <= 0:
         return []
     vector = embedder.embed([query])[0]
     with engine.connect() as conn:
-        return search(conn, tenant_id=tenant_id, query=query, query_vector=vector, model=embedder.model, top_k=top_k)
+        return search(
+            conn,
+            tenant_id=tenant_id,
+            query=query,
+            query_vector=vector,
+            model=embedder.model,
+            top_k=top_k,
+            scope=scope,
+        )
 
 
 def configure_scan(conn: Connection, *, ef_search: int) -> None:
@@ -171,14 +262,27 @@ def search_statement(
     model: str,
     top_k: int,
     candidates: int,
+    documents: InScope | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The SQL (model and dimension are literals: the partial index's predicate and the cast need them) and
-    its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests)."""
-    raw = conn.connection.driver_connection
-    if not isinstance(raw, psycopg.Connection):
-        raise TypeError(f"search needs a psycopg 3 connection, not {type(raw).__name__}")
-    statement = sql.SQL(_SEARCH).format(dim=sql.Literal(len(vector)), model=sql.Literal(model)).as_string(raw)
-    params = {
+    its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests). ``documents``: only their chunks."""
+    raw = _driver(conn)
+    dim, literal = sql.Literal(len(vector)), sql.Literal(model)
+    scoped = documents is not None
+    vec = _VEC_EXACT if documents is not None and documents.chunks <= EXACT_CHUNKS else _VEC_INDEX
+    statement = (
+        sql.SQL(_SEARCH)
+        .format(
+            vec=sql.SQL(vec).format(
+                dim=dim, model=literal, scope=sql.SQL(" AND document_id = ANY(%(documents)s)" if scoped else "")
+            ),
+            dim=dim,
+            model=literal,
+            c_scope=sql.SQL(" AND c.document_id = ANY(%(documents)s)" if scoped else ""),
+        )
+        .as_string(raw)
+    )
+    params: dict[str, Any] = {
         "query": clean_text(query),
         "loose": loose_query(query),
         "vector": vector_literal(vector),
@@ -188,7 +292,16 @@ def search_statement(
         "rrf_k": RRF_K,
         "top_k": top_k,
     }
+    if documents is not None:
+        params["documents"] = documents.document_ids
     return statement, params
+
+
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise TypeError(f"search needs a psycopg 3 connection, not {type(raw).__name__}")
+    return raw
 
 
 def loose_query(query: str) -> str:

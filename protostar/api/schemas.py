@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from protostar.auth import KeyInfo
 from protostar.constants import JobStatus, Queue
 from protostar.db.models import ChatSession, Document, DocumentSummary, Job, Message
+from protostar.documents.filters import MAX_CLAUSES, check_filter
 from protostar.jobs.kinds import PROBE_QUEUES
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -31,7 +32,10 @@ def check_text(value: str) -> str:
 
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     """``value`` if it fits :data:`MAX_METADATA_BYTES` and holds no NUL character; raises ``ValueError``."""
-    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("metadata numbers must be finite (JSON has no Infinity or NaN)") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
     if _has_nul(value):
@@ -249,9 +253,30 @@ class DocumentPage(BaseModel):
     next_cursor: str | None
 
 
+MAX_COLLECTIONS = 20
+"""Collections one search or chat message may name."""
+
+Filter = Annotated[
+    dict[str, Any],
+    AfterValidator(check_filter),
+    Field(
+        description="a metadata filter: {field: value} (equals), {field: {$eq | $in | $gt | $gte | $lt | $lte | "
+        f"$exists: …}}; ranges on numbers or ISO 8601 dates; top-level keys AND; at most {MAX_CLAUSES} conditions "
+        '(see the README\'s "Collections and filters")',
+        examples=[{"team": "legal", "year": {"$gte": 2020}, "lang": {"$in": ["en", "de"]}}],
+    ),
+]
+CollectionIds = Annotated[
+    list[uuid.UUID],
+    Field(max_length=MAX_COLLECTIONS, description="only documents in any of these collections (yours)"),
+]
+
+
 class SearchIn(BaseModel):
     query: Text = Field(min_length=1, max_length=4000)
     top_k: int = Field(5, ge=1, le=100)
+    collection_ids: CollectionIds | None = None
+    filter: Filter | None = None
 
 
 class HitOut(BaseModel):
@@ -270,6 +295,9 @@ class SearchOut(BaseModel):
 class SessionIn(BaseModel):
     title: Text | None = Field(None, max_length=200)
     metadata: Metadata = Field(default_factory=dict)
+    collection_ids: CollectionIds | None = Field(
+        None, max_length=MAX_COLLECTIONS, description="bind the session: its messages retrieve only from these"
+    )
 
 
 class SessionCreated(BaseModel):
@@ -278,6 +306,12 @@ class SessionCreated(BaseModel):
 
 class MessageIn(BaseModel):
     content: Text = Field(min_length=1, max_length=16_000)
+    collection_ids: CollectionIds | None = Field(
+        None,
+        max_length=MAX_COLLECTIONS,
+        description="retrieve only from these ([]: from all your documents; absent: the session's binding)",
+    )
+    filter: Filter | None = None
 
 
 class MessageAccepted(BaseModel):
@@ -326,6 +360,7 @@ class SessionOut(BaseModel):
     summary: str | None = Field(None, description="the rolling summary of the conversation, once there is one")
     created_at: datetime
     updated_at: datetime
+    collection_ids: list[uuid.UUID] = Field(default_factory=list, description="the collections it is bound to")
 
     @classmethod
     def of(cls, session: ChatSession, messages: list[Message], summary: str | None = None) -> SessionOut:
@@ -337,6 +372,7 @@ class SessionOut(BaseModel):
             summary=summary,
             created_at=session.created_at,
             updated_at=session.updated_at,
+            collection_ids=list(session.collection_ids or []),
         )
 
 
@@ -370,3 +406,28 @@ class KeyCreated(KeyOut):
 
 class KeyList(BaseModel):
     items: list[KeyOut]
+
+
+class DocumentPatch(BaseModel):
+    metadata: Metadata = Field(description="replaces the document's metadata object as a whole")
+
+
+class CollectionIn(BaseModel):
+    name: Text = Field(min_length=1, max_length=200)
+
+
+class CollectionOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    document_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class CollectionPage(BaseModel):
+    items: list[CollectionOut]
+    next_cursor: str | None
+
+
+class CollectionDocumentsIn(BaseModel):
+    document_ids: list[uuid.UUID] = Field(min_length=1, max_length=100, description="your documents to add")

@@ -20,12 +20,13 @@ from sqlalchemy import Connection, Engine
 from protostar.chat import repo
 from protostar.chat.prompt import Prompt, Turn, build
 from protostar.constants import EventType, MessageStatus
+from protostar.documents.filters import parse_filter
 from protostar.embeddings.embed import Embedder
 from protostar.errors import Cancelled, InputRejected, JobFailed
 from protostar.jobs.context import JobContext
 from protostar.llm.call import LLM
 from protostar.llm.stream import Generation
-from protostar.search import Hit, retrieve
+from protostar.search import Hit, Scope, retrieve
 from protostar.settings import Settings
 from protostar.summary import repo as summary_repo
 
@@ -43,7 +44,14 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
     llm.check(ctx.tenant_id)
     # Before the first token, progress goes to the event stream only: each row write is on the path to it.
     ctx.progress("retrieve", 0, 1, persist=False)
-    hits = retrieve(engine, embedder, tenant_id=ctx.tenant_id, query=question.content, top_k=settings.chat_top_k)
+    hits = retrieve(
+        engine,
+        embedder,
+        tenant_id=ctx.tenant_id,
+        query=question.content,
+        top_k=settings.chat_top_k,
+        scope=scope(ctx.payload),
+    )
     ctx.progress("retrieve", 1, 1, persist=False)
     prompt = build(
         question=question.content,
@@ -90,6 +98,18 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         "history_used": prompt.history_used,
         "finish_reason": generation.finish_reason,
     }
+
+
+def scope(payload: dict[str, Any]) -> Scope:
+    """The documents the answer retrieves from: the payload's collections (the message's, or the session's
+    binding when it was sent) and metadata filter (validated by the API when it was sent)."""
+    try:
+        return Scope(
+            collection_ids=tuple(uuid.UUID(c) for c in payload.get("collection_ids") or ()),
+            filter=tuple(parse_filter(payload.get("filter") or {})),
+        )
+    except ValueError as exc:
+        raise InputRejected(f"the message's retrieval scope is invalid: {exc}") from exc
 
 
 def _usage_extra(prompt: Prompt, summary: summary_repo.Latest | None) -> dict[str, int]:

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, text, update
+from sqlalchemy import Connection, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -17,12 +17,29 @@ from protostar.errors import NotFound
 
 
 def create_session(
-    session: Session, *, tenant_id: uuid.UUID, title: str | None, metadata: dict[str, Any]
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    title: str | None,
+    metadata: dict[str, Any],
+    collection_ids: list[uuid.UUID] | None = None,
 ) -> ChatSession:
-    row = ChatSession(id=uuid.uuid4(), tenant_id=tenant_id, title=title, metadata_=metadata)
+    row = ChatSession(
+        id=uuid.uuid4(), tenant_id=tenant_id, title=title, metadata_=metadata, collection_ids=collection_ids or []
+    )
     session.add(row)
     session.flush()
     return row
+
+
+def unbind_collection(session: Session, *, tenant_id: uuid.UUID, collection_id: uuid.UUID) -> None:
+    """Drop a deleted collection from every session of the tenant bound to it (a session bound to nothing else
+    then retrieves from all the tenant's documents, as an unbound one does)."""
+    session.execute(
+        update(ChatSession)
+        .where(ChatSession.tenant_id == tenant_id, ChatSession.collection_ids.contains([collection_id]))
+        .values(collection_ids=func.array_remove(ChatSession.collection_ids, collection_id))
+    )
 
 
 def get_session(session: Session, *, tenant_id: uuid.UUID, session_id: uuid.UUID) -> ChatSession:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,21 +21,32 @@ class Asked:
 
 
 def ask(
-    session: Session, *, dispatcher: Dispatcher, tenant_id: uuid.UUID, session_id: uuid.UUID, content: str
+    session: Session,
+    *,
+    dispatcher: Dispatcher,
+    tenant_id: uuid.UUID,
+    session_id: uuid.UUID,
+    content: str,
+    collection_ids: list[uuid.UUID] | None = None,
+    filter: dict[str, Any] | None = None,
 ) -> Asked:
-    """Add the user's message to the tenant's session and queue its answer on the chat queue."""
+    """Add the user's message to the tenant's session and queue its answer on the chat queue. The answer
+    retrieves from ``collection_ids`` (checked to be the tenant's by the caller; ``[]``: all its documents),
+    else (``None``) from the session's own,
+    and only from documents matching ``filter``: both go in the job's payload, so a retry answers alike."""
     chat = repo.get_session(session, tenant_id=tenant_id, session_id=session_id)
+    bound = collection_ids if collection_ids is not None else list(chat.collection_ids or [])
+    payload: dict[str, Any] = {"session_id": str(chat.id), "message_id": ""}
+    if bound:
+        payload["collection_ids"] = [str(c) for c in bound]
+    if filter:
+        payload["filter"] = filter
     job_id = uuid.uuid4()
     message = repo.add_user_message(session, tenant_id=tenant_id, session_id=chat.id, content=content, job_id=job_id)
     message_id = message.id
+    payload["message_id"] = str(message_id)
     try:
-        dispatcher.submit(
-            session,
-            kind=JobKind.CHAT,
-            tenant_id=tenant_id,
-            payload={"session_id": str(chat.id), "message_id": str(message_id)},
-            job_id=job_id,
-        )
+        dispatcher.submit(session, kind=JobKind.CHAT, tenant_id=tenant_id, payload=payload, job_id=job_id)
     except BrokerUnavailable:
         # Nothing was queued (the job row says so), so the message is not kept either: the caller sends it again.
         repo.remove_message(session, message_id=message_id)

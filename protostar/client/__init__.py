@@ -34,6 +34,7 @@ from protostar.client.errors import (
 from protostar.client.models import (
     Accepted,
     Answer,
+    Collection,
     Document,
     Event,
     Hit,
@@ -60,6 +61,7 @@ __all__ = [
     "Client",
     "ClientConfig",
     "ClientError",
+    "Collection",
     "Conflict",
     "Document",
     "Event",

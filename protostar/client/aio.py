@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from protostar.client.errors import TransportError, WaitTimeout, from_response
 from protostar.client.models import (
     Accepted,
     Answer,
+    Collection,
     Document,
     Event,
     Hit,
@@ -57,6 +58,7 @@ class AsyncClient:
         self.jobs = AsyncJobs(self)
         self.documents = AsyncDocuments(self)
         self.sessions = AsyncSessions(self)
+        self.collections = AsyncCollections(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -95,6 +97,7 @@ class AsyncClient:
         *,
         filename: str | None = None,
         metadata: dict[str, Any] | None = None,
+        collection_id: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> Upload:
@@ -109,8 +112,16 @@ class AsyncClient:
         job = await self.jobs.wait(upload.job_id, timeout=timeout)
         return Upload(await self.documents.get(upload.document.id), upload.job_id, upload.duplicate, job)
 
-    async def search(self, query: str, *, top_k: int = 5) -> list[Hit]:
-        body = await self.json(calls.search(query, top_k))
+    async def search(
+        self,
+        query: str,
+        *,
+        top_k: int = 5,
+        collection_ids: list[str] | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        """Hybrid search in your documents; only those in ``collection_ids`` and matching ``filter`` when given."""
+        body = await self.json(calls.search(query, top_k, collection_ids, filter))
         return [Hit.of(h) for h in body["hits"]]
 
     async def chat(self, session_id: str, text: str) -> AsyncChatStream:
@@ -224,22 +235,73 @@ class AsyncDocuments:
     async def delete(self, document_id: str) -> None:
         await self._c.send(calls.delete_document(document_id))
 
+    async def update(self, document_id: str, *, metadata: dict[str, Any]) -> Document:
+        """Replace the document's metadata."""
+        return Document.of(await self._c.json(calls.update_document(document_id, metadata)))
+
 
 class AsyncSessions:
     def __init__(self, client: AsyncClient) -> None:
         self._c = client
 
-    async def create(self, *, title: str | None = None, metadata: dict[str, Any] | None = None) -> str:
-        """A new chat session; its id."""
-        body = await self._c.json(calls.create_session(title, metadata))
+    async def create(
+        self,
+        *,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        collection_ids: list[str] | None = None,
+    ) -> str:
+        """A new chat session (bound to ``collection_ids``: its answers retrieve only from them); its id."""
+        body = await self._c.json(calls.create_session(title, metadata, collection_ids))
         return str(body["session_id"])
 
     async def get(self, session_id: str) -> Session:
         return Session.of(await self._c.json(calls.get_session(session_id)))
 
-    async def send(self, session_id: str, content: str) -> MessageAccepted:
+    async def send(
+        self,
+        session_id: str,
+        content: str,
+        *,
+        collection_ids: list[str] | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> MessageAccepted:
         """Post a message; its answer is a job (stream it with ``jobs.events`` or use :meth:`Client.chat`)."""
-        return MessageAccepted.of(await self._c.json(calls.send_message(session_id, content)))
+        return MessageAccepted.of(await self._c.json(calls.send_message(session_id, content, collection_ids, filter)))
+
+
+class AsyncCollections:
+    """Named groups of your documents: search and chat can be limited to some."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def create(self, name: str) -> Collection:
+        return Collection.of(await self._c.json(calls.create_collection(name)))
+
+    async def list(self, *, limit: int = 20, cursor: str | None = None) -> Page[Collection]:
+        body = await self._c.json(calls.list_collections(limit, cursor))
+        return Page([Collection.of(c) for c in body["items"]], body.get("next_cursor"))
+
+    async def get(self, collection_id: str) -> Collection:
+        return Collection.of(await self._c.json(calls.get_collection(collection_id)))
+
+    async def rename(self, collection_id: str, name: str) -> Collection:
+        return Collection.of(await self._c.json(calls.rename_collection(collection_id, name)))
+
+    async def delete(self, collection_id: str) -> None:
+        """Delete the collection; its documents stay."""
+        await self._c.send(calls.delete_collection(collection_id))
+
+    async def add(self, collection_id: str, document_ids: Iterable[str]) -> Collection:
+        return Collection.of(await self._c.json(calls.add_to_collection(collection_id, [*document_ids])))
+
+    async def remove(self, collection_id: str, document_id: str) -> None:
+        await self._c.send(calls.remove_from_collection(collection_id, document_id))
+
+    async def documents(self, collection_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Document]:
+        body = await self._c.json(calls.collection_documents(collection_id, limit, cursor))
+        return Page([Document.of(d) for d in body["items"]], body.get("next_cursor"))
 
 
 class AsyncChatStream:

@@ -89,7 +89,12 @@ def _params(**values: Any) -> dict[str, Any]:
 
 
 def upload(
-    source: str | Path | bytes, *, filename: str | None, metadata: dict[str, Any] | None, timeout: float
+    source: str | Path | bytes,
+    *,
+    filename: str | None,
+    metadata: dict[str, Any] | None,
+    timeout: float,
+    collection_id: str | None = None,
 ) -> Call:
     if isinstance(source, bytes):
         body, name = source, filename or "upload"
@@ -97,8 +102,10 @@ def upload(
         path = Path(source)
         body, name = path.read_bytes(), filename or path.name
     kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    data = {"metadata": json.dumps(metadata)} if metadata else None
-    return Call("POST", "/v1/documents", True, files={"file": (name, body, kind)}, data=data, timeout=timeout)
+    data = {"metadata": json.dumps(metadata)} if metadata else {}
+    if collection_id:
+        data["collection_id"] = collection_id
+    return Call("POST", "/v1/documents", True, files={"file": (name, body, kind)}, data=data or None, timeout=timeout)
 
 
 def get_document(document_id: str) -> Call:
@@ -117,20 +124,35 @@ def summarize_document(document_id: str) -> Call:
     return Call("POST", f"/v1/documents/{document_id}/summarize", True)  # one in flight per document
 
 
-def search(query: str, top_k: int) -> Call:
-    return Call("POST", "/v1/search", True, json={"query": query, "top_k": top_k})
+def update_document(document_id: str, metadata: dict[str, Any]) -> Call:
+    return Call("PATCH", f"/v1/documents/{document_id}", True, json={"metadata": metadata}, route="PATCH /v1/documents")
 
 
-def create_session(title: str | None, metadata: dict[str, Any] | None) -> Call:
-    return Call("POST", "/v1/sessions", False, json={"title": title, "metadata": metadata or {}})
+def _scope(collection_ids: list[str] | None, filter: dict[str, Any] | None) -> dict[str, Any]:
+    return _params(collection_ids=collection_ids, filter=filter)
+
+
+def search(
+    query: str, top_k: int, collection_ids: list[str] | None = None, filter: dict[str, Any] | None = None
+) -> Call:
+    body = {"query": query, "top_k": top_k, **_scope(collection_ids, filter)}
+    return Call("POST", "/v1/search", True, json=body)
+
+
+def create_session(title: str | None, metadata: dict[str, Any] | None, collection_ids: list[str] | None = None) -> Call:
+    body = {"title": title, "metadata": metadata or {}, **_scope(collection_ids, None)}
+    return Call("POST", "/v1/sessions", False, json=body)
 
 
 def get_session(session_id: str) -> Call:
     return Call("GET", f"/v1/sessions/{session_id}", True)
 
 
-def send_message(session_id: str, content: str) -> Call:
-    return Call("POST", f"/v1/sessions/{session_id}/messages", False, json={"content": content})
+def send_message(
+    session_id: str, content: str, collection_ids: list[str] | None = None, filter: dict[str, Any] | None = None
+) -> Call:
+    body = {"content": content, **_scope(collection_ids, filter)}
+    return Call("POST", f"/v1/sessions/{session_id}/messages", False, json=body)
 
 
 def summarize_session(session_id: str) -> Call:
@@ -157,3 +179,39 @@ def list_jobs(kind: str | None, status: str | None, cursor: str | None, limit: i
 
 def events(job_id: str, after: str | None) -> Call:
     return Call("GET", f"/v1/jobs/{job_id}/events", True, headers={"Last-Event-ID": after} if after else {})
+
+
+COLLECTIONS = "/v1/collections"
+
+
+def create_collection(name: str) -> Call:
+    return Call("POST", COLLECTIONS, False, json={"name": name}, route="POST /v1/collections")
+
+
+def list_collections(limit: int, cursor: str | None) -> Call:
+    return Call("GET", COLLECTIONS, True, params=_params(limit=limit, cursor=cursor), route="GET /v1/collections")
+
+
+def get_collection(collection_id: str) -> Call:
+    return Call("GET", f"{COLLECTIONS}/{collection_id}", True)
+
+
+def rename_collection(collection_id: str, name: str) -> Call:
+    return Call("PATCH", f"{COLLECTIONS}/{collection_id}", True, json={"name": name})
+
+
+def delete_collection(collection_id: str) -> Call:
+    return Call("DELETE", f"{COLLECTIONS}/{collection_id}", True)
+
+
+def add_to_collection(collection_id: str, document_ids: list[str]) -> Call:
+    return Call("POST", f"{COLLECTIONS}/{collection_id}/documents", True, json={"document_ids": document_ids})
+
+
+def remove_from_collection(collection_id: str, document_id: str) -> Call:
+    return Call("DELETE", f"{COLLECTIONS}/{collection_id}/documents/{document_id}", True)
+
+
+def collection_documents(collection_id: str, limit: int, cursor: str | None) -> Call:
+    params = _params(limit=limit, cursor=cursor)
+    return Call("GET", f"{COLLECTIONS}/{collection_id}/documents", True, params=params)

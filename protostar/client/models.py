@@ -261,3 +261,22 @@ class Reset:
     """In a chat stream: the answer starts over (the job was redelivered); drop the text shown so far."""
 
     attempt: int
+
+
+@dataclass(frozen=True)
+class Collection:
+    id: str
+    name: str
+    document_count: int
+    created_at: datetime | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> Collection:
+        return cls(
+            id=str(data["id"]),
+            name=str(data.get("name", "")),
+            document_count=int(data.get("document_count") or 0),
+            created_at=_time(data.get("created_at")),
+            raw=data,
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from protostar.client.errors import TransportError, WaitTimeout, from_response
 from protostar.client.models import (
     Accepted,
     Answer,
+    Collection,
     Document,
     Event,
     Hit,
@@ -65,6 +66,7 @@ class Client:
         self.jobs = Jobs(self)
         self.documents = Documents(self)
         self.sessions = Sessions(self)
+        self.collections = Collections(self)
 
     def __enter__(self) -> Client:
         return self
@@ -103,11 +105,14 @@ class Client:
         *,
         filename: str | None = None,
         metadata: dict[str, Any] | None = None,
+        collection_id: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> Upload:
         """Upload a file (a path, or bytes with ``filename``); ``wait`` for its ingestion to end (up to ``timeout``)."""
-        call = calls.upload(source, filename=filename, metadata=metadata, timeout=self.upload_timeout)
+        call = calls.upload(
+            source, filename=filename, metadata=metadata, timeout=self.upload_timeout, collection_id=collection_id
+        )
         body = self.json(call)
         upload = Upload(Document.of(body["document"]), body.get("job_id"), bool(body.get("duplicate")))
         if not wait or upload.job_id is None:
@@ -115,8 +120,16 @@ class Client:
         job = self.jobs.wait(upload.job_id, timeout=timeout)
         return Upload(self.documents.get(upload.document.id), upload.job_id, upload.duplicate, job)
 
-    def search(self, query: str, *, top_k: int = 5) -> list[Hit]:
-        return [Hit.of(h) for h in self.json(calls.search(query, top_k))["hits"]]
+    def search(
+        self,
+        query: str,
+        *,
+        top_k: int = 5,
+        collection_ids: list[str] | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        """Hybrid search in your documents; only those in ``collection_ids`` and matching ``filter`` when given."""
+        return [Hit.of(h) for h in self.json(calls.search(query, top_k, collection_ids, filter))["hits"]]
 
     def chat(self, session_id: str, text: str) -> ChatStream:
         """Post ``text`` to the session; iterate the result for the answer's tokens as they are generated."""
@@ -228,21 +241,72 @@ class Documents:
     def delete(self, document_id: str) -> None:
         self._c.send(calls.delete_document(document_id))
 
+    def update(self, document_id: str, *, metadata: dict[str, Any]) -> Document:
+        """Replace the document's metadata."""
+        return Document.of(self._c.json(calls.update_document(document_id, metadata)))
+
 
 class Sessions:
     def __init__(self, client: Client) -> None:
         self._c = client
 
-    def create(self, *, title: str | None = None, metadata: dict[str, Any] | None = None) -> str:
-        """A new chat session; its id."""
-        return str(self._c.json(calls.create_session(title, metadata))["session_id"])
+    def create(
+        self,
+        *,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        collection_ids: list[str] | None = None,
+    ) -> str:
+        """A new chat session (bound to ``collection_ids``: its answers retrieve only from them); its id."""
+        return str(self._c.json(calls.create_session(title, metadata, collection_ids))["session_id"])
 
     def get(self, session_id: str) -> Session:
         return Session.of(self._c.json(calls.get_session(session_id)))
 
-    def send(self, session_id: str, content: str) -> MessageAccepted:
+    def send(
+        self,
+        session_id: str,
+        content: str,
+        *,
+        collection_ids: list[str] | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> MessageAccepted:
         """Post a message; its answer is a job (stream it with ``jobs.events`` or use :meth:`Client.chat`)."""
-        return MessageAccepted.of(self._c.json(calls.send_message(session_id, content)))
+        return MessageAccepted.of(self._c.json(calls.send_message(session_id, content, collection_ids, filter)))
+
+
+class Collections:
+    """Named groups of your documents: search and chat can be limited to some."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(self, name: str) -> Collection:
+        return Collection.of(self._c.json(calls.create_collection(name)))
+
+    def list(self, *, limit: int = 20, cursor: str | None = None) -> Page[Collection]:
+        body = self._c.json(calls.list_collections(limit, cursor))
+        return Page([Collection.of(c) for c in body["items"]], body.get("next_cursor"))
+
+    def get(self, collection_id: str) -> Collection:
+        return Collection.of(self._c.json(calls.get_collection(collection_id)))
+
+    def rename(self, collection_id: str, name: str) -> Collection:
+        return Collection.of(self._c.json(calls.rename_collection(collection_id, name)))
+
+    def delete(self, collection_id: str) -> None:
+        """Delete the collection; its documents stay."""
+        self._c.send(calls.delete_collection(collection_id))
+
+    def add(self, collection_id: str, document_ids: Iterable[str]) -> Collection:
+        return Collection.of(self._c.json(calls.add_to_collection(collection_id, [*document_ids])))
+
+    def remove(self, collection_id: str, document_id: str) -> None:
+        self._c.send(calls.remove_from_collection(collection_id, document_id))
+
+    def documents(self, collection_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Document]:
+        body = self._c.json(calls.collection_documents(collection_id, limit, cursor))
+        return Page([Document.of(d) for d in body["items"]], body.get("next_cursor"))
 
 
 class ChatStream:

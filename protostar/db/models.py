@@ -131,6 +131,9 @@ class Document(Base):
     __table_args__ = (
         Index("uq_documents_tenant_sha256", "tenant_id", "sha256", unique=True),
         Index("ix_documents_tenant_created", "tenant_id", "created_at", "id"),
+        # Metadata filters (``documents.filters``): ``@>`` for equality and ``$in``, ``?`` for ``$exists``.
+        # The default ``jsonb_ops`` class, not ``jsonb_path_ops``: only it answers ``?`` (key exists).
+        Index("ix_documents_metadata", "metadata", postgresql_using="gin"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -226,6 +229,10 @@ class ChatSession(Base):
     # Beat's summary tries since the last success, and when it may try again (backoff, see summary.submit).
     summary_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     summary_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The collections its messages retrieve from unless a message names its own (empty: all documents).
+    collection_ids: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(UUID(as_uuid=True)), default=list, server_default=text("'{}'")
+    )
 
 
 class Message(Base):
@@ -286,4 +293,29 @@ class DocumentSummary(Base):
     tokens_before: Mapped[int] = mapped_column(Integer)
     tokens_after: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _now()
+
+
+class Collection(Base):
+    """A named group of a tenant's documents. Deleting one removes only the membership, never a document."""
+
+    __tablename__ = "collections"
+    __table_args__ = (Index("ix_collections_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class CollectionDocument(Base):
+    """Membership (many-to-many). The primary key serves "the documents of these collections" (search's
+    scope); the index on ``document_id`` serves "a document's collections" and its deletion."""
+
+    __tablename__ = "collection_documents"
+    __table_args__ = (Index("ix_collection_documents_document", "document_id"),)
+
+    collection_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
+    document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
     created_at: Mapped[datetime] = _now()

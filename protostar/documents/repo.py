@@ -5,6 +5,7 @@ query). A document's ``status`` and ``error`` are not stored: they are its lates
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, select, text, update
 from sqlalchemy.orm import Session
@@ -51,6 +52,17 @@ def page(
 def add(session: Session, document: Document) -> None:
     """A new document, written with the session's next flush (its ingest job's commit)."""
     session.add(document)
+
+
+def set_metadata(
+    session: Session, *, tenant_id: uuid.UUID, document_id: uuid.UUID, metadata: dict[str, Any]
+) -> Document:
+    """Replace the tenant's document's metadata; ``NotFound`` when it is not the tenant's."""
+    document = get_for_tenant(session, tenant_id=tenant_id, document_id=document_id)
+    session.execute(
+        update(Document).where(Document.id == document.id).values(metadata_=metadata, updated_at=text("now()"))
+    )
+    return document
 
 
 def locked(session: Session, *, document_id: uuid.UUID) -> Document | None:

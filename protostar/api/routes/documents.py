@@ -1,4 +1,5 @@
-"""Documents: upload (queues ingestion), read, list, delete; and hybrid search over their chunks."""
+"""Documents: upload (queues ingestion, optionally into a collection), read, list, update metadata, delete; and
+hybrid search over their chunks, optionally scoped by collections and a metadata filter."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
@@ -21,16 +23,18 @@ from protostar.api.schemas import (
     DocumentDetail,
     DocumentOut,
     DocumentPage,
+    DocumentPatch,
     HitOut,
     SearchIn,
     SearchOut,
     UploadOut,
     check_metadata,
 )
+from protostar.api.scope import scope_of
 from protostar.api.state import AppState
 from protostar.auth import Principal
 from protostar.constants import DocumentStatus, JobKind
-from protostar.documents import repo
+from protostar.documents import collections, repo
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
 from protostar.errors import Conflict, ValidationFailed
@@ -49,16 +53,19 @@ router = APIRouter(prefix="/v1", tags=["documents"])
     responses={200: {"model": UploadOut, "description": "the same content was already uploaded"}, **QUOTA},
 )
 async def upload_document(request: Request, principal: PrincipalDep, state: StateDep) -> JSONResponse:
-    """Multipart ``file`` and optional ``metadata`` (a JSON object of 16 KiB at most). The type is sniffed from
-    the bytes. The body is counted as it streams in (``protostar.api.guard``): past ``PROTOSTAR_MAX_UPLOAD_BYTES``
-    the upload stops and answers ``413``, whether or not it declared a ``Content-Length``."""
+    """Multipart ``file``, optional ``metadata`` (a JSON object of 16 KiB at most) and optional ``collection_id``
+    (one of your collections: the document is added to it; ``404`` otherwise, before anything is stored). The
+    type is sniffed from the bytes. The body is counted as it streams in (``protostar.api.guard``): past
+    ``PROTOSTAR_MAX_UPLOAD_BYTES`` the upload stops and answers ``413``, whether or not it declared a
+    ``Content-Length``."""
     form = await request.form(max_files=1, max_fields=4, max_part_size=4 * MAX_METADATA_BYTES)
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
             raise ValidationFailed("send the document as a multipart form field named 'file'")
         metadata = _metadata(form.get("metadata"))
-        out, queued = await to_thread.run_sync(_store, state, principal, file, metadata)
+        collection_id = _collection_id(form.get("collection_id"))
+        out, queued = await to_thread.run_sync(_store, state, principal, file, metadata, collection_id)
     finally:
         await form.close()
     return JSONResponse(out.model_dump(mode="json"), status_code=202 if queued else 200)
@@ -79,9 +86,26 @@ def _metadata(raw: Any) -> dict[str, Any]:
         raise ValidationFailed(str(exc)) from exc
 
 
-def _store(state: AppState, principal: Principal, file: UploadFile, metadata: dict[str, Any]) -> tuple[UploadOut, bool]:
+def _collection_id(raw: Any) -> uuid.UUID | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return uuid.UUID(raw) if isinstance(raw, str) else None
+    except ValueError:
+        raise ValidationFailed("collection_id is not a collection id (a UUID)") from None
+
+
+def _store(
+    state: AppState,
+    principal: Principal,
+    file: UploadFile,
+    metadata: dict[str, Any],
+    collection_id: uuid.UUID | None,
+) -> tuple[UploadOut, bool]:
     """The response, and whether this upload queued an ingest."""
     with state.sessions() as session:
+        if collection_id is not None:  # before anything is stored
+            collections.get(session, tenant_id=principal.tenant_id, collection_id=collection_id)
         uploaded = upload(
             session,
             bucket=state.clients.bucket,
@@ -94,6 +118,8 @@ def _store(state: AppState, principal: Principal, file: UploadFile, metadata: di
         )
         document = uploaded.document
         queued = uploaded.created or uploaded.requeued
+        if collection_id is not None:
+            _into(session, principal, collection_id, document.id)
         out = UploadOut(
             document_id=document.id,
             job_id=document.job_id,
@@ -104,6 +130,13 @@ def _store(state: AppState, principal: Principal, file: UploadFile, metadata: di
             document=DocumentOut.of(document),
         )
         return out, queued
+
+
+def _into(session: Session, principal: Principal, collection_id: uuid.UUID, document_id: uuid.UUID) -> None:
+    collections.add_documents(
+        session, tenant_id=principal.tenant_id, collection_id=collection_id, document_ids=[document_id]
+    )
+    session.commit()
 
 
 @router.get("/documents/{document_id}", response_model=DocumentDetail)
@@ -123,6 +156,19 @@ def list_documents(
     """Newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
     rows, next_cursor = repo.page(session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
     return DocumentPage(items=[DocumentOut.of(d) for d in rows], next_cursor=next_cursor)
+
+
+@router.patch("/documents/{document_id}", response_model=DocumentOut)
+def update_document(
+    document_id: uuid.UUID, body: DocumentPatch, principal: PrincipalDep, session: SessionDep
+) -> DocumentOut:
+    """Replace the document's ``metadata`` (validated as at upload); searches filter on the new one at once."""
+    document = repo.set_metadata(
+        session, tenant_id=principal.tenant_id, document_id=document_id, metadata=body.metadata
+    )
+    session.commit()
+    session.refresh(document)
+    return DocumentOut.of(document)
 
 
 @router.delete("/documents/{document_id}", status_code=204)
@@ -158,10 +204,18 @@ def summarize_document(
 
 
 @router.post("/search", response_model=SearchOut)
-def search_chunks(body: SearchIn, principal: PrincipalDep, state: StateDep) -> SearchOut:
-    """Hybrid retrieval (vector similarity and full text, fused by reciprocal rank) in your documents."""
+def search_chunks(body: SearchIn, principal: PrincipalDep, session: SessionDep, state: StateDep) -> SearchOut:
+    """Hybrid retrieval (vector similarity and full text, fused by reciprocal rank) in your documents; only
+    those in any of ``collection_ids`` (yours: ``404`` otherwise) and matching ``filter``, when given."""
+    scope = scope_of(session, tenant_id=principal.tenant_id, collection_ids=body.collection_ids, filter=body.filter)
+    session.close()  # the search reads on a connection of its own
     hits = retrieve(
-        state.clients.engine, state.clients.embedder, tenant_id=principal.tenant_id, query=body.query, top_k=body.top_k
+        state.clients.engine,
+        state.clients.embedder,
+        tenant_id=principal.tenant_id,
+        query=body.query,
+        top_k=body.top_k,
+        scope=scope,
     )
     return SearchOut(
         hits=[

@@ -9,9 +9,11 @@ from fastapi import APIRouter
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import QUOTA, Accepted, MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
+from protostar.api.scope import scope_of
 from protostar.chat import repo
 from protostar.chat.submit import ask
 from protostar.constants import JobKind
+from protostar.documents import collections
 from protostar.summary import repo as summary_repo
 from protostar.summary import submit
 
@@ -20,8 +22,13 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 
 @router.post("/sessions", status_code=201, response_model=SessionCreated)
 def create_session(principal: PrincipalDep, session: SessionDep, body: SessionIn | None = None) -> SessionCreated:
+    """A new session; ``collection_ids`` (yours: ``404`` otherwise) binds it: its messages retrieve only from
+    documents in those collections unless a message names its own."""
     body = body or SessionIn()
-    row = repo.create_session(session, tenant_id=principal.tenant_id, title=body.title, metadata=body.metadata)
+    bound = collections.check_owned(session, tenant_id=principal.tenant_id, collection_ids=body.collection_ids or [])
+    row = repo.create_session(
+        session, tenant_id=principal.tenant_id, title=body.title, metadata=body.metadata, collection_ids=bound
+    )
     session.commit()
     return SessionCreated(session_id=row.id)
 
@@ -51,12 +58,17 @@ def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, session: S
 def post_message(
     session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> MessageAccepted:
-    """Add the user's message and queue the answer; follow ``events_url`` for its tokens as they arrive."""
+    """Add the user's message and queue the answer; follow ``events_url`` for its tokens as they arrive. The
+    answer retrieves from ``collection_ids`` (yours; ``[]``: all your documents) when given, else from the
+    session's collections, and only from documents matching ``filter``."""
+    scope = scope_of(session, tenant_id=principal.tenant_id, collection_ids=body.collection_ids, filter=body.filter)
     asked = ask(
         session,
         dispatcher=state.clients.dispatcher,
         tenant_id=principal.tenant_id,
         session_id=session_id,
         content=body.content,
+        collection_ids=list(scope.collection_ids) if body.collection_ids is not None else None,
+        filter=body.filter,
     )
     return MessageAccepted(job_id=asked.job_id, message_id=asked.message_id, events_url=events_url(state, asked.job_id))

@@ -20,10 +20,12 @@ from protostar.client.models import (
     Event,
     Hit,
     Job,
+    Message,
     MessageAccepted,
     Page,
     Reset,
     Session,
+    Source,
     Upload,
 )
 from protostar.client.sse import ChatState, Decoder
@@ -224,6 +226,11 @@ class AsyncDocuments:
     async def delete(self, document_id: str) -> None:
         await self._c.send(calls.delete_document(document_id))
 
+    async def reingest(self, document_id: str) -> Accepted:
+        """Ingest the stored file again under the same id (:class:`APIError` 409 while an ingest of it is in
+        flight). Raises :class:`NotSupported` on a server without the route."""
+        return Accepted.of(await self._c.json(calls.reingest_document(document_id)))
+
 
 class AsyncSessions:
     def __init__(self, client: AsyncClient) -> None:
@@ -233,6 +240,20 @@ class AsyncSessions:
         """A new chat session; its id."""
         body = await self._c.json(calls.create_session(title, metadata))
         return str(body["session_id"])
+
+    async def list(self, *, limit: int = 20, cursor: str | None = None) -> Page[Session]:
+        """Newest first, without their messages. Raises :class:`NotSupported` on a server without the route."""
+        body = await self._c.json(calls.list_sessions(limit, cursor))
+        return Page([Session.of(s) for s in body["items"]], body.get("next_cursor"))
+
+    async def messages(self, session_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Message]:
+        """Latest first; ``next_cursor`` pages back to older ones. :class:`NotSupported` on an older server."""
+        body = await self._c.json(calls.list_messages(session_id, limit, cursor))
+        return Page([Message.of(m) for m in body["items"]], body.get("next_cursor"))
+
+    async def delete(self, session_id: str) -> None:
+        """Cancels its answers in flight and deletes it. Raises :class:`NotSupported` on an older server."""
+        await self._c.send(calls.delete_session(session_id))
 
     async def get(self, session_id: str) -> Session:
         return Session.of(await self._c.json(calls.get_session(session_id)))
@@ -258,6 +279,11 @@ class AsyncChatStream:
     def text(self) -> str:
         """The answer so far (of the current attempt)."""
         return self.state.text
+
+    @property
+    def sources(self) -> list[Source]:
+        """The answer's numbered sources, known before its first token (empty from an older server)."""
+        return self.state.sources
 
     async def __aiter__(self) -> AsyncIterator[str | Reset]:
         async for event in self._c.jobs.events(self.job_id):

@@ -117,6 +117,11 @@ def summarize_document(document_id: str) -> Call:
     return Call("POST", f"/v1/documents/{document_id}/summarize", True)  # one in flight per document
 
 
+def reingest_document(document_id: str) -> Call:
+    # Not resent: a second send would answer 409 while the first one's ingest is in flight.
+    return Call("POST", f"/v1/documents/{document_id}/reingest", False, route="POST /v1/documents/{id}/reingest")
+
+
 def search(query: str, top_k: int) -> Call:
     return Call("POST", "/v1/search", True, json={"query": query, "top_k": top_k})
 
@@ -127,6 +132,22 @@ def create_session(title: str | None, metadata: dict[str, Any] | None) -> Call:
 
 def get_session(session_id: str) -> Call:
     return Call("GET", f"/v1/sessions/{session_id}", True)
+
+
+def list_sessions(limit: int, cursor: str | None) -> Call:
+    params = _params(limit=limit, cursor=cursor)
+    return Call("GET", "/v1/sessions", True, params=params, route="GET /v1/sessions (session list)")
+
+
+def delete_session(session_id: str) -> Call:
+    return Call("DELETE", f"/v1/sessions/{session_id}", True, route="DELETE /v1/sessions/{id}")
+
+
+def list_messages(session_id: str, limit: int, cursor: str | None) -> Call:
+    params = _params(limit=limit, cursor=cursor)
+    return Call(
+        "GET", f"/v1/sessions/{session_id}/messages", True, params=params, route="GET /v1/sessions/{id}/messages"
+    )
 
 
 def send_message(session_id: str, content: str) -> Call:

@@ -19,10 +19,12 @@ from protostar.client.models import (
     Event,
     Hit,
     Job,
+    Message,
     MessageAccepted,
     Page,
     Reset,
     Session,
+    Source,
     Upload,
 )
 from protostar.client.sse import ChatState, Decoder
@@ -228,6 +230,11 @@ class Documents:
     def delete(self, document_id: str) -> None:
         self._c.send(calls.delete_document(document_id))
 
+    def reingest(self, document_id: str) -> Accepted:
+        """Ingest the stored file again under the same id (:class:`APIError` 409 while an ingest of it is in
+        flight). Raises :class:`NotSupported` on a server without the route."""
+        return Accepted.of(self._c.json(calls.reingest_document(document_id)))
+
 
 class Sessions:
     def __init__(self, client: Client) -> None:
@@ -236,6 +243,20 @@ class Sessions:
     def create(self, *, title: str | None = None, metadata: dict[str, Any] | None = None) -> str:
         """A new chat session; its id."""
         return str(self._c.json(calls.create_session(title, metadata))["session_id"])
+
+    def list(self, *, limit: int = 20, cursor: str | None = None) -> Page[Session]:
+        """Newest first, without their messages. Raises :class:`NotSupported` on a server without the route."""
+        body = self._c.json(calls.list_sessions(limit, cursor))
+        return Page([Session.of(s) for s in body["items"]], body.get("next_cursor"))
+
+    def messages(self, session_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Message]:
+        """Latest first; ``next_cursor`` pages back to older ones. :class:`NotSupported` on an older server."""
+        body = self._c.json(calls.list_messages(session_id, limit, cursor))
+        return Page([Message.of(m) for m in body["items"]], body.get("next_cursor"))
+
+    def delete(self, session_id: str) -> None:
+        """Cancels its answers in flight and deletes it. Raises :class:`NotSupported` on an older server."""
+        self._c.send(calls.delete_session(session_id))
 
     def get(self, session_id: str) -> Session:
         return Session.of(self._c.json(calls.get_session(session_id)))
@@ -261,6 +282,11 @@ class ChatStream:
     def text(self) -> str:
         """The answer so far (of the current attempt)."""
         return self.state.text
+
+    @property
+    def sources(self) -> list[Source]:
+        """The answer's numbered sources, known before its first token (empty from an older server)."""
+        return self.state.sources
 
     def __iter__(self) -> Iterator[str | Reset]:
         for event in self._c.jobs.events(self.job_id):

@@ -15,6 +15,7 @@ list, ``[1, 3]``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -77,7 +78,8 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         )
     except (Cancelled, JobFailed):
         if generation.text:
-            _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.PARTIAL)
+            with contextlib.suppress(InputRejected):  # its session was deleted (which cancelled this): keep nothing
+                _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.PARTIAL)
         raise
     ctx.progress("generate", generation.chunks, generation.chunks)
     answer_id = _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.COMPLETE)

@@ -103,3 +103,31 @@ def test_the_client_lists_pages_and_deletes_sessions(live: Live) -> None:
         assert client.sessions.messages(first).items == []
         client.sessions.delete(first)
         assert [s.id for s in client.sessions.list().items] == [second]
+
+
+def test_deleting_a_session_cancels_its_jobs_still_waiting_for_their_turn_and_frees_the_turn(live: Live) -> None:
+    """A tenant has ``PROTOSTAR_TENANT_INFLIGHT_CHAT`` (4 here) answers in flight: a fifth waits its turn,
+    unsent. Deleting its session ends it ``cancelled`` without ever running; deleting the session of the four
+    that run cancels them too, and the turn they held goes to the tenant's next job waiting (another session's)."""
+    with live.client(create_key(f"sessions-turns-{uuid.uuid4().hex[:8]}")) as api:
+        busy = new_session(api)
+        story = "Write a very long story about a lighthouse keeper, with many chapters."
+        running = [ask(api, busy, f"{story} ({i})")["job_id"] for i in range(live.settings.tenant_inflight_chat)]
+        waiting_session = new_session(api)
+        waiting = ask(api, waiting_session, story)["job_id"]
+        later_session = new_session(api)
+        later = ask(api, later_session, "Hello.")["job_id"]
+        assert api.get(f"/v1/jobs/{waiting}").json()["progress"]["stage"] == "waiting_turn"
+
+        assert api.delete(f"/v1/sessions/{waiting_session}").status_code == 204
+        job = wait_status(api, waiting, "cancelled", timeout=30)
+        assert job["started_at"] is None  # it never ran
+        assert api.delete(f"/v1/sessions/{busy}").status_code == 204
+        for job_id in running:
+            assert wait_status(api, job_id, "cancelled", "succeeded", timeout=60)["status"] in (
+                "cancelled",
+                "succeeded",
+            )
+        # The turns the deleted sessions held came free: the other session's question is answered.
+        assert wait_status(api, later, "succeeded", timeout=180)["status"] == "succeeded"
+        assert [s["id"] for s in api.get("/v1/sessions").json()["items"]] == [later_session]

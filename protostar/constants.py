@@ -71,3 +71,4 @@ class EventType(StrEnum):
     TOKEN = "token"  # noqa: S105 (an event name)
     ERROR = "error"
     DONE = "done"
+    SOURCES = "sources"  # a chat answer's numbered sources, before its first token

@@ -92,7 +92,7 @@ fused AS MATERIALIZED (
     SELECT id, sum(1.0::float8 / (%(rrf_k)s + rank)) AS score FROM ranked
     GROUP BY id ORDER BY score DESC, id LIMIT %(top_k)s
 )
-SELECT c.document_id, c.id, c.text, f.score, c.page, d.filename
+SELECT c.document_id, c.id, c.text, f.score, c.page, d.filename, c.ordinal, d.content_type
 FROM fused f
 JOIN chunks c ON c.id = f.id
 JOIN documents d ON d.id = c.document_id
@@ -169,6 +169,8 @@ class Hit:
     score: float
     page: int | None
     filename: str
+    ordinal: int = 0  # the chunk's position in its document, from 0
+    content_type: str = ""  # the document's
 
 
 def search(
@@ -206,7 +208,7 @@ def search(
         documents=documents,
     )
     rows = conn.exec_driver_sql(statement, params).all()
-    hits = [Hit(row[0], row[1], row[2], float(row[3]), row[4], row[5]) for row in rows]
+    hits = [Hit(row[0], row[1], row[2], float(row[3]), row[4], row[5], row[6], row[7]) for row in rows]
     logger.debug(
         "tenant_id=%s search model=%s hits=%d in %.1f ms",
         tenant_id,

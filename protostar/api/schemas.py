@@ -321,9 +321,19 @@ class MessageAccepted(BaseModel):
 
 
 class SourceOut(BaseModel):
+    """A retrieved chunk the answer could cite, as the prompt numbered it. Answers written before citations
+    carried file names (issue 15) have only ``document_id``, ``chunk_id`` and ``score``."""
+
+    n: int | None = Field(None, description="the number the prompt gave it: the answer cites it as [n]")
     document_id: uuid.UUID
     chunk_id: int
     score: float
+    filename: str | None = None
+    page: int | None = Field(None, description="the page, slide or sheet number (see page_kind), when the file has")
+    page_kind: str | None = Field(None, description="page, slide (presentations) or sheet (spreadsheets)")
+    ordinal: int | None = Field(None, description="the chunk's position in the document, from 0")
+    text: str | None = Field(None, description="the chunk's whole text, as stored and searched")
+    cited: bool | None = Field(None, description="whether the answer cites [n]; absent until the answer is written")
 
 
 class MessageOut(BaseModel):
@@ -350,6 +360,34 @@ class MessageOut(BaseModel):
             usage=message.usage,
             created_at=message.created_at,
         )
+
+
+class SessionItem(BaseModel):
+    id: uuid.UUID
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, session: ChatSession) -> SessionItem:
+        return cls(
+            id=session.id,
+            title=session.title,
+            metadata=session.metadata_,
+            created_at=session.created_at,
+            updated_at=session.updated_at,
+        )
+
+
+class SessionPage(BaseModel):
+    items: list[SessionItem]
+    next_cursor: str | None
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut] = Field(description="latest first: reverse a page to show it top to bottom")
+    next_cursor: str | None = Field(None, description="the older messages: pass it back as cursor")
 
 
 class SessionOut(BaseModel):

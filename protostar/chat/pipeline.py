@@ -6,11 +6,18 @@ Plain and Celery-free: the task shell calls :func:`answer` with the job's contex
 redelivered job regenerates the answer and rewrites the same message row (one answer per question); its token
 events start again after a ``status`` event with the new ``attempt``, so a client restarts the text it shows there.
 A cancelled or broken generation keeps what was written so far as a ``partial`` answer.
+
+Citations: the prompt numbers its sources ``[1]``, ``[2]``…; a ``sources`` event carries them (file name, page,
+the chunk's ordinal and whole text) before the first token, so a reader can render them early; the answer, its
+job's result and its message then mark each source ``cited`` when the answer's text has its ``[n]`` (also in a
+list, ``[1, 3]``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -63,6 +70,8 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
     usage_extra = _usage_extra(prompt, summary)
     ctx.check_cancelled()
 
+    sources = cite(prompt.sources)
+    ctx.emit(EventType.SOURCES, {"sources": sources})
     generation = Generation()
     ctx.progress("generate", 0, settings.llm_max_tokens, persist=False)
     started = time.monotonic()
@@ -77,7 +86,8 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         )
     except (Cancelled, JobFailed):
         if generation.text:
-            _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.PARTIAL)
+            with contextlib.suppress(InputRejected):  # its session was deleted (which cancelled this): keep nothing
+                _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.PARTIAL)
         raise
     ctx.progress("generate", generation.chunks, generation.chunks)
     answer_id = _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.COMPLETE)
@@ -93,7 +103,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
     return {
         "message_id": str(answer_id),
         "answer": generation.text,
-        "sources": _sources(prompt.sources),
+        "sources": cite(prompt.sources, generation.text),
         "usage": {**generation.usage, **usage_extra},
         "history_used": prompt.history_used,
         "finish_reason": generation.finish_reason,
@@ -151,13 +161,46 @@ def _save(
             job_id=ctx.job_id,
             content=generation.text,
             status=status,
-            sources=_sources(prompt.sources),
+            sources=cite(prompt.sources, generation.text),
             usage={**generation.usage, **usage_extra},
         )
 
 
-def _sources(hits: list[Hit]) -> list[dict[str, Any]]:
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+_SLIDES = ("presentation", "powerpoint")
+_SHEETS = ("spreadsheet", "excel")
+
+
+def cited_numbers(text: str) -> set[int]:
+    """The source numbers ``text`` cites: ``[2]``, ``[1][3]``, ``[1, 3]``."""
+    return {int(n) for group in _CITATION.findall(text) for n in group.split(",")}
+
+
+def page_kind(content_type: str) -> str:
+    """What a chunk's ``page`` counts in a file of this type: slides, sheets, or pages."""
+    if any(word in content_type for word in _SLIDES):
+        return "slide"
+    if any(word in content_type for word in _SHEETS):
+        return "sheet"
+    return "page"
+
+
+def cite(hits: list[Hit], answer: str | None = None) -> list[dict[str, Any]]:
+    """The prompt's sources as a reader follows them (``[n]`` is ``hits[n - 1]``); with ``answer``, each marked
+    ``cited`` or not."""
+    numbers = cited_numbers(answer) if answer is not None else set()
     return [
-        {"document_id": str(h.document_id), "chunk_id": h.chunk_id, "score": round(h.score, 6), "n": n}
+        {
+            "n": n,
+            "document_id": str(h.document_id),
+            "chunk_id": h.chunk_id,
+            "score": round(h.score, 6),
+            "filename": h.filename,
+            "page": h.page,
+            "page_kind": page_kind(h.content_type) if h.page is not None else None,
+            "ordinal": h.ordinal,
+            "text": h.text,
+            **({"cited": n in numbers} if answer is not None else {}),
+        }
         for n, h in enumerate(hits, start=1)
     ]

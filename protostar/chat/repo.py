@@ -11,9 +11,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from protostar.chat.prompt import Turn
-from protostar.constants import MessageStatus
-from protostar.db.models import ChatSession, Message
-from protostar.errors import NotFound
+from protostar.constants import JobKind, JobStatus, MessageStatus
+from protostar.db.models import ChatSession, Job, Message
+from protostar.db.pages import latest_by_seq, newest_first
+from protostar.errors import InputRejected, NotFound
 
 
 def create_session(
@@ -51,6 +52,45 @@ def get_session(session: Session, *, tenant_id: uuid.UUID, session_id: uuid.UUID
 
 def messages(session: Session, *, session_id: uuid.UUID) -> list[Message]:
     return list(session.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.seq)))
+
+
+def page_sessions(
+    session: Session, *, tenant_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[ChatSession], str | None]:
+    """The tenant's sessions, newest first; ``cursor`` continues after the last one of the previous page."""
+    stmt = select(ChatSession).where(ChatSession.tenant_id == tenant_id)
+    return newest_first(session, stmt, model=ChatSession, limit=limit, cursor=cursor)
+
+
+def page_messages(
+    session: Session, *, session_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[Message], str | None]:
+    """The session's messages, latest first (a chat opens at its end and loads older ones as it scrolls up);
+    ``cursor`` continues with the messages before the previous page."""
+    stmt = select(Message).where(Message.session_id == session_id)
+    return latest_by_seq(session, stmt, column=Message.seq, limit=limit, cursor=cursor)
+
+
+def jobs_in_flight(session: Session, *, tenant_id: uuid.UUID, session_id: uuid.UUID) -> list[uuid.UUID]:
+    """The session's chat and summary jobs still queued or running."""
+    stmt = select(Job.id).where(
+        Job.tenant_id == tenant_id,
+        Job.kind.in_((JobKind.CHAT.value, JobKind.SUMMARY_SESSION.value)),
+        Job.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
+        Job.payload["session_id"].astext == str(session_id),
+    )
+    return list(session.scalars(stmt))
+
+
+def remove_session(session: Session, *, session_id: uuid.UUID) -> None:
+    """Delete the row; its messages and summaries go with it (ON DELETE CASCADE)."""
+    session.execute(delete(ChatSession).where(ChatSession.id == session_id))
+
+
+def session_exists(conn: Connection, *, session_id: uuid.UUID) -> bool:
+    """True while the session exists, which it then keeps doing until this transaction ends (a delete waits)."""
+    found = conn.execute(select(ChatSession.id).where(ChatSession.id == session_id).with_for_update(key_share=True))
+    return found.first() is not None
 
 
 def add_user_message(
@@ -122,7 +162,10 @@ def save_answer(
     sources: list[dict[str, Any]],
     usage: dict[str, Any],
 ) -> uuid.UUID:
-    """Insert the answer, or replace the one an earlier delivery wrote: one answer per question."""
+    """Insert the answer, or replace the one an earlier delivery wrote: one answer per question.
+    ``InputRejected`` when its session was deleted meanwhile."""
+    if not session_exists(conn, session_id=question.session_id):
+        raise InputRejected("the session was deleted while its answer was written")
     values = {
         "id": answer_id(question.id),
         "session_id": question.session_id,

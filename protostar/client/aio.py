@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -21,10 +22,12 @@ from protostar.client.models import (
     Event,
     Hit,
     Job,
+    Message,
     MessageAccepted,
     Page,
     Reset,
     Session,
+    Source,
     Upload,
 )
 from protostar.client.sse import ChatState, Decoder
@@ -239,6 +242,11 @@ class AsyncDocuments:
         """Replace the document's metadata."""
         return Document.of(await self._c.json(calls.update_document(document_id, metadata)))
 
+    async def reingest(self, document_id: str) -> Accepted:
+        """Ingest the stored file again under the same id (:class:`APIError` 409 while an ingest of it is in
+        flight). Raises :class:`NotSupported` on a server without the route."""
+        return Accepted.of(await self._c.json(calls.reingest_document(document_id)))
+
 
 class AsyncSessions:
     def __init__(self, client: AsyncClient) -> None:
@@ -255,6 +263,20 @@ class AsyncSessions:
         body = await self._c.json(calls.create_session(title, metadata, collection_ids))
         return str(body["session_id"])
 
+    async def list(self, *, limit: int = 20, cursor: str | None = None) -> Page[Session]:
+        """Newest first, without their messages. Raises :class:`NotSupported` on a server without the route."""
+        body = await self._c.json(calls.list_sessions(limit, cursor))
+        return Page([Session.of(s) for s in body["items"]], body.get("next_cursor"))
+
+    async def messages(self, session_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Message]:
+        """Latest first; ``next_cursor`` pages back to older ones. :class:`NotSupported` on an older server."""
+        body = await self._c.json(calls.list_messages(session_id, limit, cursor))
+        return Page([Message.of(m) for m in body["items"]], body.get("next_cursor"))
+
+    async def delete(self, session_id: str) -> None:
+        """Cancels its answers in flight and deletes it. Raises :class:`NotSupported` on an older server."""
+        await self._c.send(calls.delete_session(session_id))
+
     async def get(self, session_id: str) -> Session:
         return Session.of(await self._c.json(calls.get_session(session_id)))
 
@@ -263,7 +285,7 @@ class AsyncSessions:
         session_id: str,
         content: str,
         *,
-        collection_ids: list[str] | None = None,
+        collection_ids: builtins.list[str] | None = None,
         filter: dict[str, Any] | None = None,
     ) -> MessageAccepted:
         """Post a message; its answer is a job (stream it with ``jobs.events`` or use :meth:`Client.chat`)."""
@@ -320,6 +342,11 @@ class AsyncChatStream:
     def text(self) -> str:
         """The answer so far (of the current attempt)."""
         return self.state.text
+
+    @property
+    def sources(self) -> list[Source]:
+        """The answer's numbered sources, known before its first token (empty from an older server)."""
+        return self.state.sources
 
     async def __aiter__(self) -> AsyncIterator[str | Reset]:
         async for event in self._c.jobs.events(self.job_id):

@@ -128,6 +128,11 @@ def update_document(document_id: str, metadata: dict[str, Any]) -> Call:
     return Call("PATCH", f"/v1/documents/{document_id}", True, json={"metadata": metadata}, route="PATCH /v1/documents")
 
 
+def reingest_document(document_id: str) -> Call:
+    # Not resent: a second send would answer 409 while the first one's ingest is in flight.
+    return Call("POST", f"/v1/documents/{document_id}/reingest", False, route="POST /v1/documents/{id}/reingest")
+
+
 def _scope(collection_ids: list[str] | None, filter: dict[str, Any] | None) -> dict[str, Any]:
     return _params(collection_ids=collection_ids, filter=filter)
 
@@ -146,6 +151,22 @@ def create_session(title: str | None, metadata: dict[str, Any] | None, collectio
 
 def get_session(session_id: str) -> Call:
     return Call("GET", f"/v1/sessions/{session_id}", True)
+
+
+def list_sessions(limit: int, cursor: str | None) -> Call:
+    params = _params(limit=limit, cursor=cursor)
+    return Call("GET", "/v1/sessions", True, params=params, route="GET /v1/sessions (session list)")
+
+
+def delete_session(session_id: str) -> Call:
+    return Call("DELETE", f"/v1/sessions/{session_id}", True, route="DELETE /v1/sessions/{id}")
+
+
+def list_messages(session_id: str, limit: int, cursor: str | None) -> Call:
+    params = _params(limit=limit, cursor=cursor)
+    return Call(
+        "GET", f"/v1/sessions/{session_id}/messages", True, params=params, route="GET /v1/sessions/{id}/messages"
+    )
 
 
 def send_message(

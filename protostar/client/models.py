@@ -216,11 +216,27 @@ class Source:
     chunk_id: int
     score: float
     n: int | None
+    filename: str | None = None
+    page: int | None = None
+    page_kind: str | None = None  # "page", "slide" or "sheet"
+    ordinal: int | None = None  # the chunk's position in its document
+    text: str | None = None  # the chunk's whole text
+    cited: bool | None = None  # whether the answer cites [n]; None before the answer is written (older servers)
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> Source:
-        n = data.get("n")
-        return cls(str(data["document_id"]), int(data["chunk_id"]), float(data.get("score") or 0.0), n)
+        return cls(
+            str(data["document_id"]),
+            int(data["chunk_id"]),
+            float(data.get("score") or 0.0),
+            data.get("n"),
+            filename=data.get("filename"),
+            page=data.get("page"),
+            page_kind=data.get("page_kind"),
+            ordinal=data.get("ordinal"),
+            text=data.get("text"),
+            cited=data.get("cited"),
+        )
 
 
 @dataclass(frozen=True)
@@ -249,7 +265,8 @@ class Answer:
 
 @dataclass(frozen=True)
 class Event:
-    """One Server-Sent Event of a job: ``status``, ``progress``, ``token``, ``error`` or ``done``."""
+    """One Server-Sent Event of a job: ``status``, ``progress``, ``sources`` (a chat answer's, before its first
+    token), ``token``, ``error`` or ``done``."""
 
     id: str
     type: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from protostar.client.errors import JobFailed
-from protostar.client.models import Event, Reset
+from protostar.client.models import Event, Reset, Source
 
 
 class Decoder:
@@ -48,13 +48,15 @@ class Decoder:
 class ChatState:
     """Turns a chat job's events into tokens, a :class:`Reset` when a new attempt starts, and the end.
 
-    ``text`` is the answer of the current attempt so far. After ``done``, ``finished`` is true and
+    ``text`` is the answer of the current attempt so far, ``sources`` its numbered sources (from the ``sources``
+    event, before the first token; empty from a server without it). After ``done``, ``finished`` is true and
     :meth:`check` raises :class:`JobFailed` unless the job succeeded.
     """
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.text = ""
+        self.sources: list[Source] = []
         self.attempt: int | None = None
         self.status: str | None = None
         self.error: tuple[str | None, str | None] = (None, None)
@@ -66,14 +68,16 @@ class ChatState:
             piece = str(data.get("text", ""))
             self.text += piece
             return piece
-        if event.type == "status":
+        if event.type == "sources":
+            self.sources = [Source.of(s) for s in data.get("sources") or [] if isinstance(s, dict)]
+        elif event.type == "status":
             self.status = str(data.get("status", self.status))
             attempt = data.get("attempt")
             if isinstance(attempt, int) and attempt != self.attempt:
                 restarted = self.attempt is not None
                 self.attempt = attempt
                 if restarted:
-                    self.text = ""
+                    self.text, self.sources = "", []
                     return Reset(attempt)
         elif event.type == "error":
             self.error = (data.get("code"), data.get("message"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,10 +21,12 @@ from protostar.client.models import (
     Event,
     Hit,
     Job,
+    Message,
     MessageAccepted,
     Page,
     Reset,
     Session,
+    Source,
     Upload,
 )
 from protostar.client.sse import ChatState, Decoder
@@ -245,6 +248,11 @@ class Documents:
         """Replace the document's metadata."""
         return Document.of(self._c.json(calls.update_document(document_id, metadata)))
 
+    def reingest(self, document_id: str) -> Accepted:
+        """Ingest the stored file again under the same id (:class:`APIError` 409 while an ingest of it is in
+        flight). Raises :class:`NotSupported` on a server without the route."""
+        return Accepted.of(self._c.json(calls.reingest_document(document_id)))
+
 
 class Sessions:
     def __init__(self, client: Client) -> None:
@@ -260,6 +268,20 @@ class Sessions:
         """A new chat session (bound to ``collection_ids``: its answers retrieve only from them); its id."""
         return str(self._c.json(calls.create_session(title, metadata, collection_ids))["session_id"])
 
+    def list(self, *, limit: int = 20, cursor: str | None = None) -> Page[Session]:
+        """Newest first, without their messages. Raises :class:`NotSupported` on a server without the route."""
+        body = self._c.json(calls.list_sessions(limit, cursor))
+        return Page([Session.of(s) for s in body["items"]], body.get("next_cursor"))
+
+    def messages(self, session_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Message]:
+        """Latest first; ``next_cursor`` pages back to older ones. :class:`NotSupported` on an older server."""
+        body = self._c.json(calls.list_messages(session_id, limit, cursor))
+        return Page([Message.of(m) for m in body["items"]], body.get("next_cursor"))
+
+    def delete(self, session_id: str) -> None:
+        """Cancels its answers in flight and deletes it. Raises :class:`NotSupported` on an older server."""
+        self._c.send(calls.delete_session(session_id))
+
     def get(self, session_id: str) -> Session:
         return Session.of(self._c.json(calls.get_session(session_id)))
 
@@ -268,7 +290,7 @@ class Sessions:
         session_id: str,
         content: str,
         *,
-        collection_ids: list[str] | None = None,
+        collection_ids: builtins.list[str] | None = None,
         filter: dict[str, Any] | None = None,
     ) -> MessageAccepted:
         """Post a message; its answer is a job (stream it with ``jobs.events`` or use :meth:`Client.chat`)."""
@@ -325,6 +347,11 @@ class ChatStream:
     def text(self) -> str:
         """The answer so far (of the current attempt)."""
         return self.state.text
+
+    @property
+    def sources(self) -> list[Source]:
+        """The answer's numbered sources, known before its first token (empty from an older server)."""
+        return self.state.sources
 
     def __iter__(self) -> Iterator[str | Reset]:
         for event in self._c.jobs.events(self.job_id):

@@ -1,8 +1,9 @@
 """``protostar ask`` (one question, its answer streamed, then its sources) and ``protostar chat`` (a session).
 
-Sources with file and page: a chat result names each source by document and chunk. The answer's chunks were
-retrieved for the question, so one search for the same question (top 50) finds them with their file and page;
-a source it does not find (the ranking moved) is named by its document's file, without a page.
+Sources with file and page: a chat result names each source's file and page (and whether the answer cites it).
+From an older server, which names each source by document and chunk only: the answer's chunks were retrieved for
+the question, so one search for the same question (top 50) finds them with their file and page; a source it does
+not find (the ranking moved) is named by its document's file, without a page.
 """
 
 from __future__ import annotations
@@ -28,16 +29,20 @@ class Cited:
     score: float
     filename: str | None
     page: int | None
+    cited: bool | None = None  # whether the answer cites it (None from an older server)
 
 
 def cite(client: Client, question: str, answer: Answer) -> list[Cited]:
     """The answer's sources with their file and page (see the module's docstring)."""
     if not answer.sources:
         return []
+    ordered = sorted(answer.sources, key=lambda s: (s.n is None, s.n or 0))
+    if all(s.filename is not None for s in ordered):
+        return [Cited(s.n, s.document_id, s.chunk_id, s.score, s.filename, s.page, s.cited) for s in ordered]
     hits = {(h.document_id, h.chunk_id): h for h in client.search(question, top_k=SOURCE_SEARCH_TOP_K)}
     names: dict[str, str | None] = {h.document_id: h.filename for h in hits.values()}
     cited = []
-    for s in sorted(answer.sources, key=lambda s: (s.n is None, s.n or 0)):
+    for s in ordered:
         hit = hits.get((s.document_id, s.chunk_id))
         if s.document_id not in names:
             try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -108,7 +108,15 @@ def _describe(event: Event) -> str:
         return f"status    {d.get('status')}{escape(extra)}"
     if event.type == "error":
         return f"[red]error[/]     {escape(str(d.get('code')))}: {escape(str(d.get('message') or ''))}"
+    if event.type == "sources":  # the file and page of each, not the chunk's text
+        named = [_source(s) for s in d.get("sources") or [] if isinstance(s, dict)]
+        return "sources   " + escape("; ".join(named))
     return f"{event.type:<9} {escape(str(d))}"
+
+
+def _source(source: dict[str, Any]) -> str:
+    where = f", {source.get('page_kind') or 'page'} {source['page']}" if source.get("page") else ""
+    return f"[{source.get('n')}] {source.get('filename')}{where}"
 
 
 @jobs.command("cancel")

@@ -5,11 +5,11 @@ changes (or its default does, in an upgrade), a document embedded before is foun
 are made again. Beat's ``reembed`` task does that, without anyone asking: at most ``in_flight`` such ingests are
 queued or running at once (for all tenants together, so an install with many documents catches up gradually and
 new uploads keep their turns), the oldest documents first. Each is the normal ingest of the stored file under the
-same document id (payload ``"reason": "reembed"``): the document reads ``queued``/``processing`` meanwhile, and
-its chunks are replaced in one transaction when it succeeds. It does not count against the tenant's queued-jobs
-quota (it is the system's work, not the caller's), but waits for the tenant's turn like any job. One that fails
-leaves the document ``failed`` with its reason, as any ingest: it is not tried again by itself (uploading the same
-file again retries it, as after any failed ingest).
+same document id (``documents.again``, payload ``"reason": "reembed"``): the document reads ``queued`` or
+``processing`` meanwhile, and its chunks are replaced in one transaction when it succeeds. It does not count
+against the tenant's queued-jobs quota (it is the system's work, not the caller's), but waits for the tenant's
+turn like any job. One that fails leaves the document ``failed`` with its reason, as any ingest: it is not tried
+again by itself (uploading the same file again, or ``POST /v1/documents/{id}/reingest``, retries it).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from protostar.constants import DocumentStatus, JobKind
-from protostar.documents import repo
+from protostar.constants import DocumentStatus
+from protostar.documents.again import Reason, ingest_again
 from protostar.errors import BrokerUnavailable
 from protostar.jobs.dispatch import Dispatcher
 
 logger = logging.getLogger(__name__)
 
-REASON = "reembed"
+REASON = Reason.REEMBED.value
 
 _IN_FLIGHT = text(
     "SELECT count(*) FROM jobs WHERE kind = 'ingest' AND status IN ('queued', 'running')"
@@ -62,29 +62,12 @@ def reembed(session: Session, *, dispatcher: Dispatcher, model: str, in_flight: 
 
 
 def _again(session: Session, dispatcher: Dispatcher, document_id: uuid.UUID, *, model: str) -> bool:
-    document = repo.locked(session, document_id=document_id)
-    if document is None or document.status != DocumentStatus.READY or document.embedding_model == model:
-        session.rollback()  # deleted, or ingested again meanwhile
-        return False
-    kind = session.execute(
-        text("SELECT payload->>'kind' FROM jobs WHERE id = :id"), {"id": document.job_id}
-    ).scalar_one()
-    previous, job_id = document.job_id, uuid.uuid4()
-    assert previous is not None  # a ready document has its ingest job
-    repo.set_job(session, document_id=document.id, job_id=job_id)
-    try:
-        dispatcher.submit(
-            session,
-            kind=JobKind.INGEST,
-            tenant_id=document.tenant_id,
-            payload={"document_id": str(document.id), "kind": kind, "reason": REASON},
-            job_id=job_id,
-            quota=False,
-        )
-    except BrokerUnavailable:  # not queued: the document stays ready with the ingest it had, not failed
-        session.rollback()
-        repo.set_job(session, document_id=document.id, job_id=previous)
-        session.commit()
-        raise
-    logger.info("document_id=%s job_id=%s queued again: embedded by %s", document.id, job_id, document.embedding_model)
-    return True
+    document = ingest_again(
+        session,
+        dispatcher=dispatcher,
+        document_id=document_id,
+        reason=Reason.REEMBED,
+        # Not when deleted or ingested again meanwhile.
+        only_if=lambda d: d.status == DocumentStatus.READY and d.embedding_model != model,
+    )
+    return document is not None

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from protostar.constants import DocumentStatus, JobKind, Queue
 from protostar.db.models import Document
 from protostar.documents import repo
+from protostar.documents.again import Reason, ingest_again
 from protostar.documents.sniff import sniff
 from protostar.errors import BrokerUnavailable, PayloadTooLarge, TooManyRequests, ValidationFailed
 from protostar.jobs.dispatch import Dispatcher
@@ -69,7 +70,18 @@ def upload(
     existing = repo.by_sha256(session, tenant_id=tenant_id, sha256=sha256)
     if existing is not None:
         if existing.status == DocumentStatus.FAILED:
-            return _ingest_again(session, existing, dispatcher=dispatcher, kind=sniff(file, filename).kind)
+            # Its ingest failed, expired or was cancelled: try again (the failure may have been ours).
+            again = ingest_again(
+                session,
+                dispatcher=dispatcher,
+                document_id=existing.id,
+                reason=Reason.UPLOAD,
+                kind=sniff(file, filename).kind,
+                only_if=lambda d: d.status == DocumentStatus.FAILED,  # not when another upload won
+            )
+            if again is not None:
+                return Uploaded(again, created=False, requeued=True)
+            existing = repo.by_sha256(session, tenant_id=tenant_id, sha256=sha256) or existing
         return Uploaded(existing, created=False)
     kind = sniff(file, filename)
     # Over the tenant's queued-jobs quota: refused before anything is stored (the submit asks again under its
@@ -110,21 +122,6 @@ def upload(
     session.refresh(document)  # its status, read from the job just queued
     logger.info("document_id=%s job_id=%s uploaded kind=%s size=%d", document_id, job_id, kind.kind, size)
     return Uploaded(document, created=True)
-
-
-def _ingest_again(session: Session, document: Document, *, dispatcher: Dispatcher, kind: str) -> Uploaded:
-    """The same content was uploaded before and its ingest failed, expired or was cancelled: try again (the
-    failure may have been ours)."""
-    locked = repo.locked(session, document_id=document.id)
-    if locked is None or locked.status != DocumentStatus.FAILED:  # deleted, or another upload won
-        session.rollback()
-        return Uploaded(locked or document, created=False)
-    job_id = uuid.uuid4()
-    repo.set_job(session, document_id=locked.id, job_id=job_id)
-    _submit(session, dispatcher, tenant_id=locked.tenant_id, document_id=locked.id, kind=kind, job_id=job_id)
-    session.refresh(locked)  # its new job, and the status read from it
-    logger.info("document_id=%s job_id=%s queued again after its ingest ended without success", locked.id, job_id)
-    return Uploaded(locked, created=False, requeued=True)
 
 
 def _submit(

@@ -89,7 +89,13 @@ def save(
     tokens_after: int,
     job_id: uuid.UUID,
 ) -> bool:
-    """Insert a summary version; ``False`` when one for this range exists already (a redelivery)."""
+    """Insert a summary version; ``False`` when one for this range exists already (a redelivery), or when the
+    session was deleted meanwhile (its lock, taken first, keeps it until this transaction ends)."""
+    alive = conn.execute(
+        select(ChatSession.id).where(ChatSession.id == session_id).with_for_update(key_share=True)
+    ).first()
+    if alive is None:
+        return False
     statement = insert(Summary).values(
         id=uuid.uuid4(),
         session_id=session_id,

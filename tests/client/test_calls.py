@@ -112,6 +112,14 @@ def test_routes_an_older_server_lacks_raise_not_supported_and_a_missing_job_stay
         with pytest.raises(NotFound) as caught:
             client.jobs.retry("gone")
         assert not isinstance(caught.value, NotSupported)
+        with pytest.raises(NotSupported, match="GET /v1/sessions"):
+            client.sessions.list()
+        with pytest.raises(NotSupported, match="messages"):
+            client.sessions.messages("x")
+        with pytest.raises(NotSupported, match="DELETE /v1/sessions"):
+            client.sessions.delete("x")
+        with pytest.raises(NotSupported, match="reingest"):
+            client.documents.reingest("x")
 
 
 def sse(*events: tuple[str, str, dict[str, object]]) -> bytes:

@@ -1,5 +1,5 @@
-"""Documents: upload (queues ingestion, optionally into a collection), read, list, update metadata, delete; and
-hybrid search over their chunks, optionally scoped by collections and a metadata filter."""
+"""Documents: upload (queues ingestion, optionally into a collection), read, list, update metadata, delete,
+ingest again; and hybrid search over their chunks, optionally scoped by collections and a metadata filter."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import (
+    CONFLICT,
     MAX_METADATA_BYTES,
     QUOTA,
     Accepted,
@@ -33,11 +34,12 @@ from protostar.api.schemas import (
 from protostar.api.scope import scope_of
 from protostar.api.state import AppState
 from protostar.auth import Principal
-from protostar.constants import DocumentStatus, JobKind
+from protostar.constants import DocumentStatus, JobKind, JobStatus
 from protostar.documents import collections, repo
+from protostar.documents.again import Reason, ingest_again
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
-from protostar.errors import Conflict, ValidationFailed
+from protostar.errors import Conflict, NotFound, ValidationFailed
 from protostar.search import retrieve
 from protostar.summary import submit
 
@@ -201,6 +203,22 @@ def summarize_document(
         target_id=document.id,
     )
     return accepted(state, submitted.job)
+
+
+@router.post(
+    "/documents/{document_id}/reingest", status_code=202, response_model=Accepted, responses={**CONFLICT, **QUOTA}
+)
+def reingest_document(
+    document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep
+) -> Accepted:
+    """Ingest the stored file again under the same id (after a change of embedding model or parser, or a failed
+    ingest): the document reads ``queued``/``processing`` meanwhile and its chunks are replaced at once when the
+    job succeeds. ``409`` while an ingest of it is queued or running; counts against the queued-jobs quota."""
+    document = repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id)
+    again = ingest_again(session, dispatcher=state.clients.dispatcher, document_id=document.id, reason=Reason.REINGEST)
+    if again is None or again.job_id is None:
+        raise NotFound(f"document {document_id} not found")
+    return Accepted(job_id=again.job_id, status=JobStatus.QUEUED, events_url=events_url(state, again.job_id))
 
 
 @router.post("/search", response_model=SearchOut)

@@ -82,9 +82,10 @@ async def job_events(
         str | None, Query(max_length=64, description="resume after this event id (as Last-Event-ID)")
     ] = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: ``status``, ``progress``, ``token``, ``error``, ``done``; resumable by id. A stream idle
-    for ``PROTOSTAR_STREAM_IDLE_TIMEOUT`` s or open ``PROTOSTAR_STREAM_MAX_LIFETIME`` s closes without ``done``:
-    reconnect with ``Last-Event-ID``. ``429`` past the tenant's ``PROTOSTAR_TENANT_MAX_STREAMS`` open streams."""
+    """Server-Sent Events: ``status``, ``progress``, ``sources`` (chat), ``token``, ``error``, ``done``; resumable
+    by id. A stream idle for ``PROTOSTAR_STREAM_IDLE_TIMEOUT`` s or open ``PROTOSTAR_STREAM_MAX_LIFETIME`` s closes
+    without ``done``: reconnect with ``Last-Event-ID``. ``429`` past the tenant's ``PROTOSTAR_TENANT_MAX_STREAMS``
+    open streams."""
     return await event_stream(request, state, principal, job_id, last_event_id or after)
 
 

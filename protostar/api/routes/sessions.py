@@ -1,16 +1,32 @@
-"""Chat sessions: create, read with their messages, and post a message (which queues its answer)."""
+"""Chat sessions: create, list, read with their messages (whole or by pages), delete, and post a message (which
+queues its answer)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from protostar.api.deps import PrincipalDep, SessionDep, StateDep
 from protostar.api.routes.jobs import accepted, events_url
-from protostar.api.schemas import QUOTA, Accepted, MessageAccepted, MessageIn, SessionCreated, SessionIn, SessionOut
+from protostar.api.schemas import (
+    QUOTA,
+    Accepted,
+    MessageAccepted,
+    MessageIn,
+    MessageOut,
+    MessagePage,
+    SessionCreated,
+    SessionIn,
+    SessionItem,
+    SessionOut,
+    SessionPage,
+)
 from protostar.api.scope import scope_of
 from protostar.chat import repo
+from protostar.chat.delete import delete_session
 from protostar.chat.submit import ask
 from protostar.constants import JobKind
 from protostar.documents import collections
@@ -31,6 +47,40 @@ def create_session(principal: PrincipalDep, session: SessionDep, body: SessionIn
     )
     session.commit()
     return SessionCreated(session_id=row.id)
+
+
+@router.get("/sessions", response_model=SessionPage)
+def list_sessions(
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> SessionPage:
+    """Your sessions (without their messages), newest first. Pass ``next_cursor`` back as ``cursor``."""
+    rows, next_cursor = repo.page_sessions(session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
+    return SessionPage(items=[SessionItem.of(s) for s in rows], next_cursor=next_cursor)
+
+
+@router.delete("/sessions/{session_id}", status_code=204)
+def remove_session(session_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> Response:
+    """Cancels its queued or running answers and summaries, then removes it with its messages and summaries."""
+    delete_session(session, dispatcher=state.clients.dispatcher, tenant_id=principal.tenant_id, session_id=session_id)
+    return Response(status_code=204)
+
+
+@router.get("/sessions/{session_id}/messages", response_model=MessagePage)
+def list_messages(
+    session_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> MessagePage:
+    """The session's messages, latest first (a chat shows its end, then older pages as the reader scrolls up):
+    pass ``next_cursor`` back as ``cursor`` for the messages before this page. Answers carry their sources."""
+    chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
+    rows, next_cursor = repo.page_messages(session, session_id=chat.id, limit=limit, cursor=cursor)
+    return MessagePage(items=[MessageOut.of(m) for m in rows], next_cursor=next_cursor)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionOut)

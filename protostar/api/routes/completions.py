@@ -32,7 +32,7 @@ from protostar.auth import Principal
 from protostar.chat.submit import complete
 from protostar.constants import EventType, JobStatus
 from protostar.db.models import Job
-from protostar.errors import NotFound, ProtostarError
+from protostar.errors import NotFound, ProtostarError, ValidationFailed
 from protostar.jobs import repo
 from protostar.jobs.cancel import cancel
 
@@ -96,6 +96,9 @@ async def chat_completions(
     before the end cancels the job."""
     if body.model != state.settings.llm_model:
         raise NotFound(f"model {body.model!r} not found; GET /v1/models lists them")
+    turns = body.turns()
+    if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise ValidationFailed("messages: the last user or assistant message must be the user's question, not empty")
     leases = state.leases
     if leases is None:
         raise RuntimeError("the event hub is not running")  # the lifespan starts it before any request
@@ -107,7 +110,7 @@ async def chat_completions(
                 session,
                 dispatcher=state.clients.dispatcher,
                 tenant_id=principal.tenant_id,
-                messages=body.turns(),
+                messages=turns,
                 max_tokens=body.answer_tokens(),
                 collection_ids=body.collection_ids,
             )

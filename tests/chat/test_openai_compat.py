@@ -4,6 +4,7 @@ caller that leaves mid-stream cancelling the job."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from tests.api.test_auth import create_key
 from tests.api.test_jobs import wait_status
-from tests.conftest import Live
+from tests.conftest import Live, wait_for
 from tests.ingest.test_documents_api import upload
 
 FACT = "The Vellmoor glass regatta is sailed on Lake Oskarn every year on the second Sunday of June."
@@ -175,3 +176,37 @@ def test_leaving_before_a_whole_answer_cancels_the_job(live: Live, key: str, mod
     job = wait_status(api_key, jobs[0]["id"], "cancelled", "succeeded", timeout=30)
     if job["status"] == "succeeded":
         pytest.skip("the model finished its answer before the disconnect was seen")
+
+
+def test_a_job_cancelled_meanwhile_is_a_409_the_client_does_not_send_again(
+    live: Live, key: str, model: str, api_key: httpx.Client
+) -> None:
+    retrying = openai.OpenAI(base_url=f"{live.api_url}/v1", api_key=key, max_retries=2, timeout=120)
+
+    def chat_jobs(**params: str) -> list[str]:
+        items = api_key.get("/v1/jobs", params={"kind": "chat", "limit": "100", **params}).json()["items"]
+        return [str(j["id"]) for j in items]
+
+    before = set(chat_jobs())
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["answer"] = retrying.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Write a very long story about a lighthouse."}]
+            )
+        except openai.APIStatusError as exc:
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    job_id = wait_for(
+        lambda: next((j for j in chat_jobs(status="running") if j not in before), None), what="the job running"
+    )
+    assert api_key.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    caller.join(60)
+    if "answer" in outcome:
+        pytest.skip("the model finished its answer before the cancel arrived")
+    error = outcome["error"]
+    assert isinstance(error, openai.ConflictError) and error.response.headers["x-should-retry"] == "false"
+    assert [j for j in chat_jobs() if j not in before] == [job_id]  # not sent again

@@ -20,11 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from protostar.api import completions as oai
 from protostar.api.deps import PrincipalDep, StateDep
+from protostar.api.errors import error_response
 from protostar.api.schemas import QUOTA, TOO_MANY_STREAMS
 from protostar.api.sse import Relay, relay_for
 from protostar.api.state import AppState
@@ -50,6 +51,14 @@ class JobEnded(ProtostarError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code = status, code  # type: ignore[misc]
+
+
+def _ended(exc: JobEnded) -> JSONResponse:
+    """The error of a job that ended without an answer. OpenAI's clients send a request again after a 409 or a 5xx:
+    only a transient one (503) is worth it; another would queue the same failure (or undo a cancel) again."""
+    response = error_response(exc.status, exc.code, exc.message)
+    response.headers["x-should-retry"] = "true" if exc.status == 503 else "false"
+    return response
 
 
 def _status_of(code: str | None) -> int:
@@ -88,7 +97,7 @@ def get_model(model_id: str, principal: PrincipalDep, state: StateDep) -> oai.Mo
 )
 async def chat_completions(
     body: oai.ChatCompletionIn, request: Request, principal: PrincipalDep, state: StateDep
-) -> oai.ChatCompletionOut | StreamingResponse:
+) -> oai.ChatCompletionOut | StreamingResponse | JSONResponse:
     """OpenAI's chat completion, answered with retrieval over your documents by a chat job (same queue, limits
     and accounting as a session's message). The last user message is the question, earlier user and assistant
     messages the history. ``stream: true``: Server-Sent Events of ``chat.completion.chunk`` ending with
@@ -125,6 +134,8 @@ async def chat_completions(
     if not body.stream:
         try:
             return await follow.answer(request)
+        except JobEnded as exc:
+            return _ended(exc)
         finally:
             await follow.close()
             leases.release(lease)

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.api.test_auth import create_key
-from tests.api.test_jobs import wait_status
+from tests.api.test_jobs import submit, wait_status
 from tests.conftest import Live, wait_for
 from tests.ingest.test_documents_api import upload
 
@@ -210,3 +210,25 @@ def test_a_job_cancelled_meanwhile_is_a_409_the_client_does_not_send_again(
     error = outcome["error"]
     assert isinstance(error, openai.ConflictError) and error.response.headers["x-should-retry"] == "false"
     assert [j for j in chat_jobs() if j not in before] == [job_id]  # not sent again
+
+
+def test_past_the_tenants_open_streams_a_completion_is_a_rate_limit_error(live: Live) -> None:
+    key = create_key(f"openai-capped-{uuid.uuid4().hex[:8]}", admin=True)  # admin: it may send a probe to follow
+    cap = live.settings.tenant_max_streams
+    limits = httpx.Limits(max_connections=cap + 10)
+    with live.client(key, limits=limits) as http:
+        job_id = submit(http, queue="ingest", steps=400, sleep=0.25)  # an event every 0.25 s: never idle
+        opened = [http.stream("GET", f"/v1/jobs/{job_id}/events") for _ in range(cap)]
+        try:
+            assert {s.__enter__().status_code for s in opened} == {200}
+            capped = openai.OpenAI(base_url=f"{live.api_url}/v1", api_key=key, max_retries=0)
+            with pytest.raises(openai.RateLimitError) as refused:
+                capped.chat.completions.create(
+                    model=live.settings.llm_model, messages=[{"role": "user", "content": "hi"}]
+                )
+            assert int(refused.value.response.headers["Retry-After"]) > 0
+            assert http.get("/v1/jobs", params={"kind": "chat"}).json()["items"] == []  # nothing was queued
+        finally:
+            for stream in opened:
+                stream.__exit__(None, None, None)
+            http.post(f"/v1/jobs/{job_id}/cancel")

@@ -97,8 +97,10 @@ class EventStreamResponse(StreamingResponse):
 
 
 @dataclass
-class _Relay:
-    """One response's stream: replay, join the hub, follow, end (``done``, the row, or a limit)."""
+class Relay:
+    """One response's stream: replay, join the hub, follow, end (``done``, the row, or a limit). :meth:`items`
+    gives the events and the comments to send; :meth:`body` sends them as SSE (the OpenAI-compatible route,
+    ``protostar.api.routes.completions``, turns them into completion chunks instead)."""
 
     hub: Hub
     job_id: uuid.UUID
@@ -112,15 +114,21 @@ class _Relay:
     behind: bool = True  # a replay is due: at the start, once more after joining the hub, after an overflow
 
     async def body(self, job: Job) -> AsyncIterator[bytes]:
+        yield RETRY
+        async for item in self.items(job):
+            yield item if isinstance(item, bytes) else format_event(item)
+
+    async def items(self, job: Job) -> AsyncIterator[events.Event | bytes]:
+        """The job's events after ``after`` up to its final ``done``, and comments (keep-alives, a limit reached:
+        then it ends without ``done``)."""
         try:
-            yield RETRY
             try:
                 gone = JobStatus(job.status).terminal and not await self.hub.exists(self.job_id)
             except (redis.RedisError, OSError):
                 gone = False
             if gone:
                 for closing in _synthetic_end(job, self.after):
-                    yield format_event(closing)
+                    yield closing
                 return
             async for chunk in self._follow():
                 yield chunk
@@ -128,7 +136,7 @@ class _Relay:
             if self.sub is not None:
                 self.hub.unsubscribe(self.sub)
 
-    async def _follow(self) -> AsyncIterator[bytes]:
+    async def _follow(self) -> AsyncIterator[events.Event | bytes]:
         started = last_sent = time.monotonic()
         while True:
             now = time.monotonic()
@@ -143,7 +151,7 @@ class _Relay:
                 for event in batch:
                     if _after(event.id, self.after):  # else replayed already
                         self.after, last_sent = event.id, time.monotonic()
-                        yield format_event(event)
+                        yield event
                         if event.final:
                             return
                 continue
@@ -158,7 +166,7 @@ class _Relay:
                 return
             yield b": keep-alive\n\n"
 
-    async def _end(self, job: Job) -> AsyncIterator[bytes]:
+    async def _end(self, job: Job) -> AsyncIterator[events.Event]:
         """The end is recorded: its events may have just come; if not, tell it from the row."""
         try:
             tail = [e for e in await _replay(self.hub, self.job_id, self.after) if _after(e.id, self.after)]
@@ -166,11 +174,11 @@ class _Relay:
             tail = []
         for event in tail:
             self.after = event.id
-            yield format_event(event)
+            yield event
             if event.final:
                 return
         for closing in _synthetic_end(job, self.after):
-            yield format_event(closing)
+            yield closing
 
     async def _next_batch(self, wait: float) -> list[events.Event] | None:
         """Events to send ([] for none yet), or None after ``wait`` seconds of quiet."""
@@ -210,11 +218,18 @@ async def event_stream(
     job = await to_thread.run_sync(load)  # 404 for another tenant's job, before any byte is sent
     lease = await leases.acquire(principal.tenant_id)  # 429 past the tenant's open streams, before any byte
     try:
-        settings = state.settings
-        relay = _Relay(
-            hub, job_id, after, rows, request, lease, settings.stream_idle_timeout, settings.stream_max_lifetime
-        )
+        relay = relay_for(request, state, job_id, after, lease)
         return EventStreamResponse(relay.body(job), on_close=lambda: leases.release(lease))
     except BaseException:
         leases.release(lease)
         raise
+
+
+def relay_for(request: Request, state: AppState, job_id: uuid.UUID, after: str, lease: Lease) -> Relay:
+    """A relay of ``job_id``'s events after ``after`` for a response holding ``lease`` (one of its tenant's open
+    streams, released by whoever acquired it)."""
+    hub, rows = state.hub, state.job_rows
+    if hub is None or rows is None:
+        raise RuntimeError("the event hub is not running")  # the lifespan starts it before any request
+    settings = state.settings
+    return Relay(hub, job_id, after, rows, request, lease, settings.stream_idle_timeout, settings.stream_max_lifetime)

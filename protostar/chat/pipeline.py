@@ -11,6 +11,11 @@ Citations: the prompt numbers its sources ``[1]``, ``[2]``…; a ``sources`` eve
 the chunk's ordinal and whole text) before the first token, so a reader can render them early; the answer, its
 job's result and its message then mark each source ``cited`` when the answer's text has its ``[n]`` (also in a
 list, ``[1, 3]``).
+
+A chat job may instead carry its conversation in its payload (``messages``: ``POST /v1/chat/completions``, the
+OpenAI-compatible route): the same retrieval, prompt, turn at the LLM and token events, on the same queue and
+workers, with the last user message as the question and the turns before it as the history; nothing is persisted
+but the job's row (the answer in its result), and no summary follows.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -41,12 +48,82 @@ logger = logging.getLogger(__name__)
 
 
 def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, settings: Settings) -> dict[str, Any]:
+    """Answer the job's question: a session's message (``message_id``), or a conversation the payload carries
+    (``messages``, from ``POST /v1/chat/completions``; see :func:`from_payload`)."""
+    if "messages" in ctx.payload:
+        return complete(ctx, engine=engine, embedder=embedder, llm=llm, settings=settings)
     message_id = uuid.UUID(ctx.payload["message_id"])
     with engine.connect() as conn:
         question, summary, history = load_context(
             conn, tenant_id=ctx.tenant_id, message_id=message_id, limit=settings.chat_history_messages
         )
 
+    def keep(prompt: Prompt, generation: Generation, extra: dict[str, int], status: str) -> uuid.UUID:
+        return _save(ctx, question, prompt, generation, extra, status=status)
+
+    def keep_partial(prompt: Prompt, generation: Generation, extra: dict[str, int]) -> None:
+        with contextlib.suppress(InputRejected):  # its session was deleted (which cancelled this): keep nothing
+            keep(prompt, generation, extra, MessageStatus.PARTIAL)
+
+    asked = Asked(question.content, history, summary.content if summary else None, settings.llm_max_tokens)
+    prompt, generation, usage_extra = _generate(
+        ctx,
+        asked,
+        engine=engine,
+        embedder=embedder,
+        llm=llm,
+        settings=settings,
+        extra=_usage_extra(summary),
+        on_partial=keep_partial,
+    )
+    answer_id = keep(prompt, generation, usage_extra, MessageStatus.COMPLETE)
+    return {"message_id": str(answer_id), **_result(prompt, generation, usage_extra)}
+
+
+def complete(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, settings: Settings) -> dict[str, Any]:
+    """Answer a conversation the payload carries; nothing is written but the job's row (its result)."""
+    asked = from_payload(ctx.payload, history_limit=settings.chat_history_messages, max_tokens=settings.llm_max_tokens)
+    prompt, generation, usage_extra = _generate(
+        ctx, asked, engine=engine, embedder=embedder, llm=llm, settings=settings, extra=_usage_extra(None)
+    )
+    return _result(prompt, generation, usage_extra)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a prompt is built from: the question, the turns before it, the summary that stands for older ones."""
+
+    question: str
+    history: list[Turn]
+    summary: str | None
+    max_tokens: int
+
+
+def from_payload(payload: dict[str, Any], *, history_limit: int, max_tokens: int) -> Asked:
+    """A conversation in the job's payload: ``messages`` (``{"role", "content"}``, oldest first; the last is the
+    user's question, ``system`` ones are dropped: the platform's instructions lead the prompt), and optionally
+    ``max_tokens`` (at most the operator's ``max_tokens``)."""
+    turns = [Turn(m["role"], m["content"]) for m in payload["messages"] if m["role"] in ("user", "assistant")]
+    if not turns or turns[-1].role != "user":
+        raise InputRejected("the last message must be the user's")
+    history = turns[:-1][-history_limit:] if history_limit > 0 else []
+    wanted = payload.get("max_tokens")
+    return Asked(turns[-1].content, history, None, min(wanted, max_tokens) if wanted else max_tokens)
+
+
+def _generate(
+    ctx: JobContext,
+    asked: Asked,
+    *,
+    engine: Engine,
+    embedder: Embedder,
+    llm: LLM,
+    settings: Settings,
+    extra: dict[str, int],
+    on_partial: Callable[[Prompt, Generation, dict[str, int]], object] | None = None,
+) -> tuple[Prompt, Generation, dict[str, int]]:
+    """Retrieve, build the prompt and stream the answer (every piece a ``token`` event). ``on_partial`` keeps
+    what was generated when the generation is cancelled or breaks."""
     # No turn at the LLM now: say so before the retrieval, which a job sent again to wait for one would redo.
     llm.check(ctx.tenant_id)
     # Before the first token, progress goes to the event stream only: each row write is on the path to it.
@@ -55,53 +132,52 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         engine,
         embedder,
         tenant_id=ctx.tenant_id,
-        query=question.content,
+        query=asked.question,
         top_k=settings.chat_top_k,
         scope=scope(ctx.payload),
     )
     ctx.progress("retrieve", 1, 1, persist=False)
     prompt = build(
-        question=question.content,
+        question=asked.question,
         hits=hits,
-        history=history,
-        summary=summary.content if summary else None,
+        history=asked.history,
+        summary=asked.summary,
         budget=settings.chat_prompt_tokens,
     )
-    usage_extra = _usage_extra(prompt, summary)
+    usage_extra = {**extra, "prompt_tokens_estimate": prompt.tokens}
     ctx.check_cancelled()
 
     sources = cite(prompt.sources)
     ctx.emit(EventType.SOURCES, {"sources": sources})
     generation = Generation()
-    ctx.progress("generate", 0, settings.llm_max_tokens, persist=False)
+    ctx.progress("generate", 0, asked.max_tokens, persist=False)
     started = time.monotonic()
     try:
         waited = llm.stream(
             prompt.messages,
             tenant_id=ctx.tenant_id,
             job=ctx,
-            max_tokens=settings.llm_max_tokens,
+            max_tokens=asked.max_tokens,
             into=generation,
             on_text=lambda piece: ctx.emit(EventType.TOKEN, {"text": piece}),
         )
     except (Cancelled, JobFailed):
-        if generation.text:
-            with contextlib.suppress(InputRejected):  # its session was deleted (which cancelled this): keep nothing
-                _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.PARTIAL)
+        if generation.text and on_partial is not None:
+            on_partial(prompt, generation, usage_extra)
         raise
     ctx.progress("generate", generation.chunks, generation.chunks)
-    answer_id = _save(ctx, question, prompt, generation, usage_extra, status=MessageStatus.COMPLETE)
-    took = time.monotonic() - started
     logger.info(
-        "job_id=%s answered message_id=%s tokens=%d in %.2f s (waited %.2f s for a turn)",
+        "job_id=%s answered tokens=%d in %.2f s (waited %.2f s for a turn)",
         ctx.job_id,
-        question.id,
         generation.chunks,
-        took,
+        time.monotonic() - started,
         waited,
     )
+    return prompt, generation, usage_extra
+
+
+def _result(prompt: Prompt, generation: Generation, usage_extra: dict[str, int]) -> dict[str, Any]:
     return {
-        "message_id": str(answer_id),
         "answer": generation.text,
         "sources": cite(prompt.sources, generation.text),
         "usage": {**generation.usage, **usage_extra},
@@ -122,9 +198,8 @@ def scope(payload: dict[str, Any]) -> Scope:
         raise InputRejected(f"the message's retrieval scope is invalid: {exc}") from exc
 
 
-def _usage_extra(prompt: Prompt, summary: summary_repo.Latest | None) -> dict[str, int]:
+def _usage_extra(summary: summary_repo.Latest | None) -> dict[str, int]:
     return {
-        "prompt_tokens_estimate": prompt.tokens,
         "summary_version": summary.version if summary else 0,
         # The turns the summary stands for, less the summary itself: what this prompt did not have to carry.
         "summary_tokens_saved": max(summary.tokens_before - summary.tokens_after, 0) if summary else 0,

@@ -1,4 +1,5 @@
-"""Asking a question: the user's message and its answer's job, committed together, then sent."""
+"""Asking a question: the user's message and its answer's job, committed together, then sent; or a conversation
+the caller holds itself (``POST /v1/chat/completions``), sent as a chat job whose payload carries it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from protostar.chat import repo
 from protostar.constants import JobKind
+from protostar.db.models import Job
 from protostar.errors import BrokerUnavailable
 from protostar.jobs.dispatch import Dispatcher
 
@@ -53,3 +55,23 @@ def ask(
         session.commit()
         raise
     return Asked(job_id=job_id, message_id=message_id)
+
+
+def complete(
+    session: Session,
+    *,
+    dispatcher: Dispatcher,
+    tenant_id: uuid.UUID,
+    messages: list[dict[str, str]],
+    max_tokens: int | None = None,
+    collection_ids: list[uuid.UUID] | None = None,
+) -> Job:
+    """Queue a chat job that answers ``messages`` (oldest first, the last the user's question) on the chat queue:
+    the same workers, turns, limits and job row as a session's message, with nothing stored but the job.
+    ``collection_ids``: the retrieval's collections (checked to be the tenant's by the caller)."""
+    payload: dict[str, Any] = {"messages": messages}
+    if max_tokens is not None:
+        payload["max_tokens"] = max_tokens
+    if collection_ids:
+        payload["collection_ids"] = [str(c) for c in collection_ids]
+    return dispatcher.submit(session, kind=JobKind.CHAT, tenant_id=tenant_id, payload=payload).job

@@ -31,6 +31,7 @@ KINDS: dict[JobKind, Kind] = {
     for k in (
         Kind(JobKind.PROBE, TaskName.PROBE, None, ("steps", "sleep", "fail")),
         Kind(JobKind.INGEST, TaskName.INGEST, Queue.INGEST, ("document_id", "kind")),
+        # or ("messages",): a conversation the caller holds (``POST /v1/chat/completions``), answered alike
         Kind(JobKind.CHAT, TaskName.CHAT, Queue.CHAT, ("session_id", "message_id")),
         Kind(JobKind.SUMMARY_SESSION, TaskName.SUMMARY_SESSION, Queue.SUMMARY, ("session_id",), "session_id"),
         Kind(JobKind.SUMMARY_DOCUMENT, TaskName.SUMMARY_DOCUMENT, Queue.SUMMARY, ("document_id",), "document_id"),

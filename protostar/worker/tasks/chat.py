@@ -30,7 +30,8 @@ def chat_task(self: Task, job_id: str) -> dict[str, Any] | None:
 
 def answer_then_summarize(ctx: JobContext, clients: Clients) -> dict[str, Any]:
     result = answer(ctx, engine=clients.engine, embedder=clients.embedder, llm=clients.llm, settings=clients.settings)
-    queue_summary(clients, ctx=ctx)
+    if "session_id" in ctx.payload:  # a completion (``messages`` in the payload) has no session to summarize
+        queue_summary(clients, ctx=ctx)
     return result
 
 

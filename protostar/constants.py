@@ -14,6 +14,7 @@ class Queue(StrEnum):
     CHAT = "chat"
     SUMMARY = "summary"
     MAINTENANCE = "maintenance"
+    WEBHOOKS = "webhooks"
 
 
 class TaskName(StrEnum):
@@ -26,6 +27,7 @@ class TaskName(StrEnum):
     RECONCILE = "protostar.maintenance.reconcile"
     RESUMMARIZE = "protostar.maintenance.resummarize"
     REEMBED = "protostar.maintenance.reembed"
+    WEBHOOK_DELIVER = "protostar.webhooks.deliver"
 
 
 class JobKind(StrEnum):
@@ -71,3 +73,23 @@ class EventType(StrEnum):
     TOKEN = "token"  # noqa: S105 (an event name)
     ERROR = "error"
     DONE = "done"
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook endpoint may subscribe to (``ping`` is sent only on request, to any endpoint)."""
+
+    JOB_SUCCEEDED = "job.succeeded"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELLED = "job.cancelled"
+    DOCUMENT_READY = "document.ready"
+    DOCUMENT_FAILED = "document.failed"
+    SUMMARY_WRITTEN = "summary.written"
+
+
+PING_EVENT = "ping"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # not delivered yet: its next attempt is due at ``next_attempt_at``
+    SUCCEEDED = "succeeded"  # the receiver answered 2xx
+    FAILED = "failed"  # given up: past ``PROTOSTAR_WEBHOOKS_MAX_AGE``, the endpoint answered 410 or is disabled

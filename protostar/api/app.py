@@ -17,7 +17,7 @@ from protostar.api import errors
 from protostar.api.deadline import Deadline, Monitor
 from protostar.api.guard import Guard
 from protostar.api.metrics import BacklogCollector, RequestMetrics
-from protostar.api.routes import admin, documents, health, jobs, sessions
+from protostar.api.routes import admin, documents, health, jobs, sessions, webhooks
 from protostar.api.schemas import ADMIN_ERRORS, ERRORS
 from protostar.api.state import AppState
 from protostar.db.engine import ping
@@ -106,4 +106,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(documents.router, responses=ERRORS)
     app.include_router(sessions.router, responses=ERRORS)
     app.include_router(admin.router, responses={**ERRORS, **ADMIN_ERRORS})
+    app.include_router(webhooks.router, responses=ERRORS)
     return app

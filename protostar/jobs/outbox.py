@@ -8,7 +8,8 @@ broker away) is made again by the reconciler (:func:`lost`), and a delivery runs
 a second send is harmless.
 
 Events per ending: every job ends ``job.succeeded``, ``job.failed`` or ``job.cancelled``; an ingest also
-``document.ready`` (succeeded) or ``document.failed`` (failed); a summary that succeeded ``summary.written``.
+``document.ready`` (succeeded) or ``document.failed`` (failed or cancelled, as the document's status says); a
+summary that succeeded ``summary.written``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def events_of(
     events: list[tuple[WebhookEvent, dict[str, Any]]] = [(_JOB_EVENTS[ending.status], {"job": job, **targets})]
     if kind == JobKind.INGEST.value and ending.status == JobStatus.SUCCEEDED:
         events.append((WebhookEvent.DOCUMENT_READY, {"document_id": targets.get("document_id"), "job_id": str(job_id)}))
-    elif kind == JobKind.INGEST.value and ending.status == JobStatus.FAILED:
+    elif kind == JobKind.INGEST.value:  # failed or cancelled: the document's status is ``failed`` either way
         error = {"code": ending.code, "message": ending.message}
         data = {"document_id": targets.get("document_id"), "job_id": str(job_id), "error": error}
         events.append((WebhookEvent.DOCUMENT_FAILED, data))

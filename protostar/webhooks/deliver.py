@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -92,6 +93,18 @@ def deliver(
     return _record(engine, settings, claimed, code, error)
 
 
+class _Quiet(logging.Filter):
+    """Drops httpx's own request log lines made by a delivery: they carry the receiver's URL, which may hold a
+    token (the delivery's line carries its ids instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_calling, "on", False)
+
+
+_calling = threading.local()
+logging.getLogger("httpx").addFilter(_Quiet())
+
+
 def post(
     target: Target, body: bytes, headers: dict[str, str], *, settings: Settings, transport: httpx.BaseTransport | None
 ) -> int:
@@ -106,13 +119,17 @@ def post(
         write=settings.webhooks_read_timeout,
         pool=settings.webhooks_connect_timeout,
     )
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport) as client:
-        request = client.build_request(
-            "POST", pinned, content=body, headers={**headers, "Host": url.netloc.decode()}, extensions=extensions
-        )
-        response = client.send(request, stream=True)
-        response.close()
-        return response.status_code
+    _calling.on = True
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport) as client:
+            request = client.build_request(
+                "POST", pinned, content=body, headers={**headers, "Host": url.netloc.decode()}, extensions=extensions
+            )
+            response = client.send(request, stream=True)
+            response.close()
+            return response.status_code
+    finally:
+        _calling.on = False
 
 
 def _headers(claimed: _Claimed, body: bytes) -> dict[str, str]:
@@ -199,16 +216,15 @@ def _record(
                 .where(WebhookEndpoint.id == claimed.endpoint_id)
                 .values(enabled=False, disabled_reason="the receiver answered 410 Gone; register it again to resume")
             )
-    logger.info(
-        "webhook delivery_id=%s endpoint_id=%s event=%s attempt=%d: %s (HTTP status %s, next attempt in %s s)",
-        claimed.id,
-        claimed.endpoint_id,
-        claimed.event_type,
-        claimed.attempt,
-        outcome,
-        code,
-        None if retry_in is None else round(retry_in, 1),
-    )
+    ids = (claimed.id, claimed.endpoint_id, claimed.event_type, claimed.attempt, outcome, code)
+    if retry_in is None:
+        logger.info("webhook delivery_id=%s endpoint_id=%s event=%s attempt=%d: %s (HTTP status %s)", *ids)
+    else:
+        logger.info(
+            "webhook delivery_id=%s endpoint_id=%s event=%s attempt=%d: %s (HTTP status %s), next attempt in %.1f s",
+            *ids,
+            retry_in,
+        )
     if not recorded:
         return Outcome("skipped")
     return Outcome(outcome, retry_in)

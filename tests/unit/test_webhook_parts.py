@@ -108,7 +108,7 @@ def test_an_ending_makes_its_events() -> None:
     cancelled = Ending(JobStatus.CANCELLED, "cancelled", "cancelled")
     assert types("ingest", doc, ok) == [WebhookEvent.JOB_SUCCEEDED, WebhookEvent.DOCUMENT_READY]
     assert types("ingest", doc, failed) == [WebhookEvent.JOB_FAILED, WebhookEvent.DOCUMENT_FAILED]
-    assert types("ingest", doc, cancelled) == [WebhookEvent.JOB_CANCELLED]
+    assert types("ingest", doc, cancelled) == [WebhookEvent.JOB_CANCELLED, WebhookEvent.DOCUMENT_FAILED]
     assert types("summary_session", {"session_id": "s"}, ok) == [
         WebhookEvent.JOB_SUCCEEDED,
         WebhookEvent.SUMMARY_WRITTEN,

@@ -16,6 +16,7 @@ import pytest
 from tests.api.test_auth import create_key
 from tests.api.test_jobs import submit, wait_status
 from tests.conftest import Live, wait_for
+from tests.corpus_files import CORPUS
 from tests.webhooks.receiver import Receiver
 
 
@@ -100,8 +101,27 @@ def test_a_receiver_that_is_down_gets_every_event_once_it_is_back(tenant: httpx.
     assert all(r.signed for r in receiver.received())
 
 
+def test_a_documents_ingest_tells_ready_or_failed(tenant: httpx.Client, receiver: Receiver) -> None:
+    receiver.start()
+    register(tenant, receiver, ["document.ready", "document.failed"])
+    note = f"Webhook test note {uuid.uuid4()}: the heron stood in the reeds all morning.".encode()
+    ready = tenant.post("/v1/documents", files={"file": ("note.txt", note)}, timeout=60).json()
+    encrypted = (CORPUS / "password.pdf").read_bytes()
+    failed = tenant.post("/v1/documents", files={"file": ("password.pdf", encrypted)}, timeout=60).json()
+
+    def events() -> dict[str, Any]:
+        return {r.body["data"]["document_id"]: r for r in receiver.received()}
+
+    wait_for(lambda: {ready["document_id"], failed["document_id"]} <= set(events()), timeout=120, what="both")
+    assert events()[ready["document_id"]].event == "document.ready"
+    gone = events()[failed["document_id"]]
+    assert gone.event == "document.failed" and "encrypted" in gone.body["data"]["error"]["message"]
+    assert gone.body["data"]["job_id"] == failed["job_id"] and all(r.signed for r in receiver.received())
+    assert len(receiver.received()) == 2
+
+
 def test_a_ping_the_log_pages_and_a_gone_receiver_disables_its_endpoint(
-    tenant: httpx.Client, receiver: Receiver
+    tenant: httpx.Client, receiver: Receiver, live: Live
 ) -> None:
     receiver.start()
     hook = register(tenant, receiver, ["document.ready"])
@@ -136,6 +156,14 @@ def test_a_ping_the_log_pages_and_a_gone_receiver_disables_its_endpoint(
 
     assert tenant.delete(f"/v1/webhooks/{hook['id']}").status_code == 204
     assert tenant.get(f"/v1/webhooks/{hook['id']}").status_code == 404
+
+    # The deliveries' log lines name ids, never the URL (it may hold a token) or the secret.
+    def logs() -> str | None:
+        text = live.log.read_text()
+        return text if f"delivery_id={gone}" in text else None
+
+    logged = wait_for(logs, what="the 410's log line")
+    assert receiver.url not in logged and f":{receiver.port}/" not in logged and hook["secret"] not in logged
     assert tenant.get(f"/v1/webhooks/{hook['id']}/deliveries").status_code == 404
 
 

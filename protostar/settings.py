@@ -233,7 +233,7 @@ class Settings(BaseSettings):
     webhooks_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to a receiver")
     webhooks_read_timeout: float = Field(10.0, gt=0, description="seconds to send the body and read the answer")
     webhooks_retry_base: float = Field(10.0, gt=0, description="seconds: the first retry's backoff ceiling")
-    webhooks_retry_cap: float = Field(3600.0, gt=0, description="seconds: the longest wait between two attempts")
+    webhooks_retry_cap: float = Field(600.0, gt=0, description="seconds: the longest wait between two attempts")
     webhooks_max_age: float = Field(
         24 * 3600.0, gt=0, description="seconds a delivery is retried after its event; then it is marked failed"
     )

@@ -6,9 +6,10 @@ its outcome only while the row still has its attempt number, so a duplicate mess
 the reconciler's resend) does nothing. A ``2xx`` is success; anything else (another status, a refused or
 timed-out connection, an address now refused) is retried with capped, jittered backoff
 (``PROTOSTAR_WEBHOOKS_RETRY_BASE`` / ``_CAP``) until the event is ``PROTOSTAR_WEBHOOKS_MAX_AGE`` old, then the
-delivery is ``failed``. ``410 Gone`` disables the endpoint. ``last_error`` says which way it failed in a few
-fixed words (no exception text, no address); the log line carries the delivery and endpoint ids only (never
-the URL, which may hold a token, nor the secret).
+delivery is ``failed``. A success makes the endpoint's deliveries waiting out a backoff due at once. ``410
+Gone`` disables the endpoint. ``last_error`` says which way it failed in a few fixed words (no exception text,
+no address); the log line carries the delivery and endpoint ids only (never the URL, which may hold a token,
+nor the secret).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, or_, select, text, update
+from sqlalchemy import Connection, Engine, or_, select, text, update
 
 from protostar import __version__, backoff
 from protostar.constants import DeliveryStatus
@@ -37,12 +38,14 @@ PENDING = DeliveryStatus.PENDING.value
 EARLY = 1.0  # seconds a countdown message may arrive before its row is due (another clock) and still run
 MIN_RETRY_IN = 0.5  # seconds: the shortest wait before another attempt (full jitter may draw 0)
 GONE = 410
+WAKE_BATCH = 100  # waiting deliveries of an endpoint made due by one success
 
 
 @dataclass(frozen=True)
 class Outcome:
     status: str  # "succeeded", "retry", "failed", or "skipped" (not this message's to run)
     retry_in: float | None = None  # "retry": seconds until the next attempt is due
+    woken: tuple[uuid.UUID, ...] = ()  # "succeeded": the endpoint's waiting deliveries made due now, to send
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ def _record(
             outcome = "retry"
     with engine.begin() as conn:
         recorded = conn.execute(update(d).where(*ours).values(**values).returning(d.id)).first() is not None
+        woken = _wake(conn, claimed) if recorded and error is None else ()
         if recorded and code == GONE:
             conn.execute(
                 update(WebhookEndpoint)
@@ -227,4 +231,25 @@ def _record(
         )
     if not recorded:
         return Outcome("skipped")
-    return Outcome(outcome, retry_in)
+    return Outcome(outcome, retry_in, woken)
+
+
+def _wake(conn: Connection, claimed: _Claimed) -> tuple[uuid.UUID, ...]:
+    """The receiver answers again: its endpoint's deliveries waiting out a backoff are due now (at most
+    ``WAKE_BATCH``; each success wakes the next ones), so a receiver that was down gets its backlog within
+    seconds of its first success rather than at each delivery's next try (up to ``webhooks_retry_cap`` away)."""
+    d = WebhookDelivery
+    waiting = (
+        select(d.id)
+        .where(
+            d.endpoint_id == claimed.endpoint_id,
+            d.status == PENDING,
+            d.next_attempt_at > text("now()"),
+            or_(d.locked_until.is_(None), d.locked_until < text("now()")),
+        )
+        .order_by(d.created_at)
+        .limit(WAKE_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = update(d).where(d.id.in_(waiting.scalar_subquery())).values(next_attempt_at=text("now()")).returning(d.id)
+    return tuple(conn.scalars(stmt))

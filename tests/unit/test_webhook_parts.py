@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +119,15 @@ def test_an_ending_makes_its_events() -> None:
     (_, data), (_, document) = events_of(job_id=job_id, kind="ingest", payload=doc, ending=failed)
     assert data["job"]["error"] == {"code": "input_rejected", "message": "empty"} and data["document_id"] == "d1"
     assert document == {"document_id": "d1", "job_id": str(job_id), "error": data["job"]["error"]}
+
+
+def test_the_readmes_receiver_snippet_verifies_our_signatures() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in readme.split("```python\n")[1:] if "def verify(secret" in b).split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)  # the README's own snippet
+    body = b'{"id":"e","type":"job.succeeded","data":{}}'
+    header = signature("whsec_readme", int(time.time()), body)
+    assert namespace["verify"]("whsec_readme", header, body)
+    assert not namespace["verify"]("whsec_readme", header, body.replace(b"succeeded", b"failed"))
+    assert not namespace["verify"]("whsec_wrong", header, body)

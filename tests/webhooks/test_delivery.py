@@ -81,6 +81,50 @@ def test_the_call_goes_to_the_checked_address_signed(engine: Engine, settings: S
     assert len(calls) == 1
 
 
+def test_https_keeps_the_name_for_tls_while_connecting_to_the_checked_address(
+    engine: Engine, settings: Settings, tenant: httpx.Client
+) -> None:
+    delivery_id, _ = unsent_ping(engine, tenant, "https://localhost/hook")
+    calls: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(503)
+
+    outcome = deliver(engine, settings, delivery_id, transport=httpx.MockTransport(receive))
+    assert outcome.status == "retry" and outcome.retry_in is not None and outcome.retry_in > 0
+    (request,) = calls
+    assert request.url.scheme == "https" and request.url.host in ("127.0.0.1", "::1") and request.url.port is None
+    assert request.extensions["sni_hostname"] == "localhost"  # the certificate is checked against the name
+    assert request.headers["host"] == "localhost"
+    failed = row(engine, delivery_id)
+    assert failed.last_status_code == 503 and failed.last_error == "the receiver answered HTTP 503"
+
+
+def test_a_success_makes_the_endpoints_waiting_deliveries_due(
+    engine: Engine, settings: Settings, tenant: httpx.Client
+) -> None:
+    first, _ = unsent_ping(engine, tenant, "http://localhost:8124/hook")
+    with Session(engine) as session:
+        endpoint_id = row(engine, first).endpoint_id
+        second = repo.ping(session, tenant_id=row(engine, first).tenant_id, endpoint_id=endpoint_id).id
+        session.commit()
+    down = httpx.MockTransport(lambda request: httpx.Response(502))
+    up = httpx.MockTransport(lambda request: httpx.Response(200))
+    assert deliver(engine, settings, first, transport=down).status == "retry"
+    with engine.begin() as conn:  # its backoff drawn long
+        conn.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == first)
+            .values(next_attempt_at=text("now() + interval '10 minutes'"))
+        )
+    assert deliver(engine, settings, first, transport=up).status == "skipped"  # not due
+
+    back = deliver(engine, settings, second, transport=up)
+    assert back.status == "succeeded" and back.woken == (first,)
+    assert deliver(engine, settings, first, transport=up).status == "succeeded"  # due now, not in minutes
+
+
 def test_a_lost_send_is_made_again_by_the_reconciler(
     engine: Engine, settings: Settings, tenant: httpx.Client, dispatcher: Dispatcher
 ) -> None:

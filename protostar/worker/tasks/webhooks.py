@@ -1,6 +1,7 @@
 """The webhook delivery task on the ``webhooks`` queue: a thin shell over ``protostar.webhooks.deliver``.
 
 One message is one attempt. A failed attempt sends the next one with a countdown (its row says when it is due);
+a successful one sends the endpoint's deliveries it made due (the receiver is back);
 a message that finds its row delivered, given up, held by another attempt or not yet due does nothing. When
 PostgreSQL or the broker is away the attempt is left to the reconciler, which sends again any pending delivery
 whose send was lost (``jobs.reconcile.resend_webhooks``).
@@ -36,11 +37,13 @@ def deliver_task(delivery_id: str) -> str:
             raise
         logger.warning("webhook delivery_id=%s not attempted, %s unavailable: left to the reconciler", did, name)
         return "postponed"
-    if outcome.retry_in is not None:
-        try:
+    try:
+        if outcome.retry_in is not None:
             res.dispatcher.send_deliveries([did], countdown=outcome.retry_in)
-        except Exception as exc:  # boundary: the row is pending and due; the reconciler sends it again
-            if faults.dependency(exc) is None and not isinstance(exc, BROKER_ERRORS):
-                raise
-            logger.warning("webhook delivery_id=%s retry not sent (the reconciler will): %s", did, type(exc).__name__)
+        if outcome.woken:  # the receiver is back: its waiting deliveries now
+            res.dispatcher.send_deliveries(list(outcome.woken))
+    except Exception as exc:  # boundary: the rows are pending and due; the reconciler sends them again
+        if faults.dependency(exc) is None and not isinstance(exc, BROKER_ERRORS):
+            raise
+        logger.warning("webhook delivery_id=%s next sends not made (the reconciler will): %s", did, type(exc).__name__)
     return outcome.status

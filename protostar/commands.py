@@ -54,6 +54,7 @@ SECRETS: dict[str, Secrets] = {
     "worker-chat": Secrets(llm=True, embedding=True),
     "worker-summary": Secrets(llm=True),
     "worker-maintenance": Secrets(),
+    "worker-webhooks": Secrets(),  # the endpoints' signing secrets are rows it reads, not environment
     "beat": Secrets(),
     "flower": Secrets(flower=True),
 }

@@ -14,6 +14,7 @@ class Queue(StrEnum):
     CHAT = "chat"
     SUMMARY = "summary"
     MAINTENANCE = "maintenance"
+    WEBHOOKS = "webhooks"
 
 
 class TaskName(StrEnum):
@@ -26,6 +27,7 @@ class TaskName(StrEnum):
     RECONCILE = "protostar.maintenance.reconcile"
     RESUMMARIZE = "protostar.maintenance.resummarize"
     REEMBED = "protostar.maintenance.reembed"
+    WEBHOOK_DELIVER = "protostar.webhooks.deliver"
 
 
 class JobKind(StrEnum):
@@ -72,3 +74,23 @@ class EventType(StrEnum):
     ERROR = "error"
     DONE = "done"
     SOURCES = "sources"  # a chat answer's numbered sources, before its first token
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook endpoint may subscribe to (``ping`` is sent only on request, to any endpoint)."""
+
+    JOB_SUCCEEDED = "job.succeeded"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELLED = "job.cancelled"
+    DOCUMENT_READY = "document.ready"
+    DOCUMENT_FAILED = "document.failed"
+    SUMMARY_WRITTEN = "summary.written"
+
+
+PING_EVENT = "ping"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # not delivered yet: its next attempt is due at ``next_attempt_at``
+    SUCCEEDED = "succeeded"  # the receiver answered 2xx
+    FAILED = "failed"  # given up: past ``PROTOSTAR_WEBHOOKS_MAX_AGE``, the endpoint answered 410 or is disabled

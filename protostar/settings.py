@@ -19,6 +19,8 @@ from protostar.constants import Queue
 
 # Beat's maintenance tasks are short and fixed: a scan of the jobs table, a batch of sends.
 MAINTENANCE_TIME_LIMITS = (50, 55)
+# A webhook delivery is one HTTP call with connect and read deadlines (the settings check they fit).
+WEBHOOK_TIME_LIMITS = (60, 75)
 
 
 class Settings(BaseSettings):
@@ -221,6 +223,22 @@ class Settings(BaseSettings):
         300, ge=1, description="LLM calls a document summary may make; a longer document fails before the first"
     )
 
+    # --- webhooks (protostar.webhooks) --------------------------------------------------------------------
+    webhooks_allow_private: bool = Field(
+        False,
+        description="allow webhook URLs whose host resolves to loopback, link-local, private or reserved "
+        "addresses (off: such URLs answer 422 and are refused again at each delivery; no SSRF into the cluster)",
+    )
+    webhooks_concurrency: int = Field(8, ge=1, description="threads of the webhooks worker (deliveries at once)")
+    webhooks_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to a receiver")
+    webhooks_read_timeout: float = Field(10.0, gt=0, description="seconds to send the body and read the answer")
+    webhooks_retry_base: float = Field(10.0, gt=0, description="seconds: the first retry's backoff ceiling")
+    webhooks_retry_cap: float = Field(600.0, gt=0, description="seconds: the longest wait between two attempts")
+    webhooks_max_age: float = Field(
+        24 * 3600.0, gt=0, description="seconds a delivery is retried after its event; then it is marked failed"
+    )
+    webhooks_max_endpoints: int = Field(20, ge=1, description="webhook endpoints one tenant may register")
+
     ingest_memory_limit_mb: int = Field(
         6144, ge=512, description="address-space cap of an ingest child; a document needing more fails out_of_memory"
     )
@@ -245,6 +263,7 @@ class Settings(BaseSettings):
         if self.summary_max_tokens * 3 > self.chat_prompt_tokens:
             raise ValueError("chat_prompt_tokens must hold three summaries of summary_max_tokens")
         self._refuse_unsafe_recovery()
+        self._refuse_unsafe_webhooks()
         if self.environment == "production":
             missing = [
                 name for name in ("redis_url", "database_url", "s3_endpoint", "llm_base_url") if not getattr(self, name)
@@ -271,6 +290,12 @@ class Settings(BaseSettings):
         if self.reconcile_interval < 2:
             raise ValueError("reconcile_interval must be at least 2 s (each send expires 1 s before the next)")
 
+    def _refuse_unsafe_webhooks(self) -> None:
+        if 2 * (self.webhooks_connect_timeout + self.webhooks_read_timeout) >= WEBHOOK_TIME_LIMITS[0]:
+            raise ValueError("webhooks_connect_timeout + webhooks_read_timeout must stay well below 30 s")
+        if self.webhooks_retry_cap >= self.visibility_timeout:
+            raise ValueError("webhooks_retry_cap must be below visibility_timeout (a retry is a countdown message)")
+
     @property
     def time_limits(self) -> dict[Queue, tuple[int, int]]:
         """(soft, hard) seconds for a task of each queue: what every send carries and the checks above read."""
@@ -279,6 +304,7 @@ class Settings(BaseSettings):
             Queue.CHAT: (self.chat_soft_time_limit, self.chat_time_limit),
             Queue.SUMMARY: (self.summary_soft_time_limit, self.summary_time_limit),
             Queue.MAINTENANCE: MAINTENANCE_TIME_LIMITS,
+            Queue.WEBHOOKS: WEBHOOK_TIME_LIMITS,
         }
 
     @property
@@ -298,6 +324,7 @@ class Settings(BaseSettings):
             "chat": self.chat_concurrency,
             "summary": self.summary_concurrency,
             "maintenance": self.maintenance_concurrency,
+            "webhooks": self.webhooks_concurrency,
         }
 
     @property

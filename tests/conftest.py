@@ -67,6 +67,15 @@ TEST_ENV = {
     # Above the 2 s default: on a loaded 2-core test machine a first search (model load) or a large upload's
     # hashing may take that long, which is not a dependency being down.
     "PROTOSTAR_DEPENDENCY_TIMEOUT": "5",
+    # Webhooks (tests/webhooks): the receiver is a local thread, retries come within seconds.
+    "PROTOSTAR_WEBHOOKS_ALLOW_PRIVATE": "true",
+    "PROTOSTAR_WEBHOOKS_CONCURRENCY": "2",
+    "PROTOSTAR_WEBHOOKS_RETRY_BASE": "0.5",
+    "PROTOSTAR_WEBHOOKS_RETRY_CAP": "2",
+    "PROTOSTAR_WEBHOOKS_CONNECT_TIMEOUT": "2",
+    "PROTOSTAR_WEBHOOKS_READ_TIMEOUT": "3",
+    # An endpoint some test left behind (the schema fuzz registers random ones) is given up on soon.
+    "PROTOSTAR_WEBHOOKS_MAX_AGE": "120",
 }
 
 

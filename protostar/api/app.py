@@ -17,7 +17,7 @@ from protostar.api import errors
 from protostar.api.deadline import Deadline, Monitor
 from protostar.api.guard import Guard
 from protostar.api.metrics import BacklogCollector, RequestMetrics
-from protostar.api.routes import admin, collections, completions, documents, health, jobs, sessions
+from protostar.api.routes import admin, collections, completions, documents, health, jobs, sessions, webhooks
 from protostar.api.schemas import ADMIN_ERRORS, ERRORS
 from protostar.api.state import AppState
 from protostar.db.engine import ping
@@ -108,4 +108,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router, responses={**ERRORS, **ADMIN_ERRORS})
     app.include_router(collections.router, responses=ERRORS)
     app.include_router(completions.router, responses=ERRORS)
+    app.include_router(webhooks.router, responses=ERRORS)
     return app

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from protostar.constants import EventType, JobKind, JobStatus, Queue
 from protostar.db.models import Job
 from protostar.errors import BrokerUnavailable, Conflict, ValidationFailed
-from protostar.jobs import repo, turns
+from protostar.jobs import faults, outbox, repo, turns
 from protostar.jobs.ending import Ending
 from protostar.jobs.events import EventLog, cancel_key, stream_key
 from protostar.jobs.kinds import KINDS, PROBE_QUEUES, send_options
@@ -69,6 +69,29 @@ class Dispatcher:
             ignore_result=True,  # results live in the jobs table: no result-channel subscription per send
             **send_options(self.settings, job.queue),
         )
+
+    def send_webhooks(self, *, job_id: uuid.UUID) -> int:
+        """After the commit of a job's end: send the webhook deliveries it made (``jobs.outbox``); how many. Never
+        raises for an unavailable dependency: what is not sent here, the reconciler sends."""
+        try:
+            with self.engine.connect() as conn:
+                ids = outbox.unsent_of_job(conn, job_id=job_id)
+            return self.send_deliveries(ids)
+        except Exception as exc:  # boundary: a job's end never fails on its webhooks
+            if faults.dependency(exc) is None and not isinstance(exc, BROKER_ERRORS):
+                raise
+            logger.warning("job_id=%s webhook deliveries not sent now (the reconciler will): %s", job_id, exc)
+            return 0
+
+    def send_deliveries(self, ids: list[uuid.UUID], *, countdown: float | None = None) -> int:
+        """Send these webhook deliveries' tasks (to run in ``countdown`` s: a retry), then record the sends;
+        broker errors are the caller's."""
+        for delivery_id in ids:
+            outbox.send(self.celery, self.settings, delivery_id, countdown=countdown)
+        if ids:
+            with self.engine.begin() as conn:
+                outbox.mark_sent(conn, ids)
+        return len(ids)
 
     def submit(
         self,

@@ -49,6 +49,7 @@ def task_routes() -> dict[str, dict[str, str]]:
     """celeryconfig's ``task_routes``: every task to its queue, so nothing is sent where nobody consumes."""
     routes = {k.task.value: {"queue": k.queue.value} for k in KINDS.values() if k.queue is not None}
     routes.update({t.value: {"queue": Queue.MAINTENANCE.value} for t in MAINTENANCE_TASKS})
+    routes[TaskName.WEBHOOK_DELIVER.value] = {"queue": Queue.WEBHOOKS.value}
     return routes
 
 
@@ -76,4 +77,8 @@ WORKERS: dict[str, Worker] = {
     "maintenance": Worker(
         (Queue.MAINTENANCE,), "threads", "beat's short maintenance tasks, never queued behind tenant work"
     ),
+    # Webhook deliveries wait on tenants' receivers (up to the connect + read deadlines each): on a worker of
+    # their own, a slow or dead receiver holds none of the maintenance worker's threads (job recovery) and
+    # none of the LLM workers'.
+    "webhooks": Worker((Queue.WEBHOOKS,), "threads", "HTTP calls to tenants' webhook receivers: I/O-bound"),
 }

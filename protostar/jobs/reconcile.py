@@ -10,6 +10,7 @@ seconds on the maintenance worker (no tenant work queues in front of it), single
   This is how a thread-pool worker's jobs come back after its process died: their messages sit in kombu's
   ``unacked`` hash until the visibility timeout (hours), so nothing else would redeliver them soon. A prefork
   child's message is redelivered at once and takes over by itself once the heartbeat is ``takeover_after`` old.
+* **webhooks**: pending webhook deliveries whose send was lost (``jobs.outbox``) → sent again.
 * **long queued**: sent more than ``reap_after`` ago and not started. Where is its message?
 
   - in kombu's ``unacked`` hash: a worker took it (prefetched, or holding a retry's countdown). Whether that
@@ -45,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from protostar.constants import EventType, JobStatus
 from protostar.db.models import Job
-from protostar.jobs import repo, turns
+from protostar.jobs import outbox, repo, turns
 from protostar.jobs.dispatch import BROKER_ERRORS, Dispatcher
 from protostar.jobs.ending import Ending
 
@@ -69,6 +70,7 @@ class Report:
     resent_orphaned: int = 0
     resent_lost: int = 0
     waiting: int = 0
+    webhooks_resent: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -181,6 +183,8 @@ def reconcile(*, session: Session, client: redis.Redis, dispatcher: Dispatcher, 
         _find_messages(conn, waiting, client, dispatcher, report)
     for job, ending in ended:  # after the commit: a follower that sees ``done`` finds the row ended
         dispatcher.events.publish_many(job.id, ending.events())
+        dispatcher.send_webhooks(job_id=job.id)
+    report.webhooks_resent = resend_webhooks(dispatcher)
     if any(report.as_dict().values()):
         logger.info("reconciled: %s", report.as_dict())
     return report
@@ -245,3 +249,19 @@ def _reap_silent(conn: Connection, job: Job, dispatcher: Dispatcher, report: Rep
         ending = repo.worker_lost(job.attempts, settings.max_attempts, silent_for)
         report.failed_silent += 1
     return ending if repo.finish(conn, job_id=job.id, ending=ending, only_from=(JobStatus.RUNNING,)) else None
+
+
+def resend_webhooks(dispatcher: Dispatcher) -> int:
+    """Send again the webhook deliveries whose send was lost (``jobs.outbox.lost``): never sent ``reap_after``
+    seconds after their job ended, or due that long with no attempt holding them. A duplicate is harmless: an
+    attempt claims its row first."""
+    with dispatcher.engine.connect() as conn:
+        ids = outbox.lost(conn, older_than=dispatcher.settings.reap_after)
+    if not ids:
+        return 0
+    logger.warning("%d webhook deliveries lost their send; sending again", len(ids))
+    try:
+        return dispatcher.send_deliveries(ids)
+    except BROKER_ERRORS as exc:
+        logger.warning("webhook deliveries not sent again, the broker is unavailable: %s", exc)
+        return 0

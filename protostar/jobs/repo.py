@@ -18,6 +18,7 @@ from protostar.constants import JobStatus
 from protostar.db.models import Job
 from protostar.db.pages import newest_first
 from protostar.errors import Conflict, NotFound, WorkerLost
+from protostar.jobs import outbox
 from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -270,7 +271,9 @@ def finish(
     Every path that ends a job comes here: the worker's shell (success, failure, cancel) with its ``attempt``,
     so a delivery that lost its job never ends it; the reconciler (expired, worker lost, a silent job whose
     cancel was pending) and the cancel of a queued job or a send that failed, from the statuses ``only_from``.
-    A document's status needs no write here: it is read from its latest ingest job (``documents.repo``).
+    A document's status needs no write here: it is read from its latest ingest job (``documents.repo``). The
+    end's webhook deliveries are written here too (the outbox), and sent once the caller has committed
+    (``Dispatcher.send_webhooks``), or by the reconciler if that send is lost.
     """
     guard = _owned(job_id, attempt) if attempt is not None else and_(Job.id == job_id, Job.status.in_(only_from))
     values: dict[str, Any] = {
@@ -282,7 +285,13 @@ def finish(
     }
     if ending.status == JobStatus.CANCELLED:
         values["cancel_requested"] = True
-    return conn.execute(update(Job).where(guard).values(**values).returning(Job.id)).first() is not None
+    stmt = update(Job).where(guard).values(**values).returning(Job.id, Job.tenant_id, Job.kind, Job.payload)
+    ended = conn.execute(stmt).first()
+    if ended is None:
+        return False
+    # The webhook events of this end, in the same transaction: written with it or not at all (``jobs.outbox``).
+    outbox.fan_out(conn, job_id=ended[0], tenant_id=ended[1], kind=ended[2], payload=ended[3] or {}, ending=ending)
+    return True
 
 
 def release(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str) -> bool:

@@ -24,6 +24,7 @@ TASK_MODULES = (
     "protostar.worker.tasks.chat",
     "protostar.worker.tasks.summary",
     "protostar.worker.tasks.maintenance",
+    "protostar.worker.tasks.webhooks",
 )
 
 logger = logging.getLogger(__name__)

@@ -43,14 +43,19 @@ TURN_SPREAD_CAP = 30.0  # longest jitter added to a wait for a turn (it grows wi
 
 def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> dict[str, Any] | None:
     """Run ``pipeline`` for one delivery of ``job_id``. Safe to call again for the same job. However it ends,
-    the tenant's next job waiting its turn on this queue is sent (``jobs.turns``)."""
-    job = _claim(task, clients, uuid.UUID(job_id))
-    if job is None:
-        return None
+    the tenant's next job waiting its turn on this queue is sent (``jobs.turns``), and the webhook deliveries of
+    its end (written with it) are sent to the ``webhooks`` queue."""
+    jid = uuid.UUID(job_id)
     try:
-        return _run_claimed(task, clients, job, pipeline)
+        job = _claim(task, clients, jid)
+        if job is None:
+            return None
+        try:
+            return _run_claimed(task, clients, job, pipeline)
+        finally:
+            _next_turn(clients, job)
     finally:
-        _next_turn(clients, job)
+        clients.dispatcher.send_webhooks(job_id=jid)  # the deliveries its end made, if it ended (``jobs.outbox``)
 
 
 def _next_turn(clients: Clients, job: Job) -> None:

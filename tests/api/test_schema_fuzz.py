@@ -3,12 +3,14 @@ invalid ones) for every operation and sends them with a real key. No answer may 
 match the schema documented for its status (errors included) and its content type, and no error body may carry
 internal text (addresses, secrets, SQL).
 
-Two operations are fuzzed apart (the last test), because their effects are slow or unbounded unless cut:
+Three operations are fuzzed apart (the last test), because their effects are slow or unbounded unless cut:
 
 * ``POST /v1/probes``: a valid probe may walk 10,000 steps of up to 60 s each, holding a worker for the rest of
   the session: there, probes are cut to 3 steps without sleep, and none crashes its worker;
 * ``POST /v1/documents``: random bytes are uploads that queue ingestion jobs: there, fewer examples, as a
-  tenant of its own (its limits are in ``test_limits`` and ``tests/ingest``).
+  tenant of its own (its limits are in ``test_limits`` and ``tests/ingest``);
+* ``POST /v1/webhooks``: a valid URL registers an endpoint that every later job of its tenant is delivered to
+  (retried for ``PROTOSTAR_WEBHOOKS_MAX_AGE``, short in the tests): as that tenant of its own.
 
 Each operation gets a bounded number of examples, so the fuzz adds well under a minute to the suite. The schema is
 the application's own (built without starting it, so that every operation is a test of its own); the first test
@@ -38,6 +40,7 @@ schema = (
     schemathesis.openapi.from_dict(OPENAPI)
     .exclude(method="POST", path="/v1/probes")
     .exclude(method="POST", path="/v1/documents")
+    .exclude(method="POST", path="/v1/webhooks")
 )
 
 
@@ -66,11 +69,11 @@ def test_the_api_answers_every_generated_request_as_documented(case: Case, live:
         assert_no_internals(response.text, live.settings)
 
 
-# The two operations left out above, fuzzed apart: as a tenant of their own (its uploads and probes touch no other
+# The three operations left out above, fuzzed apart: as a tenant of their own (its uploads and probes touch no other
 # test's data) and with their effects bounded: fewer examples, and a probe that would hold a worker (long, slow,
 # or ending in a crash or transient retries) cut to a short one. Their validation is what is fuzzed here.
 EFFECT_EXAMPLES = 25
-effects = schemathesis.openapi.from_dict(OPENAPI).include(method="POST", path_regex="^/v1/(documents|probes)$")
+effects = schemathesis.openapi.from_dict(OPENAPI).include(method="POST", path_regex="^/v1/(documents|probes|webhooks)$")
 
 
 def _number(value: object) -> bool:

@@ -60,6 +60,8 @@ def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, 
     )
     if job.status == JobStatus.CANCELLED and job.started_at is None:  # ended queued: its slot, if it had one, is free
         state.clients.dispatcher.next_turn(tenant_id=principal.tenant_id, queue=job.queue)
+    if job.status == JobStatus.CANCELLED:  # ended here (or before): its webhook deliveries, if any are unsent
+        state.clients.dispatcher.send_webhooks(job_id=job.id)
     return JobOut.of(job)
 
 

@@ -21,6 +21,7 @@ from protostar.chat import repo
 from protostar.chat.prompt import Prompt, Turn, build
 from protostar.constants import EventType, MessageStatus
 from protostar.embeddings.embed import Embedder
+from protostar.embeddings.tokens import approx_tokens
 from protostar.errors import Cancelled, InputRejected, JobFailed
 from protostar.jobs.context import JobContext
 from protostar.llm.call import LLM
@@ -52,7 +53,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         summary=summary.content if summary else None,
         budget=settings.chat_prompt_tokens,
     )
-    usage_extra = _usage_extra(prompt, summary)
+    usage_extra = _usage_extra(question.content, prompt, summary)
     ctx.check_cancelled()
 
     generation = Generation()
@@ -92,8 +93,9 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
     }
 
 
-def _usage_extra(prompt: Prompt, summary: summary_repo.Latest | None) -> dict[str, int]:
+def _usage_extra(question: str, prompt: Prompt, summary: summary_repo.Latest | None) -> dict[str, int]:
     return {
+        "embedding_tokens": approx_tokens(question),  # the question, embedded for the retrieval
         "prompt_tokens_estimate": prompt.tokens,
         "summary_version": summary.version if summary else 0,
         # The turns the summary stands for, less the summary itself: what this prompt did not have to carry.

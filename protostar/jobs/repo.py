@@ -18,6 +18,7 @@ from protostar.constants import JobStatus
 from protostar.db.models import Job
 from protostar.db.pages import newest_first
 from protostar.errors import Conflict, NotFound, WorkerLost
+from protostar.jobs import usage
 from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -123,8 +124,12 @@ def page(
 def reopen(session: Session, *, job: Job, dispatched: bool, stage: str) -> Job:
     """Put a ``failed`` or ``cancelled`` job back to ``queued`` for a new round of attempts (its work is
     idempotent as ever), counted as sent (``dispatched``) or waiting unsent; ``Conflict`` for any other status
-    (an ``IntegrityError`` when one of its kind is in flight already)."""
+    (an ``IntegrityError`` when one of its kind is in flight already). Its previous ending's usage is taken
+    back, so a job counts once, by its latest ending."""
     job_id = job.id
+    before = session.execute(
+        select(Job.status, Job.result, Job.finished_at).where(Job.id == job_id).with_for_update()
+    ).one()
     reopened = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_((JobStatus.FAILED.value, JobStatus.CANCELLED.value)))
@@ -149,6 +154,15 @@ def reopen(session: Session, *, job: Job, dispatched: bool, stage: str) -> Job:
     ).scalar_one_or_none()
     if reopened is None:
         raise Conflict(f"job {job_id} is {job.status}; only a failed or cancelled job can be retried")
+    if before.finished_at is not None:  # its previous ending no longer counts: the new one will
+        usage.uncount_ending(
+            session.connection(),
+            tenant_id=reopened.tenant_id,
+            kind=reopened.kind,
+            status=before.status,
+            result=before.result,
+            ended=before.finished_at,
+        )
     return reopened
 
 
@@ -270,7 +284,8 @@ def finish(
     Every path that ends a job comes here: the worker's shell (success, failure, cancel) with its ``attempt``,
     so a delivery that lost its job never ends it; the reconciler (expired, worker lost, a silent job whose
     cancel was pending) and the cancel of a queued job or a send that failed, from the statuses ``only_from``.
-    A document's status needs no write here: it is read from its latest ingest job (``documents.repo``).
+    A document's status needs no write here: it is read from its latest ingest job (``documents.repo``). The
+    tenant's usage is counted here, in the same transaction (``jobs.usage``): once per ending, never lost.
     """
     guard = _owned(job_id, attempt) if attempt is not None else and_(Job.id == job_id, Job.status.in_(only_from))
     values: dict[str, Any] = {
@@ -282,7 +297,11 @@ def finish(
     }
     if ending.status == JobStatus.CANCELLED:
         values["cancel_requested"] = True
-    return conn.execute(update(Job).where(guard).values(**values).returning(Job.id)).first() is not None
+    ended = conn.execute(update(Job).where(guard).values(**values).returning(Job.tenant_id, Job.kind)).first()
+    if ended is None:
+        return False
+    usage.count_ending(conn, tenant_id=ended.tenant_id, kind=ended.kind, ending=ending)
+    return True
 
 
 def release(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str) -> bool:

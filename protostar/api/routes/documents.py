@@ -33,7 +33,9 @@ from protostar.constants import DocumentStatus, JobKind
 from protostar.documents import repo
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
+from protostar.embeddings.tokens import approx_tokens
 from protostar.errors import Conflict, ValidationFailed
+from protostar.jobs import usage
 from protostar.search import retrieve
 from protostar.summary import submit
 
@@ -163,6 +165,8 @@ def search_chunks(body: SearchIn, principal: PrincipalDep, state: StateDep) -> S
     hits = retrieve(
         state.clients.engine, state.clients.embedder, tenant_id=principal.tenant_id, query=body.query, top_k=body.top_k
     )
+    with state.clients.engine.begin() as conn:  # counted once it answered (a failed search is not usage)
+        usage.add_search(conn, tenant_id=principal.tenant_id, embedding_tokens=approx_tokens(body.query))
     return SearchOut(
         hits=[
             HitOut(

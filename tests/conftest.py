@@ -67,6 +67,8 @@ TEST_ENV = {
     # Above the 2 s default: on a loaded 2-core test machine a first search (model load) or a large upload's
     # hashing may take that long, which is not a dependency being down.
     "PROTOSTAR_DEPENDENCY_TIMEOUT": "5",
+    # Usage on /metrics (tests/api/test_usage.py): every test tenant labelled; the cap is tested on its own.
+    "PROTOSTAR_USAGE_METRICS_TENANTS": "100000",
 }
 
 

@@ -6,11 +6,12 @@ loses the end and its count together. A retry (``jobs.repo.reopen``) takes the p
 its own transaction, so every job counts once, under the outcome and the UTC day of its latest ending: the
 figures equal those summed independently from the ``jobs`` table (``date(finished_at AT TIME ZONE 'UTC')``).
 
-What a job's figures are, by kind (``figures``): an ingest job's pages, chunks and embedding tokens (the sum of
-its chunks' ``token_count``); chat and summary jobs' LLM prompt and completion tokens as the LLM reported them
-(``result.usage``), and a chat job's question embedding. A job that failed or was cancelled records no result,
-so it counts as a job only. Searches have no job: the API adds each one (and its query's embedding tokens) with
-``add_search``. Storage is a gauge, not a sum: read from the tenant's documents when asked (``storage``).
+What a job's figures are (``figures``): an ingest job's pages, chunks and embedding tokens (the sum of its
+chunks' ``token_count``); any other job's ``result.usage``: the LLM prompt and completion tokens as the LLM
+reported them (chat answers, summaries) and embedding tokens (a chat question's). A job that failed or was
+cancelled records no result, so it counts as a job only. Searches have no job: the API adds each one (and its
+query's embedding tokens) with ``add_search``. Storage is a gauge, not a sum: read from the tenant's documents
+when asked (``storage``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from protostar.jobs.ending import Ending
 
 OUTCOMES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 SEARCH = "search"  # the ``kind`` of the rows that count searches (no job)
-_LLM_KINDS = (JobKind.CHAT.value, JobKind.SUMMARY_SESSION.value, JobKind.SUMMARY_DOCUMENT.value)
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,14 @@ def figures(kind: str, status: str, result: dict[str, Any] | None) -> Figures:
             chunks=_int(result.get("chunks")),
             embedding_tokens=_int(result.get("embedding_tokens")),
         )
-    if kind in _LLM_KINDS:
-        reported = result.get("usage")
-        used: dict[str, Any] = reported if isinstance(reported, dict) else {}
-        return Figures(
-            **outcome,
-            embedding_tokens=_int(used.get("embedding_tokens")),
-            prompt_tokens=_int(used.get("prompt_tokens")),
-            completion_tokens=_int(used.get("completion_tokens")),
-        )
-    return Figures(**outcome)
+    reported = result.get("usage")  # any other kind that called the LLM reports it so (chat, summaries)
+    used: dict[str, Any] = reported if isinstance(reported, dict) else {}
+    return Figures(
+        **outcome,
+        embedding_tokens=_int(used.get("embedding_tokens")),
+        prompt_tokens=_int(used.get("prompt_tokens")),
+        completion_tokens=_int(used.get("completion_tokens")),
+    )
 
 
 def _add(conn: Connection, *, tenant_id: uuid.UUID, day: Any, kind: str, counts: Figures) -> None:

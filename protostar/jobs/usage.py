@@ -131,11 +131,11 @@ class Row:
 def rows(conn: Connection, *, tenant_id: uuid.UUID, first: date, last: date) -> list[Row]:
     """The tenant's rows from ``first`` to ``last`` (UTC days, both included), by day then kind."""
     found = conn.execute(
-        select(UsageDaily)
+        select(UsageDaily.day, UsageDaily.kind, *(getattr(UsageDaily, c) for c in COLUMNS))
         .where(UsageDaily.tenant_id == tenant_id, UsageDaily.day >= first, UsageDaily.day <= last)
         .order_by(UsageDaily.day, UsageDaily.kind)
-    ).scalars()
-    return [Row(r.day, r.kind, Figures(**{c: getattr(r, c) for c in COLUMNS})) for r in found]
+    )
+    return [Row(day, kind, Figures(*counts)) for day, kind, *counts in found]
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,9 @@ def labelled_tenants(conn: Connection, *, cap: int) -> set[uuid.UUID]:
 def totals_by_tenant(conn: Connection, *, cap: int, other: str) -> tuple[list[TenantTotals], dict[str, int]]:
     """All-time sums per (tenant, kind) and stored bytes per tenant, tenants past ``cap`` named ``other``."""
     keep = labelled_tenants(conn, cap=cap)
-    names = dict(conn.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(keep))).tuples().all())
+    names = {
+        tenant_id: name for tenant_id, name in conn.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(keep)))
+    }
     sums = [func.sum(getattr(UsageDaily, c)) for c in COLUMNS]
     merged: dict[tuple[str, str], list[int]] = {}
     for tenant_id, kind, *values in conn.execute(

@@ -196,3 +196,29 @@ def test_tenants_past_the_cap_are_added_up_as_other(live: Live, engine: Engine) 
     families = list(UsageCollector(engine, cap=0).collect())
     labels = {s.labels["tenant"] for family in families for s in family.samples}
     assert labels <= {OTHER_TENANTS}
+
+
+def test_the_usage_of_each_tenant_and_day_equals_its_jobs(live: Live, engine: Engine) -> None:
+    """In one snapshot, for this module's tenants (other tests write job rows by hand): the counts by tenant,
+    UTC day, kind and outcome, and the ingests' pages and chunks, summed from the jobs table, are
+    ``usage_daily``'s."""
+    with live.client(create_key(f"usage-{uuid.uuid4().hex[:8]}", admin=True)) as api:
+        wait_status(api, submit(api, queue="summary", steps=1), "succeeded")
+        wait_status(api, submit(api, queue="summary", steps=1, fail="input"), "failed")
+    mine = "tenant_id IN (SELECT id FROM tenants WHERE name LIKE 'usage-%')"
+    from_jobs = text(
+        "SELECT tenant_id, (finished_at AT TIME ZONE 'UTC')::date, kind,"
+        " count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),"
+        " count(*) FILTER (WHERE status = 'cancelled'),"
+        " coalesce(sum((result->>'pages')::int) FILTER (WHERE kind = 'ingest'), 0),"
+        " coalesce(sum((result->>'chunks')::int) FILTER (WHERE kind = 'ingest'), 0)"
+        f" FROM jobs WHERE {mine} AND status IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2, 3"
+    )
+    from_usage = text(
+        "SELECT tenant_id, day, kind, succeeded, failed, cancelled, pages, chunks FROM usage_daily"
+        f" WHERE {mine} AND kind <> 'search' AND (succeeded, failed, cancelled) <> (0, 0, 0)"
+    )
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        jobs = {tuple(r[:3]): tuple(r[3:]) for r in conn.execute(from_jobs)}
+        counted = {tuple(r[:3]): tuple(r[3:]) for r in conn.execute(from_usage)}
+    assert jobs and jobs == counted

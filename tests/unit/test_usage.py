@@ -47,6 +47,7 @@ def test_the_range_defaults_to_the_last_30_days_and_is_at_most_366() -> None:
     assert date_range(date(2026, 11, 1), None, today=today) == (date(2026, 11, 1), today)
     assert date_range(None, date(2026, 1, 31), today=today) == (date(2026, 1, 2), date(2026, 1, 31))
     assert date_range(date(2025, 1, 1), date(2026, 1, 1), today=today) == (date(2025, 1, 1), date(2026, 1, 1))
+    assert date_range(None, date(1, 1, 2), today=today) == (date.min, date(1, 1, 2))  # no overflow
     with pytest.raises(ValidationFailed):
         date_range(date(2025, 1, 1), date(2026, 1, 2), today=today)
     with pytest.raises(ValidationFailed):

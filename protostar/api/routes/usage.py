@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -72,7 +72,7 @@ def date_range(first: date | None, last: date | None, *, today: date) -> tuple[d
     """The days asked for: by default the last 30 (today included); ``ValidationFailed`` for a range that ends
     before it starts or spans more than 366 days."""
     last = last or (today if first is None else max(first, today))
-    first = first or last - timedelta(days=DEFAULT_DAYS - 1)
+    first = first or date.fromordinal(max(last.toordinal() - (DEFAULT_DAYS - 1), 1))
     if first > last:
         raise ValidationFailed("from must not be after to")
     if (last - first).days + 1 > MAX_DAYS:

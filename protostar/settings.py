@@ -242,6 +242,9 @@ class Settings(BaseSettings):
     ingest_memory_limit_mb: int = Field(
         6144, ge=512, description="address-space cap of an ingest child; a document needing more fails out_of_memory"
     )
+    usage_metrics_tenants: int = Field(
+        100, ge=0, description="tenants with their own label on /metrics' usage series (the oldest); the rest: other"
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

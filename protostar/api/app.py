@@ -16,8 +16,8 @@ from protostar import __version__
 from protostar.api import errors
 from protostar.api.deadline import Deadline, Monitor
 from protostar.api.guard import Guard
-from protostar.api.metrics import BacklogCollector, RequestMetrics
-from protostar.api.routes import admin, collections, completions, documents, health, jobs, sessions, webhooks
+from protostar.api.metrics import BacklogCollector, RequestMetrics, UsageCollector
+from protostar.api.routes import admin, collections, completions, documents, health, jobs, sessions, usage, webhooks
 from protostar.api.schemas import ADMIN_ERRORS, ERRORS
 from protostar.api.state import AppState
 from protostar.db.engine import ping
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await state.start_streams()
         await to_thread.run_sync(ensure_configured_index, settings)  # searches need the model's index
         registry.register(BacklogCollector(state.clients.redis, state.clients.engine))
+        registry.register(UsageCollector(state.clients.engine, cap=settings.usage_metrics_tenants))
         state.monitor = _monitor(state)
         state.metrics = registry
         app.state.protostar = state
@@ -109,4 +110,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(collections.router, responses=ERRORS)
     app.include_router(completions.router, responses=ERRORS)
     app.include_router(webhooks.router, responses=ERRORS)
+    app.include_router(usage.router, responses=ERRORS)
     return app

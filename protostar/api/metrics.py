@@ -1,4 +1,10 @@
-"""Prometheus metrics of the API process: requests, and at scrape time queue depths and open jobs."""
+"""Prometheus metrics of the API process: requests, and at scrape time queue depths, open jobs and usage.
+
+Usage series are read from the ``usage_daily`` table when Prometheus scrapes (``UsageCollector``), not counted
+in process: every API process answers the same exact totals, whatever process or worker did the work, and a
+restart loses nothing. Their ``tenant`` label is bounded: the ``PROTOSTAR_USAGE_METRICS_TENANTS`` oldest
+tenants each under its name, every other tenant added up under ``_other``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,14 @@ from collections.abc import Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protostar.constants import Queue
-from protostar.jobs import repo
+from protostar.jobs import repo, usage
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,59 @@ class BacklogCollector(Collector):
             logger.warning("metrics: backlog unavailable: %s", exc)
         yield depth
         yield jobs
+
+
+OTHER_TENANTS = "_other"
+
+
+class UsageCollector(Collector):
+    """All-time usage per tenant from ``usage_daily`` and stored bytes from ``documents``, read at scrape time;
+    ``cap`` tenants keep their own label (``jobs.usage.labelled_tenants``), the rest are ``_other``."""
+
+    def __init__(self, engine: Engine, *, cap: int) -> None:
+        self.engine, self.cap = engine, cap
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = CounterMetricFamily(
+            "protostar_usage_jobs", "Jobs ended, by tenant, kind and outcome", labels=["tenant", "kind", "outcome"]
+        )
+        plain = {
+            name: CounterMetricFamily(f"protostar_usage_{name}", help_text, labels=["tenant"])
+            for name, help_text in (
+                ("searches", "Search requests"),
+                ("pages", "Pages ingested"),
+                ("chunks", "Chunks ingested"),
+                ("embedding_tokens", "Tokens embedded: chunks, chat questions and search queries"),
+            )
+        }
+        llm = CounterMetricFamily("protostar_usage_llm_tokens", "LLM tokens", labels=["tenant", "type"])
+        stored = GaugeMetricFamily("protostar_usage_storage_bytes", "Bytes of stored documents", labels=["tenant"])
+        try:
+            with self.engine.connect() as conn:
+                totals, sizes = usage.totals_by_tenant(conn, cap=self.cap, other=OTHER_TENANTS)
+        except SQLAlchemyError as exc:
+            logger.warning("metrics: usage unavailable: %s", type(exc).__name__)
+            totals, sizes = [], {}
+        per_tenant: dict[str, dict[str, int]] = {}
+        for row in totals:
+            counts = row.counts.values()
+            if row.kind != usage.SEARCH:
+                for outcome in usage.OUTCOMES:
+                    jobs.add_metric([row.tenant, row.kind, outcome], float(counts[outcome]))
+            summed = per_tenant.setdefault(row.tenant, dict.fromkeys(usage.COLUMNS, 0))
+            for name, value in counts.items():
+                summed[name] += value
+        for tenant, counts in per_tenant.items():
+            for name, family in plain.items():
+                family.add_metric([tenant], float(counts[name]))
+            llm.add_metric([tenant, "prompt"], float(counts["prompt_tokens"]))
+            llm.add_metric([tenant, "completion"], float(counts["completion_tokens"]))
+        for tenant, size in sizes.items():
+            stored.add_metric([tenant], float(size))
+        yield jobs
+        yield from plain.values()
+        yield llm
+        yield stored
 
 
 class RequestMetrics:

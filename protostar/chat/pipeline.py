@@ -36,6 +36,7 @@ from protostar.chat.prompt import Prompt, Turn, build
 from protostar.constants import EventType, MessageStatus
 from protostar.documents.filters import parse_filter
 from protostar.embeddings.embed import Embedder
+from protostar.embeddings.tokens import approx_tokens
 from protostar.errors import Cancelled, InputRejected, JobFailed
 from protostar.jobs.context import JobContext
 from protostar.llm.call import LLM
@@ -144,7 +145,7 @@ def _generate(
         summary=asked.summary,
         budget=settings.chat_prompt_tokens,
     )
-    usage_extra = {**extra, "prompt_tokens_estimate": prompt.tokens}
+    usage_extra = {**extra, "prompt_tokens_estimate": prompt.tokens, "embedding_tokens": approx_tokens(asked.question)}
     ctx.check_cancelled()
 
     sources = cite(prompt.sources)

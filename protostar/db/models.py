@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -365,3 +366,27 @@ class WebhookDelivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
+
+
+def _counter() -> Mapped[int]:
+    return mapped_column(BigInteger, default=0, server_default="0")
+
+
+class UsageDaily(Base):
+    """Usage of a tenant on a UTC day, per job kind (``search`` for searches, which have no job): added to in
+    the transaction that ends each job (``jobs.usage``), so it always agrees with the jobs table."""
+
+    __tablename__ = "usage_daily"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    succeeded: Mapped[int] = _counter()
+    failed: Mapped[int] = _counter()
+    cancelled: Mapped[int] = _counter()
+    searches: Mapped[int] = _counter()
+    pages: Mapped[int] = _counter()
+    chunks: Mapped[int] = _counter()
+    embedding_tokens: Mapped[int] = _counter()
+    prompt_tokens: Mapped[int] = _counter()
+    completion_tokens: Mapped[int] = _counter()

@@ -112,6 +112,7 @@ def ingest(
         "chunks": count,
         "pages": page_count,
         "embedding_model": embedder.model,
+        "embedding_tokens": sum(c.token_count for c in chunks),  # what was embedded, in the model's tokens
         **({"ocr": ocr} if ocr is not None else {}),
     }
 

@@ -18,7 +18,7 @@ from protostar.constants import JobStatus
 from protostar.db.models import Job
 from protostar.db.pages import newest_first
 from protostar.errors import Conflict, NotFound, WorkerLost
-from protostar.jobs import outbox
+from protostar.jobs import outbox, usage
 from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -124,8 +124,12 @@ def page(
 def reopen(session: Session, *, job: Job, dispatched: bool, stage: str) -> Job:
     """Put a ``failed`` or ``cancelled`` job back to ``queued`` for a new round of attempts (its work is
     idempotent as ever), counted as sent (``dispatched``) or waiting unsent; ``Conflict`` for any other status
-    (an ``IntegrityError`` when one of its kind is in flight already)."""
+    (an ``IntegrityError`` when one of its kind is in flight already). Its previous ending's usage is taken
+    back, so a job counts once, by its latest ending."""
     job_id = job.id
+    before = session.execute(
+        select(Job.status, Job.result, Job.finished_at).where(Job.id == job_id).with_for_update()
+    ).one()
     reopened = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_((JobStatus.FAILED.value, JobStatus.CANCELLED.value)))
@@ -150,6 +154,15 @@ def reopen(session: Session, *, job: Job, dispatched: bool, stage: str) -> Job:
     ).scalar_one_or_none()
     if reopened is None:
         raise Conflict(f"job {job_id} is {job.status}; only a failed or cancelled job can be retried")
+    if before.finished_at is not None:  # its previous ending no longer counts: the new one will
+        usage.uncount_ending(
+            session.connection(),
+            tenant_id=reopened.tenant_id,
+            kind=reopened.kind,
+            status=before.status,
+            result=before.result,
+            ended=before.finished_at,
+        )
     return reopened
 
 
@@ -274,6 +287,7 @@ def finish(
     A document's status needs no write here: it is read from its latest ingest job (``documents.repo``). The
     end's webhook deliveries are written here too (the outbox), and sent once the caller has committed
     (``Dispatcher.send_webhooks``), or by the reconciler if that send is lost.
+    The tenant's usage is counted here, in the same transaction (``jobs.usage``): once per ending, never lost.
     """
     guard = _owned(job_id, attempt) if attempt is not None else and_(Job.id == job_id, Job.status.in_(only_from))
     values: dict[str, Any] = {
@@ -291,6 +305,7 @@ def finish(
         return False
     # The webhook events of this end, in the same transaction: written with it or not at all (``jobs.outbox``).
     outbox.fan_out(conn, job_id=ended[0], tenant_id=ended[1], kind=ended[2], payload=ended[3] or {}, ending=ending)
+    usage.count_ending(conn, tenant_id=ended[1], kind=ended[2], ending=ending)
     return True
 
 

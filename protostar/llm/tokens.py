@@ -6,7 +6,7 @@ digits about one per three, punctuation one each, and a letter of another script
 per UTF-8 byte. Checked against SmolLM2's own tokenizer (llama-server ``/tokenize``) on the test corpus: a
 median of 1.0 times its count on English, within 10 % on Korean. It budgets prompts; the LLM's own count
 (``usage.prompt_tokens``) is what the job records as spent. Chunks are measured differently, in the embedding
-model's tokens (``ingest.chunk.approx_tokens``).
+model's tokens (``embeddings.tokens.approx_tokens``).
 """
 
 from __future__ import annotations

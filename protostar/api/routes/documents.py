@@ -39,7 +39,9 @@ from protostar.documents import collections, repo
 from protostar.documents.again import Reason, ingest_again
 from protostar.documents.delete import delete_document
 from protostar.documents.upload import upload
+from protostar.embeddings.tokens import approx_tokens
 from protostar.errors import Conflict, NotFound, ValidationFailed
+from protostar.jobs import usage
 from protostar.search import retrieve
 from protostar.summary import submit
 
@@ -235,6 +237,8 @@ def search_chunks(body: SearchIn, principal: PrincipalDep, session: SessionDep, 
         top_k=body.top_k,
         scope=scope,
     )
+    with state.clients.engine.begin() as conn:  # counted once it answered (a failed search is not usage)
+        usage.add_search(conn, tenant_id=principal.tenant_id, embedding_tokens=approx_tokens(body.query))
     return SearchOut(
         hits=[
             HitOut(

@@ -4,6 +4,7 @@ no other tenant sees any of it, and ``/metrics`` carries the same figures labell
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -222,3 +223,36 @@ def test_the_usage_of_each_tenant_and_day_equals_its_jobs(live: Live, engine: En
         jobs = {tuple(r[:3]): tuple(r[3:]) for r in conn.execute(from_jobs)}
         counted = {tuple(r[:3]): tuple(r[3:]) for r in conn.execute(from_usage)}
     assert jobs and jobs == counted
+
+
+def test_the_migrations_backfill_counts_as_the_live_path_does(live: Live, engine: Engine) -> None:
+    """Migration 0013 counts the jobs that ended before it from their rows: for this module's tenants, its query
+    gives what ``usage_daily`` holds (embedding tokens aside: chat results before it had none)."""
+    with live.client(create_key(f"usage-{uuid.uuid4().hex[:8]}", admin=True)) as api:
+        wait_status(api, submit(api, queue="chat", steps=1), "succeeded")
+    path = Path(__file__).resolve().parents[2] / "protostar/db/migrations/versions/0013_usage_daily.py"
+    spec = importlib.util.spec_from_file_location("usage_migration", path)
+    assert spec and spec.loader
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    backfill = migration.BACKFILL[migration.BACKFILL.index("SELECT") :]
+    compared = "tenant_id, day, kind, succeeded, failed, cancelled, pages, chunks, prompt_tokens, completion_tokens"
+    mine = "tenant_id IN (SELECT id FROM tenants WHERE name LIKE 'usage-%')"
+    columns = "tenant_id, day, kind, succeeded, failed, cancelled, pages, chunks, embedding_tokens, prompt_tokens,"
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        rebuilt = {
+            tuple(r)
+            for r in conn.execute(
+                text(f"SELECT {compared} FROM ({backfill}) AS b({columns} completion_tokens) WHERE {mine}")
+            )
+        }
+        counted = {
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    f"SELECT {compared} FROM usage_daily WHERE {mine} AND kind <> 'search'"
+                    " AND (succeeded, failed, cancelled) <> (0, 0, 0)"
+                )
+            )
+        }
+    assert rebuilt and rebuilt == counted

@@ -265,6 +265,25 @@ def test_chat_retrieves_only_from_the_sessions_collections_or_the_messages(
     assert tenant.get(f"/v1/sessions/{session_id}").json()["collection_ids"] == []
 
 
+def test_an_openai_completion_retrieves_only_from_its_collection_ids(
+    live: Live, tenant: httpx.Client, other: httpx.Client, docs: dict[str, str]
+) -> None:
+    """``POST /v1/chat/completions`` takes Protostar's ``collection_ids``: the caller's own (``404`` for another
+    tenant's, before any job), and the answer's sources come from them only."""
+    cid = tenant.post("/v1/collections", json={"name": "forge only"}).json()["id"]
+    tenant.post(f"/v1/collections/{cid}/documents", json={"document_ids": [docs["forge"]]})
+    body = {
+        "model": live.settings.llm_model,
+        "messages": [{"role": "user", "content": "What does the Velloran mill keeper log at dusk?"}],
+        "max_tokens": 8,
+        "collection_ids": [cid],
+    }
+    assert other.post("/v1/chat/completions", json=body).status_code == 404
+    answered = tenant.post("/v1/chat/completions", json=body, timeout=240)
+    assert answered.status_code == 200, answered.text
+    assert names(docs, answered.json()["sources"]) == {"forge"}
+
+
 def test_the_python_client_covers_collections_filters_and_metadata_updates(live: Live, engine: Engine) -> None:
     with make_sessionmaker(engine).begin() as session:
         key = create_key(session, tenant=f"coll-client-{uuid.uuid4().hex[:8]}", admin=False)

@@ -226,11 +226,11 @@ def test_the_usage_of_each_tenant_and_day_equals_its_jobs(live: Live, engine: En
 
 
 def test_the_migrations_backfill_counts_as_the_live_path_does(live: Live, engine: Engine) -> None:
-    """Migration 0013 counts the jobs that ended before it from their rows: for this module's tenants, its query
+    """Migration 0012 counts the jobs that ended before it from their rows: for this module's tenants, its query
     gives what ``usage_daily`` holds (embedding tokens aside: chat results before it had none)."""
     with live.client(create_key(f"usage-{uuid.uuid4().hex[:8]}", admin=True)) as api:
         wait_status(api, submit(api, queue="chat", steps=1), "succeeded")
-    path = Path(__file__).resolve().parents[2] / "protostar/db/migrations/versions/0013_usage_daily.py"
+    path = Path(__file__).resolve().parents[2] / "protostar/db/migrations/versions/0012_usage_daily.py"
     spec = importlib.util.spec_from_file_location("usage_migration", path)
     assert spec and spec.loader
     migration = importlib.util.module_from_spec(spec)

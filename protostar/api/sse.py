@@ -22,9 +22,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import anyio
 import redis
 from anyio import to_thread
 from fastapi import Request
@@ -82,9 +83,10 @@ async def _replay(hub: Hub, job_id: uuid.UUID, after: str) -> list[events.Event]
 
 
 class EventStreamResponse(StreamingResponse):
-    """A streaming response that runs ``on_close`` however it ends (done, disconnect, cancellation)."""
+    """A streaming response that runs ``on_close`` however it ends (done, disconnect, cancellation); an async
+    ``on_close`` runs shielded, so a disconnect still completes it (the completions route cancels its job there)."""
 
-    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None] | None]) -> None:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         super().__init__(body, media_type="text/event-stream", headers=headers)
         self._on_close = on_close
@@ -93,7 +95,10 @@ class EventStreamResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._on_close()
+            with anyio.CancelScope(shield=True):
+                closing = self._on_close()
+                if closing is not None:
+                    await closing
 
 
 @dataclass

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from protostar.api import completions as oai
 from protostar.api.deps import PrincipalDep, StateDep
 from protostar.api.errors import error_response
 from protostar.api.schemas import QUOTA, TOO_MANY_STREAMS
 from protostar.api.scope import scope_of
-from protostar.api.sse import Relay, relay_for
+from protostar.api.sse import EventStreamResponse, Relay, relay_for
 from protostar.api.state import AppState
 from protostar.auth import Principal
 from protostar.chat.submit import complete
@@ -147,24 +145,7 @@ async def chat_completions(
         await follow.close()
         leases.release(lease)
 
-    return CompletionStream(follow.chunks(include_usage=include_usage), on_close=close)
-
-
-class CompletionStream(StreamingResponse):
-    """The chunks as Server-Sent Events; ``on_close`` runs however the response ends (shielded: a disconnect
-    must still cancel the job)."""
-
-    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> None:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        super().__init__(body, media_type="text/event-stream", headers=headers)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._on_close()
+    return EventStreamResponse(follow.chunks(include_usage=include_usage), on_close=close)
 
 
 class _Follow:

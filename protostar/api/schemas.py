@@ -225,12 +225,16 @@ class DocumentDetail(DocumentOut):
     summary: DocumentSummaryOut | None = Field(
         None, description="the latest summary of the whole document (POST /v1/documents/{id}/summarize), if any"
     )
+    collection_ids: list[uuid.UUID] = Field(default_factory=list, description="the collections it is in")
 
     @classmethod
-    def with_summary(cls, document: Document, summary: DocumentSummary | None) -> DocumentDetail:
+    def with_summary(
+        cls, document: Document, summary: DocumentSummary | None, collection_ids: list[uuid.UUID] | None = None
+    ) -> DocumentDetail:
         return cls(
             **DocumentOut.of(document).model_dump(),
             summary=DocumentSummaryOut.of(summary) if summary is not None else None,
+            collection_ids=collection_ids or [],
         )
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 import typer
 
@@ -16,13 +17,20 @@ documents = typer.Typer(help="Your documents: list, show, remove.", no_args_is_h
 def search(
     query: Annotated[str, typer.Argument(help="what to look for")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="how many hits")] = 5,
+    collection: Annotated[
+        list[str] | None, typer.Option("--collection", "-c", help="only documents in this collection (repeatable)")
+    ] = None,
+    filter_: Annotated[
+        str | None, typer.Option("--filter", "-f", help='a metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
+    ] = None,
     json_: Json = False,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
     """Hybrid search (vector and full text) over your documents' chunks."""
+    where = _filter(filter_)
     with connect(api_url, api_key) as client:
-        hits = client.search(query, top_k=top_k)
+        hits = client.search(query, top_k=top_k, collection_ids=collection or None, filter=where)
     if json_:
         emit_json([h.raw for h in hits])
         return
@@ -31,6 +39,18 @@ def search(
         return
     rows = [(i, h.score, place(h.filename, h.page), snippet(h.text)) for i, h in enumerate(hits, 1)]
     out.print(table(None, ("#", "score", "file", "text"), rows))
+
+
+def _filter(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc.msg}", param_hint="--filter") from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("a JSON object", param_hint="--filter")
+    return value
 
 
 @documents.command("ls")

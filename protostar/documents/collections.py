@@ -138,5 +138,15 @@ def documents_page(
     return newest_first(session, stmt, model=Document, limit=limit, cursor=cursor)
 
 
+def of_document(session: Session, *, document_id: uuid.UUID) -> list[uuid.UUID]:
+    """The collections the document is in, oldest membership first."""
+    stmt = (
+        select(CollectionDocument.collection_id)
+        .where(CollectionDocument.document_id == document_id)
+        .order_by(CollectionDocument.created_at, CollectionDocument.collection_id)
+    )
+    return list(session.scalars(stmt))
+
+
 def touch(session: Session, collection_id: uuid.UUID) -> None:
     session.execute(update(Collection).where(Collection.id == collection_id).values(updated_at=text("now()")))

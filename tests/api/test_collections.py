@@ -93,6 +93,7 @@ def test_collections_crud_and_documents_stay_when_their_collection_goes(
     assert again.json()["document_count"] == 2  # once only
     listed = tenant.get(f"/v1/collections/{cid}/documents").json()["items"]
     assert {d["id"] for d in listed} == {docs["harbour"], docs["forge"]}
+    assert cid in tenant.get(f"/v1/documents/{docs['harbour']}").json()["collection_ids"]
 
     renamed = tenant.patch(f"/v1/collections/{cid}", json={"name": "shore"})
     assert renamed.status_code == 200 and renamed.json()["name"] == "shore"

@@ -99,6 +99,21 @@ def test_search_finds_the_file_and_page(live: Live, ingested: list[dict[str, obj
     assert table.returncode == 0 and "norwich-city.txt" in table.stdout
 
 
+def test_search_takes_a_metadata_filter(live: Live, api: httpx.Client, ingested: list[dict[str, object]]) -> None:
+    """Every upload's metadata has its ``kind``: a filter on it keeps only plain-text files; a bad filter is the
+    API's 422."""
+    done = protostar("search", "Norwich City football club", "-f", '{"kind": "txt"}', "--json", live=live)
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout)
+    assert "norwich-city.txt" in {h["filename"] for h in hits}
+    kinds = {api.get(f"/v1/documents/{h['document_id']}").json()["metadata"]["kind"] for h in hits}
+    assert kinds == {"txt"}
+    bad = protostar("search", "Norwich", "-f", '{"kind": {"$like": "t%"}}', live=live)
+    assert bad.returncode == 1 and "unknown operator" in bad.stderr
+    usage = protostar("search", "Norwich", "-f", "kind=text", live=live)
+    assert usage.returncode == 2
+
+
 def test_ask_streams_the_answer_then_its_sources(
     live: Live, api: httpx.Client, ingested: list[dict[str, object]]
 ) -> None:

@@ -145,9 +145,9 @@ def _into(session: Session, principal: Principal, collection_id: uuid.UUID, docu
 
 @router.get("/documents/{document_id}", response_model=DocumentDetail)
 def get_document(document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> DocumentDetail:
-    """The document, with its latest summary once one was made."""
+    """The document, with its latest summary once one was made and the collections it is in."""
     document, summary = repo.get_with_summary(session, tenant_id=principal.tenant_id, document_id=document_id)
-    return DocumentDetail.with_summary(document, summary)
+    return DocumentDetail.with_summary(document, summary, collections.of_document(session, document_id=document.id))
 
 
 @router.get("/documents", response_model=DocumentPage)

@@ -100,13 +100,14 @@ def test_up_serves_shows_workers_in_flower_and_stops_clean(up_env: dict[str, str
                 )
                 for name, w in body.items()
             }
-            return seen if {"ingest", "chat", "summary", "maintenance"} <= set(seen) else None
+            return seen if {"ingest", "chat", "summary", "maintenance", "webhooks"} <= set(seen) else None
 
         seen = wait_for(workers, timeout=60, every=1, what="Flower to list the workers")
         assert seen["ingest"][0] == ["ingest"] and "prefork" in seen["ingest"][1]
         assert seen["chat"][0] == ["chat"] and "thread" in seen["chat"][1]
         assert seen["summary"][0] == ["summary"]
         assert seen["maintenance"][0] == ["maintenance"]  # beat's tasks on a worker of their own
+        assert seen["webhooks"][0] == ["webhooks"] and "thread" in seen["webhooks"][1]  # deliveries, on their own
 
         def reconciled() -> bool:  # beat sends the reconciler every few seconds; the maintenance worker runs it
             lines = up.log.read_text().splitlines()

@@ -29,6 +29,7 @@ from protostar import __version__, backoff
 from protostar.constants import DeliveryStatus
 from protostar.db.models import WebhookDelivery, WebhookEndpoint
 from protostar.settings import Settings
+from protostar.webhooks import deadline
 from protostar.webhooks.address import AddressRefused, Target, check
 from protostar.webhooks.sign import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, signature
 
@@ -112,7 +113,8 @@ def post(
     target: Target, body: bytes, headers: dict[str, str], *, settings: Settings, transport: httpx.BaseTransport | None
 ) -> int:
     """POST ``body`` to the checked address (the URL's host kept as the Host header and the TLS server name);
-    the answer's status. No redirect is followed, no proxy from the environment used, the answer's body not read."""
+    the answer's status. No redirect is followed, no proxy from the environment used, the answer's body not read;
+    the whole call ends within the connect and read timeouts together (``webhooks.deadline``)."""
     url = httpx.URL(target.url)
     pinned = url.copy_with(host=target.ip)
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
@@ -122,9 +124,11 @@ def post(
         write=settings.webhooks_read_timeout,
         pool=settings.webhooks_connect_timeout,
     )
+    total = settings.webhooks_connect_timeout + settings.webhooks_read_timeout  # the whole call, however paced
+    used = transport or deadline.transport(total)
     _calling.on = True
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport) as client:
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=used) as client:
             request = client.build_request(
                 "POST", pinned, content=body, headers={**headers, "Host": url.netloc.decode()}, extensions=extensions
             )

@@ -13,11 +13,14 @@ import pytest
 from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session
 
+from protostar.constants import WebhookEvent
 from protostar.db.models import WebhookDelivery, WebhookEndpoint
+from protostar.errors import Conflict
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.reconcile import resend_webhooks
 from protostar.settings import Settings
 from protostar.webhooks import repo
+from protostar.webhooks.address import AddressRefused
 from protostar.webhooks.deliver import deliver
 from protostar.webhooks.sign import verify
 from tests.api.test_auth import create_key
@@ -149,3 +152,30 @@ def test_a_lost_send_is_made_again_by_the_reconciler(
         wait_for(lambda: row(engine, delivery_id).status == "succeeded", what="the row to say so")
     finally:
         receiver.stop()
+
+
+def test_registration_refuses_inside_addresses_with_the_setting_off(engine: Engine, tenant: httpx.Client) -> None:
+    """What ``POST /v1/webhooks`` runs, with ``PROTOSTAR_WEBHOOKS_ALLOW_PRIVATE`` off (the test stack sets it on)."""
+    delivery_id, _ = unsent_ping(engine, tenant, "http://127.0.0.1:9/x")
+    tenant_id = row(engine, delivery_id).tenant_id
+
+    def create(url: str, *, allow_private: bool = False, max_endpoints: int = 20) -> None:
+        with Session(engine) as session:
+            repo.create(
+                session,
+                tenant_id=tenant_id,
+                url=url,
+                events=[WebhookEvent.JOB_FAILED],
+                secret=None,
+                description=None,
+                allow_private=allow_private,
+                max_endpoints=max_endpoints,
+            )
+
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://localhost:8000/", "http://[::1]/"):
+        with pytest.raises(AddressRefused) as refused:
+            create(url)
+        assert refused.value.status == 422 and "private" in refused.value.message
+    with pytest.raises(Conflict) as full:
+        create("http://127.0.0.1:9/y", allow_private=True, max_endpoints=1)
+    assert full.value.status == 409

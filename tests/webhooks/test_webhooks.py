@@ -28,10 +28,13 @@ def tenant(live: Live) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(tenant: httpx.Client) -> Iterator[Receiver]:
+    """A receiver, and after the test none of the tenant's endpoints left (none retries into later tests)."""
     receiver = Receiver()
     yield receiver
     receiver.stop()
+    for hook in tenant.get("/v1/webhooks").json()["items"]:
+        tenant.delete(f"/v1/webhooks/{hook['id']}")
 
 
 def register(api: httpx.Client, receiver: Receiver, events: list[str]) -> dict[str, Any]:

@@ -319,6 +319,7 @@ class CollectionDocument(Base):
 
     collection_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
     document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = _now()
 
 
 class WebhookEndpoint(Base):

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from protostar.chat.prompt import Turn
 from protostar.constants import JobKind, JobStatus, MessageStatus
 from protostar.db.models import ChatSession, Job, Message
+from protostar.db.owned import owned
 from protostar.db.pages import latest_by_seq, newest_first
-from protostar.errors import InputRejected, NotFound
+from protostar.errors import InputRejected
 
 
 def create_session(
@@ -44,10 +45,7 @@ def unbind_collection(session: Session, *, tenant_id: uuid.UUID, collection_id: 
 
 
 def get_session(session: Session, *, tenant_id: uuid.UUID, session_id: uuid.UUID) -> ChatSession:
-    row = session.get(ChatSession, session_id)
-    if row is None or row.tenant_id != tenant_id:
-        raise NotFound(f"session {session_id} not found")
-    return row
+    return owned(session, ChatSession, session_id, tenant_id=tenant_id, name="session")
 
 
 def messages(session: Session, *, session_id: uuid.UUID) -> list[Message]:

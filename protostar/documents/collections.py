@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from protostar.db.models import Collection, CollectionDocument, Document
+from protostar.db.owned import owned
 from protostar.db.pages import newest_first
 from protostar.errors import NotFound
 
@@ -38,10 +39,7 @@ def create(session: Session, *, tenant_id: uuid.UUID, name: str) -> Collection:
 
 
 def get(session: Session, *, tenant_id: uuid.UUID, collection_id: uuid.UUID) -> Collection:
-    row = session.get(Collection, collection_id)
-    if row is None or row.tenant_id != tenant_id:
-        raise NotFound(f"collection {collection_id} not found")
-    return row
+    return owned(session, Collection, collection_id, tenant_id=tenant_id, name="collection")
 
 
 def counted(session: Session, rows: Iterable[Collection]) -> list[Counted]:

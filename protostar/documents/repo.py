@@ -11,15 +11,13 @@ from sqlalchemy import Connection, Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from protostar.db.models import Document, DocumentSummary
+from protostar.db.owned import owned
 from protostar.db.pages import newest_first
 from protostar.errors import NotFound
 
 
 def get_for_tenant(session: Session, *, tenant_id: uuid.UUID, document_id: uuid.UUID) -> Document:
-    document = session.get(Document, document_id)
-    if document is None or document.tenant_id != tenant_id:
-        raise NotFound(f"document {document_id} not found")
-    return document
+    return owned(session, Document, document_id, tenant_id=tenant_id, name="document")
 
 
 def get_with_summary(

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from protostar.constants import JobStatus
 from protostar.db.models import Job
+from protostar.db.owned import owned
 from protostar.db.pages import newest_first
-from protostar.errors import Conflict, NotFound, WorkerLost
+from protostar.errors import Conflict, WorkerLost
 from protostar.jobs import outbox, usage
 from protostar.jobs.ending import Ending
 
@@ -62,10 +63,7 @@ def get(session: Session, *, job_id: uuid.UUID) -> Job | None:
 
 
 def get_for_tenant(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:
-        raise NotFound(f"job {job_id} not found")
-    return job
+    return owned(session, Job, job_id, tenant_id=tenant_id, name="job")
 
 
 def mark_dispatched(engine: Engine, *, job_id: uuid.UUID) -> None:

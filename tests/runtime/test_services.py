@@ -92,12 +92,23 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def leftover_sockets(settings: Settings) -> list[Path]:
-    """Unix sockets weed left behind: in its data dir, or in /tmp, named by one of its ports."""
+    """Unix sockets weed left behind: in its data dir, or in /tmp under the names it gives this server's ports.
+
+    Only the exact names count: /tmp also holds the sockets of weeds killed elsewhere, one of whose ports may
+    since have become one of this server's ports under another role.
+    """
     s3_dir = settings.data_dir / "s3"
     aux = json.loads((s3_dir / "ports.json").read_text())
-    ports = {settings.s3_port, *aux.values(), aux["admin"] + 10_000}
-    in_tmp = [p for p in Path("/tmp").glob("seaweedfs-*.sock") if int(p.stem.rsplit("-", 1)[1]) in ports]
-    return [*s3_dir.glob("*.sock"), *in_tmp]
+    grpc = {
+        "s3": aux["s3_grpc"],
+        "filer": aux["filer_grpc"],
+        "master": aux["master_grpc"],
+        "volume": aux["volume_grpc"],
+        "admin": aux["admin"] + 10_000,
+    }
+    in_tmp = [Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock") for kind, port in grpc.items()]
+    in_tmp += [Path(f"/tmp/seaweedfs-s3-{settings.s3_port}.sock"), Path(f"/tmp/seaweedfs-filer-{aux['filer']}.sock")]
+    return [*s3_dir.glob("*.sock"), *(p for p in in_tmp if p.exists())]
 
 
 def sql_url(stack: Stack) -> str:

@@ -170,6 +170,8 @@ def bench_env(data_dir: Path, log_level: str) -> dict[str, str]:
         "PROTOSTAR_API_PORT": str(free_port()),
         "PROTOSTAR_BOOTSTRAP_API_KEY": "ps_bench_" + secrets.token_urlsafe(24),
         "PROTOSTAR_INGEST_CONCURRENCY": "1",
+        # Load phases queue thousands of jobs for one tenant faster than anything consumes them: no 429s.
+        "PROTOSTAR_TENANT_MAX_QUEUED": "1000000",
         # Ingestion and search never call the LLM: an address where nothing listens keeps the stack from
         # starting its embedded llama-server (RAM and CPU threads this benchmark has no use for).
         "PROTOSTAR_LLM_BASE_URL": "http://127.0.0.1:9/v1",

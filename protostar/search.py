@@ -10,9 +10,15 @@ its own, then ``score = Σ 1 / (60 + rank)`` over the lists a chunk appears in.
   planner may prefer the ``tenant_id`` index and an exact sort, which is also right.
 - Full-text side: chunks matching the question with every word (``websearch_to_tsquery``) first; when those
   are fewer than the candidates wanted, then chunks matching any of its words (questions rarely share all
-  their words with the answer); each tier by ``ts_rank_cd``. Ranking reads every matching chunk's ``tsv``, so
-  each tier ranks at most ``FTS_POOL`` matches (an arbitrary subset when a query of common words matches
-  more): a bound on latency, at the price of recall for such over-broad queries.
+  their words with the answer); each tier by ``ts_rank_cd``. Ranking reads every ranked chunk's ``tsv``, so
+  each tier ranks at most ``FTS_POOL`` chunks. The "any word" tier takes the chunks holding the question's
+  *rarest* words (:func:`rare_words`): its lexemes by the number of the tenant's chunks estimated to hold each
+  (the share of ``chunks`` holding it, from ``pg_stats`` of ``tsv``, times the tenant's chunks, from
+  ``pg_stats`` of ``tenant_id``; both cached per process for ``STATISTICS_TTL``), as many as stay within the
+  pool together, the rarest always; the chunks are still ranked by the whole question. A tenant with few
+  chunks keeps every word (every match ranked, as without a bound); a large one ranks the chunks of its rare
+  words, not the first matches in storage order. The question's lexemes come back with the HNSW settings
+  (:func:`configure_scan`), so a search is still two statements.
 
 Only chunks embedded with ``model`` are searched, on both sides, so the two lists rank the same corpus.
 
@@ -52,17 +58,17 @@ logger = logging.getLogger(__name__)
 RRF_K = 60
 MAX_LOOSE_WORDS = 32
 EXACT_CHUNKS = 20_000  # a scope of at most this many chunks is ranked exactly on the vector side
-FTS_POOL = 1000  # most full-text matches ranked per tier: bounds the cost of a question of common words.
-# 200 halved the latency at 100k chunks (bench.ingest), but then the "any word" tier of a 2,754-chunk corpus was
-# an arbitrary fifth of its matches, chosen by the order the chunks were stored in: with another ingest order a
-# qa.jsonl question fell out of the top 5 (with 1000 it ranks first). A bound that keeps recall is issue 14's.
+FTS_POOL = 300  # most chunks ranked per full-text tier, and the "any word" tier's budget of estimated matches.
+# Before the rarest words chose that tier's chunks it was an arbitrary subset in storage order when a question's
+# words matched more: 200 then lost a qa.jsonl question, 1,000 kept it at twice the latency (bench.ingest).
 _WORD = re.compile(r"\w+")
 _EXCLUDED = re.compile(r"(?<![\w-])-\w+")  # websearch syntax: -word excludes the word
 
 _SEARCH = """
-WITH q AS (
+WITH q AS MATERIALIZED (
     SELECT websearch_to_tsquery('english', %(query)s) AS strict, websearch_to_tsquery('english', %(loose)s) AS loose
 ),
+rare AS (SELECT %(rare)s::tsquery AS words),
 vec AS MATERIALIZED ({vec}),
 every_word AS MATERIALIZED (
     SELECT c.id, c.tsv FROM chunks c CROSS JOIN q
@@ -70,8 +76,8 @@ every_word AS MATERIALIZED (
     LIMIT %(pool)s
 ),
 some_word AS MATERIALIZED (
-    SELECT c.id, c.tsv FROM chunks c CROSS JOIN q
-    WHERE c.tsv @@ q.loose AND NOT c.tsv @@ q.strict AND c.embedding_model = {model}
+    SELECT c.id, c.tsv FROM chunks c CROSS JOIN q CROSS JOIN rare
+    WHERE c.tsv @@ rare.words AND NOT c.tsv @@ q.strict AND c.embedding_model = {model}
       AND c.tenant_id = %(tenant)s{c_scope}
       AND (SELECT count(*) FROM every_word) < %(candidates)s
     LIMIT %(pool)s
@@ -119,6 +125,18 @@ _VEC_EXACT = """
     ORDER BY distance, id
     LIMIT %(candidates)s
 """
+
+# What ANALYZE found in ``chunks``: the most common lexemes of ``tsv`` and the share of the rows holding each
+# (the list's least share follows it), the most common tenants and their shares, the rows.
+_STATISTICS = """
+SELECT w.most_common_elems::text::text[], w.most_common_elem_freqs,
+       t.most_common_vals::text::uuid[], t.most_common_freqs, t.n_distinct,
+       (SELECT greatest(c.reltuples, 0) FROM pg_class c WHERE c.oid = 'chunks'::regclass)
+FROM (SELECT 1) one
+LEFT JOIN pg_stats w ON w.schemaname = current_schema() AND w.tablename = 'chunks' AND w.attname = 'tsv'
+LEFT JOIN pg_stats t ON t.schemaname = current_schema() AND t.tablename = 'chunks' AND t.attname = 'tenant_id'
+"""
+STATISTICS_TTL = 60.0  # seconds a process keeps the statistics above before reading them again
 
 _IN_SCOPE = """
 SELECT coalesce(array_agg(d.id), '{{}}'::uuid[]), coalesce(sum(d.chunk_count), 0)
@@ -196,7 +214,7 @@ def search(
         documents = in_scope(conn, tenant_id=tenant_id, scope=scope)
         if not documents.document_ids:
             return []
-    configure_scan(conn, ef_search=max(ef_search, candidates))
+    lexemes = configure_scan(conn, ef_search=max(ef_search, candidates), query=query)
     statement, params = search_statement(
         conn,
         tenant_id=tenant_id,
@@ -206,6 +224,7 @@ def search(
         top_k=top_k,
         candidates=max(candidates, top_k),
         documents=documents,
+        lexemes=lexemes,
     )
     rows = conn.exec_driver_sql(statement, params).all()
     hits = [Hit(row[0], row[1], row[2], float(row[3]), row[4], row[5], row[6], row[7]) for row in rows]
@@ -245,14 +264,17 @@ def retrieve(
         )
 
 
-def configure_scan(conn: Connection, *, ef_search: int) -> None:
-    """HNSW settings for the rest of the caller's transaction (``SET LOCAL``)."""
-    conn.execute(
+def configure_scan(conn: Connection, *, ef_search: int, query: str = "") -> list[str]:
+    """HNSW settings for the rest of the caller's transaction (``SET LOCAL``); in the same round trip, the
+    lexemes of ``query``'s words (:func:`query_words`), which :func:`search_statement` takes."""
+    row = conn.execute(
         text(
-            "SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+            "SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+            " tsvector_to_array(to_tsvector('english', :words))"
         ),
-        {"ef": str(min(max(ef_search, 1), 1000))},
-    )
+        {"ef": str(min(max(ef_search, 1), 1000)), "words": " ".join(query_words(query))},
+    ).one()
+    return list(row[2])
 
 
 def search_statement(
@@ -265,10 +287,14 @@ def search_statement(
     top_k: int,
     candidates: int,
     documents: InScope | None = None,
+    lexemes: list[str] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The SQL (model and dimension are literals: the partial index's predicate and the cast need them) and
-    its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests). ``documents``: only their chunks."""
+    its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests). ``documents``: only their chunks.
+    ``lexemes``: of the question's words, as :func:`configure_scan` answers them (read here when ``None``)."""
     raw = _driver(conn)
+    if lexemes is None:
+        lexemes = _lexemes(conn, query)
     dim, literal = sql.Literal(len(vector)), sql.Literal(model)
     scoped = documents is not None
     vec = _VEC_EXACT if documents is not None and documents.chunks <= EXACT_CHUNKS else _VEC_INDEX
@@ -287,6 +313,7 @@ def search_statement(
     params: dict[str, Any] = {
         "query": clean_text(query),
         "loose": loose_query(query),
+        "rare": rare_words(lexemes, rows=_rows(conn, tenant_id, documents), statistics=_statistics(conn)),
         "vector": vector_literal(vector),
         "tenant": tenant_id,
         "candidates": candidates,
@@ -299,6 +326,94 @@ def search_statement(
     return statement, params
 
 
+@dataclass(frozen=True)
+class Statistics:
+    """What the last ``ANALYZE`` of ``chunks`` says (``pg_stats``), as the "any word" tier needs it."""
+
+    lexemes: dict[str, float]  # the most common lexemes of ``tsv`` -> the share of chunks holding each
+    floor: float  # the share taken for a lexeme outside that list: the list's least
+    tenants: dict[uuid.UUID, float]  # the tenants with the most chunks -> their share of the rows
+    other_tenant: float  # the share taken for any other tenant (the rest, spread evenly)
+    rows: float  # of ``chunks``
+    read_at: float = 0.0  # time.monotonic()
+
+
+NO_STATISTICS = Statistics({}, 0.0, {}, 0.0, 0.0)
+_statistics_cache: dict[str, Statistics] = {}
+
+
+def rare_words(lexemes: list[str], *, rows: float, statistics: Statistics) -> str | None:
+    """The "any word" tier's query (``tsquery`` text): the question's lexemes by increasing estimated number
+    of chunks holding them (share x ``rows``, the longer first on a tie), as many as keep the sum of those
+    numbers within ``FTS_POOL``, and always the rarest one. A tenant whose chunks are few enough keeps every
+    word (estimates of 0 without statistics); one with many ranks the chunks of its rarest words instead of
+    the first ``FTS_POOL`` matches in storage order. ``None`` for no lexeme."""
+    ordered = sorted((statistics.lexemes.get(w, statistics.floor) * rows, -len(w), w) for w in set(lexemes))
+    chosen: list[str] = []
+    running = 0.0
+    for estimate, _, word in ordered:
+        running += estimate
+        if chosen and running > FTS_POOL:
+            break
+        chosen.append(word)
+    if not chosen:
+        return None
+    return " | ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in chosen)
+
+
+def rarest_words(conn: Connection, *, tenant_id: uuid.UUID, query: str, documents: InScope | None = None) -> str:
+    """:func:`rare_words` as :func:`search` picks them for the tenant (and ``documents``), for tests and
+    diagnostics ("" for none)."""
+    picked = rare_words(_lexemes(conn, query), rows=_rows(conn, tenant_id, documents), statistics=_statistics(conn))
+    return picked or ""
+
+
+def forget_statistics() -> None:
+    """Read ``pg_stats`` again at the next search (after an ``ANALYZE`` in a test)."""
+    _statistics_cache.clear()
+
+
+def _lexemes(conn: Connection, query: str) -> list[str]:
+    words = " ".join(query_words(query))
+    return list(conn.execute(text("SELECT tsvector_to_array(to_tsvector('english', :w))"), {"w": words}).scalar_one())
+
+
+def _rows(conn: Connection, tenant_id: uuid.UUID, documents: InScope | None) -> float:
+    """The chunks a search reads: its scope's, or the tenant's estimated from the statistics."""
+    if documents is not None:
+        return float(documents.chunks)
+    statistics = _statistics(conn)
+    return statistics.tenants.get(tenant_id, statistics.other_tenant) * statistics.rows
+
+
+def _statistics(conn: Connection) -> Statistics:
+    """The statistics of ``chunks``, read at most every ``STATISTICS_TTL`` seconds per database."""
+    key = conn.engine.url.render_as_string(hide_password=True)
+    cached = _statistics_cache.get(key)
+    now = time.monotonic()
+    if cached is not None and now - cached.read_at < STATISTICS_TTL:
+        return cached
+    lexemes, shares, tenants, tenant_shares, distinct, rows = conn.exec_driver_sql(_STATISTICS).one()
+    if not lexemes or not shares or rows is None:
+        fresh = NO_STATISTICS
+    else:
+        tenant_shares = list(tenant_shares or [])
+        listed = dict(zip(tenants or [], tenant_shares, strict=False))
+        distinct = float(distinct or 0.0)
+        count = -distinct * float(rows) if distinct < 0 else distinct  # negative: a share of the rows
+        others = max(count - len(listed), 1.0)
+        fresh = Statistics(
+            lexemes=dict(zip(lexemes, shares, strict=False)),
+            floor=float(shares[len(lexemes)]) if len(shares) > len(lexemes) else 0.0,
+            tenants=listed,
+            other_tenant=max(1.0 - sum(tenant_shares), 0.0) / others,
+            rows=float(rows),
+        )
+    fresh = Statistics(fresh.lexemes, fresh.floor, fresh.tenants, fresh.other_tenant, fresh.rows, now)
+    _statistics_cache[key] = fresh
+    return fresh
+
+
 def _driver(conn: Connection) -> psycopg.Connection[Any]:
     raw = conn.connection.driver_connection
     if not isinstance(raw, psycopg.Connection):
@@ -306,10 +421,16 @@ def _driver(conn: Connection) -> psycopg.Connection[Any]:
     return raw
 
 
+def query_words(query: str) -> list[str]:
+    """The question's words that a chunk may share: not excluded (``-word``), not ``or``; at most
+    ``MAX_LOOSE_WORDS``."""
+    words = [w for w in _WORD.findall(_EXCLUDED.sub(" ", clean_text(query))) if w.lower() != "or"]
+    return words[:MAX_LOOSE_WORDS]
+
+
 def loose_query(query: str) -> str:
     """The question's words joined by ``or`` (websearch syntax), so a chunk sharing any of them matches."""
-    words = [w for w in _WORD.findall(_EXCLUDED.sub(" ", clean_text(query))) if w.lower() != "or"]
-    return " or ".join(words[:MAX_LOOSE_WORDS])
+    return " or ".join(query_words(query))
 
 
 def _single_vector(query_vector: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:

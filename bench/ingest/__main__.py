@@ -308,19 +308,26 @@ def report_latency(report: Report, result: latency.Latency, noise: float) -> Non
         f"{pct(result.bare_server_ms, 0.5):.2f} / {max(result.bare_server_ms):.2f}",
         f"{pct(result.server_ms, 0.5) / pct(result.bare_server_ms, 0.5):.1f}x",
     )
-    ctes = {name: result.cte_ms[name] for name in ("vec", "every_word", "some_word", "fts") if name in result.cte_ms}
+    ctes = {name: result.cte_ms[name] for name in latency.CTES if name in result.cte_ms}
     report.add(
-        "  of which, p50 (ms): " + " · ".join(f"CTE {name}" for name in ctes) + " (fts includes the two word CTEs)",
+        "  of which, p50 (ms): " + " · ".join(f"CTE {name}" for name in ctes) + " (fts includes the word CTEs)",
         " · ".join(f"{pct(ms, 0.5):.2f}" for ms in ctes.values()),
     )
+    if result.evidence:
+        found = [rr for rr in result.evidence if rr > 0]
+        report.add(
+            f"  `qa.jsonl` answers in the top 5 at {result.rows:,} rows (the evidence in a hit's text, any copy): "
+            "recall@5 / MRR@5",
+            f"{len(found) / len(result.evidence):.2f} / {sum(result.evidence) / len(result.evidence):.3f}",
+        )
     report.add("  query embedding, one question (the API does it before `search()`)", result.p(result.query_embed_ms))
     uses = {name: "HNSW" if "ix_chunks_hnsw" in plan else "no HNSW index" for name, plan in result.plans.items()}
     report.notes.append(
         f"phase 4 rows: the corpus's real chunk embeddings, each copied with Gaussian noise (sd {noise}) per "
         f"dimension and renormalised, texts of the source chunk + a copy number; COPY via store.replace_chunks "
-        f"{result.copy_seconds:.0f} s with the HNSW index dropped, rebuilt by store.ensure_vector_index in "
+        f"{result.copy_seconds:.0f} s with the HNSW index dropped, rebuilt by ensure_vector_index in "
         f"{result.index_seconds:.0f} s. Plans: Protostar {uses.get('protostar')}, bare {uses.get('bare')} "
-        f"(EXPLAIN ANALYZE in ingest.log); {result.short_answers} searches returned fewer than 5 hits"
+        f"(EXPLAIN ANALYZE below); {result.short_answers} searches returned fewer than 5 hits"
     )
 
 
@@ -408,6 +415,15 @@ def measure_corpus(
         report_latency(report, result, args.noise)
         for name, plan in result.plans.items():
             log.write(f"\n--- EXPLAIN ANALYZE, {name} search, {result.rows:,} rows ---\n{plan}\n")
+            report.extra += [
+                f"Query plan, {name} search, {result.rows:,} rows, the first `qa.jsonl` question "
+                f"(`EXPLAIN (ANALYZE, BUFFERS)`):",
+                "",
+                "```",
+                plan,
+                "```",
+                "",
+            ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

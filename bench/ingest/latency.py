@@ -5,7 +5,7 @@ The rows belong to a tenant of their own (``docs`` document rows of equal size) 
 chunks of the corpus: each chunk's text with a copy number appended, and its real embedding plus Gaussian
 noise (``noise`` per dimension), renormalised, so the vectors cluster as real ones do instead of being
 uniformly random. They go in with ``store.replace_chunks`` (COPY) while the HNSW index is dropped, then
-``store.ensure_vector_index`` rebuilds it (one bulk build is far faster than 100,000 inserts into the graph).
+``embeddings.index.ensure_vector_index`` rebuilds it (one bulk build is far faster than 100,000 inserts into the graph).
 Both queries check out a connection from the same pool (with its pre-ping), as the API's search route does.
 """
 
@@ -28,6 +28,7 @@ from bench.ingest import corpus
 logger = logging.getLogger(__name__)
 
 TENANT = "bench-100k"
+CTES = ("vec", "every_word", "rare", "some_word", "fts")  # the CTEs of search()'s statement timed from its plan
 BARE = """
 SELECT id FROM chunks
 WHERE tenant_id = %(tenant)s AND embedding_model = {model}
@@ -49,7 +50,8 @@ class Latency:
     server_ms: list[float] = field(default_factory=list)  # EXPLAIN ANALYZE execution time, once per question
     bare_server_ms: list[float] = field(default_factory=list)
     cte_ms: dict[str, list[float]] = field(default_factory=dict)  # Protostar's statement, per CTE
-    plans: dict[str, str] = field(default_factory=dict)  # text plans of the first question, for the log
+    plans: dict[str, str] = field(default_factory=dict)  # text plans (first question, and the slowest), for the log
+    evidence: list[float] = field(default_factory=list)  # per question: 1/rank of the first hit holding its evidence
 
     def p(self, values: list[float]) -> str:
         return f"{pct(values, 0.5):.2f} / {pct(values, 0.99):.2f}"
@@ -60,6 +62,7 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
     from protostar.auth import ensure_tenant
     from protostar.db.engine import make_sessionmaker
     from protostar.embeddings.embed import normalize
+    from protostar.embeddings.index import ensure_vector_index, index_name
     from protostar.ingest import store
     from protostar.ingest.chunk import Chunk
 
@@ -68,7 +71,7 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
     with make_sessionmaker(system.engine).begin() as session:
         tenant_id = ensure_tenant(session, TENANT)
     document_ids = _documents(system, tenant_id, docs)
-    index = store.index_name(model)
+    index = index_name(model)
     with system.engine.begin() as conn:
         conn.execute(text(f'DROP INDEX IF EXISTS "{index}"'))
     per_doc = rows // docs
@@ -96,7 +99,7 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
         conn.execute(text("ALTER SYSTEM SET maintenance_work_mem = '1GB'"))
         conn.execute(text("SELECT pg_reload_conf()"))
     started = time.perf_counter()
-    store.ensure_vector_index(system.engine, model=model, dim=vectors.shape[1])
+    ensure_vector_index(system.engine, model=model, dim=vectors.shape[1])
     index_seconds = time.perf_counter() - started
     with system.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ALTER SYSTEM RESET maintenance_work_mem"))
@@ -152,7 +155,7 @@ def measure(system: System, result: Latency, embedder: Any, *, reps: int, warmup
     dim = len(vectors[0])
     bare = BARE.format(model=_literal(embedder.model), dim=dim)
     for round_ in range(warmup + reps):
-        for question, vector in zip(questions, vectors, strict=True):
+        for q, question, vector in zip(corpus.questions(), questions, vectors, strict=True):
             started = time.perf_counter()
             with system.engine.connect() as conn:
                 hits = search(
@@ -166,6 +169,8 @@ def measure(system: System, result: Latency, embedder: Any, *, reps: int, warmup
                 result.protostar_ms.append((middle - started) * 1000)
                 result.bare_ms.append((ended - middle) * 1000)
                 result.short_answers += len(hits) < 5
+            if round_ == warmup + reps - 1:
+                result.evidence.append(_evidence_rank(q, [h.text for h in hits]))
     for i, (question, vector) in enumerate(zip(questions, vectors, strict=True)):
         ours, theirs = explain(system, tenant_id, question, vector, embedder.model, bare, json=True)
         result.server_ms.append(float(ours["Execution Time"]))
@@ -175,6 +180,20 @@ def measure(system: System, result: Latency, embedder: Any, *, reps: int, warmup
         if i == 0:
             text_ours, text_theirs = explain(system, tenant_id, question, vector, embedder.model, bare, json=False)
             result.plans = {"protostar": text_ours, "bare": text_theirs}
+    slowest = int(np.argmax(result.server_ms))
+    if slowest:
+        text_ours, _ = explain(
+            system, tenant_id, questions[slowest], vectors[slowest], embedder.model, bare, json=False
+        )
+        result.plans[f"protostar, the slowest question ({questions[slowest]!r})"] = text_ours
+
+
+def _evidence_rank(question: corpus.Question, texts: list[str]) -> float:
+    """1 / rank of the first of ``texts`` that holds the question's evidence (any copy of the answer), or 0."""
+    for rank, body in enumerate(texts[:5], start=1):
+        if any(e in body for e in question.evidence):
+            return 1 / rank
+    return 0.0
 
 
 def explain(

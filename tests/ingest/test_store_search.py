@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, Engine, insert, text
 
+from protostar import search as search_module
 from protostar.db.models import Document, Tenant
 from protostar.embeddings.embed import LocalEmbedder
 from protostar.embeddings.index import ensure_configured_index, ensure_vector_index, hashed_index_name, index_name
@@ -363,3 +364,44 @@ def test_concurrent_index_builds_for_one_model_make_one_valid_index(engine: Engi
             )
         ).all()
     assert [tuple(r) for r in rows] == [("ix_chunks_hnsw_test_4d", True)]
+
+
+def test_the_any_word_tier_ranks_the_chunks_of_the_rarest_words_not_the_first_stored(
+    engine: Engine, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the question's words match more chunks than a tier ranks (``FTS_POOL``), the "any word" tier takes
+    the chunks holding its rarest words (by the planner's statistics of ``chunks.tsv``), not the first matches
+    in storage order: here the one chunk with the rare word, stored after 3,000 chunks with the common one."""
+    monkeypatch.setattr(search_module, "FTS_POOL", 100)
+    tenant = corpus.tenant()
+    doc = corpus.document(tenant)
+    fillers = [f"widget inventory line {i}" for i in range(3000)]
+    target = "The zanzibar ledger lists every shipment."
+    corpus.store(tenant, doc, [*fillers, target], unit(3001, 384, 14))
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE chunks"))
+    search_module.forget_statistics()
+    far_away = unit(1, 384, 15)[0]  # the vector side ranks noise: full text has to find it
+    hits = find(engine, tenant, "widget zanzibar", far_away, top_k=5)
+    assert target in [h.text for h in hits]
+    with engine.connect() as conn:
+        assert search_module.rarest_words(conn, tenant_id=tenant, query="widget zanzibar") == "'zanzibar'"
+        # a tenant with no chunks (far fewer than the pool) keeps every word
+        assert search_module.rarest_words(conn, tenant_id=uuid.uuid4(), query="widget zanzibar") in (
+            "'widget' | 'zanzibar'",
+            "'zanzibar' | 'widget'",
+        )
+
+
+def test_rare_words_keep_the_rarest_within_the_pool() -> None:
+    statistics = search_module.Statistics(
+        lexemes={"common": 0.5, "usual": 0.1, "rare": 0.001}, floor=0.001, tenants={}, other_tenant=1.0, rows=10_000
+    )
+    pick = search_module.rare_words
+    # estimates: rare 10, unlisted 10 each (the longer first), usual 1,000, common 5,000; the pool is 1,000
+    assert pick(["common", "usual", "rare", "zed"], rows=10_000, statistics=statistics) == "'rare' | 'zed'"
+    assert pick(["common", "usual"], rows=10_000, statistics=statistics) == "'usual'"
+    assert pick(["common"], rows=10_000, statistics=statistics) == "'common'"  # the rarest, always
+    assert pick(["common", "usual", "rare"], rows=100, statistics=statistics) == "'rare' | 'usual' | 'common'"
+    assert pick(["o'neil"], rows=0, statistics=search_module.NO_STATISTICS) == "'o''neil'"
+    assert pick([], rows=100, statistics=statistics) is None

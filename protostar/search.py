@@ -76,8 +76,8 @@ every_word AS MATERIALIZED (
     LIMIT %(pool)s
 ),
 some_word AS MATERIALIZED (
-    SELECT c.id, c.tsv FROM chunks c CROSS JOIN q CROSS JOIN rare
-    WHERE c.tsv @@ rare.words AND NOT c.tsv @@ q.strict AND c.embedding_model = {model}
+    SELECT c.id, c.tsv FROM chunks c CROSS JOIN rare
+    WHERE c.tsv @@ rare.words AND c.id NOT IN (SELECT id FROM every_word) AND c.embedding_model = {model}
       AND c.tenant_id = %(tenant)s{c_scope}
       AND (SELECT count(*) FROM every_word) < %(candidates)s
     LIMIT %(pool)s

@@ -1,4 +1,5 @@
-"""Dependencies, as ``Annotated`` aliases so routes read like plain signatures."""
+"""Dependencies, as ``Annotated`` aliases so routes read like plain signatures. Those that do no I/O are
+``async def``: FastAPI runs a sync dependency in the threadpool, a hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from protostar.auth import Principal
 from protostar.errors import DependencyTimeout, Forbidden
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     if request.scope.get(ABANDONED):  # answered 503 by the deadline already: start no work for it
         raise DependencyTimeout("the request was answered already")
     state: AppState = request.app.state.protostar
@@ -33,7 +34,7 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(request: Request, state: StateDep) -> Principal:
+async def get_principal(request: Request, state: StateDep) -> Principal:
     """The caller, as the guard resolved it before the body was read (``protostar.api.guard``)."""
     resolved = request.scope.get("state", {})
     if AUTH_ERROR in resolved:
@@ -41,13 +42,13 @@ def get_principal(request: Request, state: StateDep) -> Principal:
     principal = resolved.get(PRINCIPAL)
     if isinstance(principal, Principal):
         return principal
-    return state.authenticate(request.headers.get("authorization", ""))
+    return await state.resolve(request.headers.get("authorization", ""))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_admin(principal: PrincipalDep) -> Principal:
+async def get_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise Forbidden("this route needs an admin key")
     return principal

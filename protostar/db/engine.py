@@ -1,4 +1,11 @@
-"""Engines are built by whoever owns a process: the API in its lifespan, a worker after fork."""
+"""Engines are built by whoever owns a process: the API in its lifespan, a worker after fork.
+
+No ``pool_pre_ping``: it cost a round trip on every checkout. A connection is replaced after ``pool_recycle``
+seconds, and one found dead when used (PostgreSQL restarted, say) fails that statement with an
+``OperationalError``, which the API answers ``503`` and a task retries as a dependency's failure
+(``jobs.faults``); SQLAlchemy then invalidates it and every connection of the pool opened before, so the next
+checkouts connect afresh. The API's readiness pings (``api.deadline.Monitor``, every 0.25 s) usually meet a
+dead connection first."""
 
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ def make_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=False,  # see the module's docstring
         pool_recycle=1800,
         pool_timeout=30.0 if wait is None else wait,
         # libpq counts whole seconds and treats 1 as 2

@@ -16,7 +16,10 @@ ending whose own send was lost (a worker killed right after the end, PostgreSQL 
 Counting and inserting (or counting and sending) happen under a transaction-scoped advisory lock on
 (tenant, queue), taken in a statement of its own: the count that follows is a new statement, so its snapshot
 sees every job a concurrent submit or ending committed before the lock was ours. Caps are exact, not
-approximate. The lock is per tenant and queue: tenants never wait for each other.
+approximate. The lock is per tenant and queue: tenants never wait for each other. A submit does it all in one
+statement (:func:`insert`, the database function ``protostar_submit_job`` of migration 0014, whose statements
+each take a fresh snapshot the same way): alone in autocommit, lock, count, insert and commit are one round
+trip and the lock is held only while the statement runs.
 
 A tenant's queued jobs per queue (waiting or sent, not started) are also bounded: past
 ``Settings.tenant_max_queued`` a submit answers ``429`` with ``Retry-After``, before anything is stored, and the
@@ -25,8 +28,11 @@ same count decides again under the lock at insert.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, text, update
 
@@ -110,6 +116,55 @@ def admit(conn: Connection, settings: Settings, *, tenant_id: uuid.UUID, queue: 
         _refuse_past_quota(settings, queued, queue)
     limit = cap(settings, queue)
     return Admission(send=in_flight < limit, in_flight=in_flight, cap=limit)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    admission: Admission
+    created_at: datetime  # the job's, from the database clock (its ``dispatched_at`` too when sent)
+
+
+_SUBMIT = text(
+    "SELECT admitted, sent, in_flight, queued, created_at FROM protostar_submit_job("
+    "CAST(:id AS uuid), CAST(:tenant AS uuid), :kind, :task, :queue, CAST(:payload AS jsonb), :cap, :max_queued)"
+)
+
+
+def insert(
+    conn: Connection,
+    settings: Settings,
+    *,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    kind: str,
+    task_name: str,
+    queue: str,
+    payload: dict[str, Any],
+    quota: bool,
+) -> Inserted:
+    """:func:`admit` and the job's insert in one statement (migration 0014): ``queued``, counted as sent
+    (``dispatched_at`` set) when a slot is free, else waiting its turn (stage :data:`WAITING_TURN`). Past the
+    quota (when ``quota``) ``TooManyRequests`` and nothing written. In autocommit the statement commits it; in
+    a transaction the lock is held until that ends. A unique index's refusal (one in flight per target) is the
+    ``IntegrityError`` of the statement."""
+    limit = cap(settings, queue)
+    row = conn.execute(
+        _SUBMIT,
+        {
+            "id": job_id,
+            "tenant": tenant_id,
+            "kind": kind,
+            "task": task_name,
+            "queue": queue,
+            "payload": json.dumps(payload),
+            "cap": limit,
+            "max_queued": settings.tenant_max_queued if quota else None,
+        },
+    ).one()
+    if not row[0]:
+        _refuse_past_quota(settings, int(row[3]), queue)
+        raise AssertionError("refused under the quota")  # pragma: no cover (the line above raised)
+    return Inserted(Admission(send=bool(row[1]), in_flight=int(row[2]), cap=limit), created_at=row[4])
 
 
 def take(conn: Connection, *, tenant_id: uuid.UUID, queue: str, limit: int) -> list[Released]:

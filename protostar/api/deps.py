@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
 
+from anyio import to_thread
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,20 @@ def get_session(state: StateDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+T = TypeVar("T")
+
+
+async def in_one_hop(state: AppState, work: Callable[[Session], T]) -> T:
+    """``work`` with a session of its own, in one threadpool hop: a sync route with :data:`SessionDep` takes
+    three (the session's opening, the route, the session's closing) and a fourth for its response's validation.
+    For an ``async def`` route whose database and broker work is all in ``work``."""
+
+    def run() -> T:
+        with state.sessions() as session:
+            return work(session)
+
+    return await to_thread.run_sync(run)
 
 
 async def get_principal(request: Request, state: StateDep) -> Principal:

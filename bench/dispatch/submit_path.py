@@ -13,7 +13,7 @@ from bench.dispatch.rawhttp import RawHttp
 from bench.dispatch.rig import BENCH_HOST, SUBMIT_QUEUE, Rig
 
 STEPS = (
-    "  pool checkout + protostar_submit_job (lock, count, INSERT, COMMIT: one statement in autocommit)",
+    "  pool checkout + protostar_submit_job (lock, count, INSERT, async COMMIT; sync COMMIT after: one message)",
     "  send_task",
     "  XADD queued event + EXPIRE",
 )
@@ -69,6 +69,7 @@ class InProcess:
                 queue=SUBMIT_QUEUE,
                 payload={"steps": 1, "sleep": 0.0, "fail": None},
                 quota=True,
+                alone=True,
             )
         ts.append(time.perf_counter())
         assert inserted.admission.send

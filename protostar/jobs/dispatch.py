@@ -72,7 +72,7 @@ class _Row:
     queue: str
     payload: dict[str, Any]
 
-    def insert(self, conn: Connection, settings: Settings, *, quota: bool) -> turns.Inserted:
+    def insert(self, conn: Connection, settings: Settings, *, quota: bool, alone: bool = False) -> turns.Inserted:
         return turns.insert(
             conn,
             settings,
@@ -83,6 +83,7 @@ class _Row:
             queue=self.queue,
             payload=self.payload,
             quota=quota,
+            alone=alone,
         )
 
     def job(self, inserted: turns.Inserted) -> Job:
@@ -197,7 +198,7 @@ class Dispatcher:
             try:
                 if alone:
                     with self.autocommit.connect() as conn:
-                        inserted = row.insert(conn, self.settings, quota=quota)
+                        inserted = row.insert(conn, self.settings, quota=quota, alone=True)
                     return Submitted(self._send_committed(row.job(inserted), inserted.admission), created=True)
                 assert session is not None
                 nested: AbstractContextManager[object] = session.begin_nested() if key is not None else nullcontext()

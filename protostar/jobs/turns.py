@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, text, update
 
 from protostar.constants import JobStatus, Queue
@@ -130,6 +131,22 @@ _SUBMIT = text(
 )
 
 
+_ALONE = (
+    "SELECT admitted, sent, in_flight, queued, created_at FROM protostar_submit_job("
+    "CAST({id} AS uuid), CAST({tenant} AS uuid), CAST({kind} AS text), CAST({task} AS text), "
+    "CAST({queue} AS text), CAST({payload} AS jsonb), CAST({cap} AS integer), CAST({max_queued} AS integer), true); "
+    "COMMIT; SELECT txid_current()"
+)
+
+
+def _alone(conn: Connection, params: dict[str, Any]) -> Any:
+    """The submit, its commit and a synchronous commit after it, as one simple-protocol message (several
+    statements need it: no bind parameters, so the values are rendered as literals by psycopg itself)."""
+    driver = conn.connection.driver_connection
+    literals = {name: sql.Literal(value).as_string(driver) for name, value in params.items()}
+    return conn.exec_driver_sql(_ALONE.format(**literals)).one()
+
+
 def insert(
     conn: Connection,
     settings: Settings,
@@ -141,26 +158,30 @@ def insert(
     queue: str,
     payload: dict[str, Any],
     quota: bool,
+    alone: bool = False,
 ) -> Inserted:
     """:func:`admit` and the job's insert in one statement (migration 0014): ``queued``, counted as sent
     (``dispatched_at`` set) when a slot is free, else waiting its turn (stage :data:`WAITING_TURN`). Past the
     quota (when ``quota``) ``TooManyRequests`` and nothing written. In autocommit the statement commits it; in
     a transaction the lock is held until that ends. A unique index's refusal (one in flight per target) is the
-    ``IntegrityError`` of the statement."""
+    ``IntegrityError`` of the statement.
+
+    ``alone`` (``conn`` in autocommit, nothing else to commit with the job): the call commits without waiting
+    for the disk, then, in the same message (one round trip), ``COMMIT; SELECT txid_current()`` commits a
+    transaction of its own synchronously, which flushes the WAL up to it, the job's commit included. So the
+    tenant's lock is never held across an fsync, and the job is durable when this returns."""
     limit = cap(settings, queue)
-    row = conn.execute(
-        _SUBMIT,
-        {
-            "id": job_id,
-            "tenant": tenant_id,
-            "kind": kind,
-            "task": task_name,
-            "queue": queue,
-            "payload": json.dumps(payload),
-            "cap": limit,
-            "max_queued": settings.tenant_max_queued if quota else None,
-        },
-    ).one()
+    params: dict[str, Any] = {
+        "id": job_id,
+        "tenant": tenant_id,
+        "kind": kind,
+        "task": task_name,
+        "queue": queue,
+        "payload": json.dumps(payload),
+        "cap": limit,
+        "max_queued": settings.tenant_max_queued if quota else None,
+    }
+    row = _alone(conn, params) if alone else conn.execute(_SUBMIT, params).one()
     if not row[0]:
         _refuse_past_quota(settings, int(row[3]), queue)
         raise AssertionError("refused under the quota")  # pragma: no cover (the line above raised)

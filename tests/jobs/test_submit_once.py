@@ -209,3 +209,19 @@ def test_one_summary_in_flight_per_target(live: Live, pool: Engine, client: redi
         answers = list(threads.map(lambda _: summarize(), range(6)))
     assert len({job_id for job_id, _ in answers}) == 1
     assert sum(created for _, created in answers) == 1
+
+
+def test_a_submit_leaves_its_connection_committing_synchronously(live: Live, pool: Engine, client: redis.Redis) -> None:
+    """The submit's own commit waits for no disk (``synchronous_commit`` off for that transaction only); the
+    connection it goes back to the pool with commits synchronously, and the job is committed."""
+    engine = make_engine(live.settings, pool_size=1, max_overflow=0)  # one connection: the submit's
+    try:
+        dispatcher = dispatcher_of(live, engine, client, Broker())
+        tenant = new_tenant(engine)
+        job_id = probe(dispatcher, None, tenant)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        assert counts(pool, tenant) == (1, 1, 0)
+        assert client.xlen(stream_key(job_id)) == 1
+    finally:
+        engine.dispose()

@@ -10,6 +10,13 @@ snapshot for each statement it runs, so the count, which runs after ``pg_advisor
 every transaction committed before the lock was ours (a transaction holding that lock releases it only after
 its commit is visible). ``tests/jobs/test_submit_once.py`` checks exact caps under concurrent submits.
 
+``p_async_commit``: the transaction commits without waiting for its WAL to reach the disk, so the lock is
+released without an fsync inside it (on a shared disk an fsync's p90 was several ms, and every submit of the
+tenant waited behind it). The caller then makes it durable before it sends or answers: any later transaction
+committed synchronously flushes the WAL up to its own commit record, ours included (``jobs.turns.insert``
+sends ``COMMIT; SELECT txid_current()`` after the call in the same message). Until then nothing was sent and
+nobody was answered; a crash in between loses a job no one was told of.
+
 Revision ID: 0014
 Revises: 0012
 Create Date: 2026-11-29
@@ -27,7 +34,7 @@ depends_on = None
 SUBMIT = """
 CREATE OR REPLACE FUNCTION protostar_submit_job(
     p_id uuid, p_tenant uuid, p_kind text, p_task text, p_queue text, p_payload jsonb,
-    p_cap integer, p_max_queued integer
+    p_cap integer, p_max_queued integer, p_async_commit boolean DEFAULT false
 ) RETURNS TABLE (admitted boolean, sent boolean, in_flight integer, queued integer, created_at timestamptz)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
@@ -37,6 +44,9 @@ DECLARE
     v_send boolean;
     v_created timestamptz;
 BEGIN
+    IF p_async_commit THEN  -- the caller makes the commit durable itself, after the lock is released
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended('turns:' || p_tenant::text || ':' || p_queue, 0));
     -- a statement of its own, after the lock: a fresh snapshot (see the migration's docstring)
     SELECT count(*) FILTER (WHERE j.status = 'running' OR j.dispatched_at IS NOT NULL),
@@ -66,4 +76,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION IF EXISTS protostar_submit_job(uuid, uuid, text, text, text, jsonb, integer, integer)")
+    op.execute(
+        "DROP FUNCTION IF EXISTS protostar_submit_job(uuid, uuid, text, text, text, jsonb, integer, integer, boolean)"
+    )

@@ -37,7 +37,19 @@ SessionDep = Annotated[Session, Depends(get_session)]
 T = TypeVar("T")
 
 
-async def in_one_hop(state: AppState, work: Callable[[Session], T]) -> T:
+def _unless_abandoned(request: Request, work: Callable[[], T]) -> T:
+    if request.scope.get(ABANDONED):  # answered 503 while it waited for a thread: start no work for it
+        raise DependencyTimeout("the request was answered already")
+    return work()
+
+
+async def in_thread(request: Request, work: Callable[[], T]) -> T:
+    """``work`` in the threadpool, unless the request was answered by the deadline (``api.deadline``) before a
+    thread took it up: as a sync dependency refuses to start work then."""
+    return await to_thread.run_sync(_unless_abandoned, request, work)
+
+
+async def in_one_hop(request: Request, state: AppState, work: Callable[[Session], T]) -> T:
     """``work`` with a session of its own, in one threadpool hop: a sync route with :data:`SessionDep` takes
     three (the session's opening, the route, the session's closing) and a fourth for its response's validation.
     For an ``async def`` route whose database and broker work is all in ``work``."""
@@ -46,7 +58,7 @@ async def in_one_hop(state: AppState, work: Callable[[Session], T]) -> T:
         with state.sessions() as session:
             return work(session)
 
-    return await to_thread.run_sync(run)
+    return await in_thread(request, run)
 
 
 async def get_principal(request: Request, state: StateDep) -> Principal:

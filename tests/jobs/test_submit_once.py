@@ -225,3 +225,23 @@ def test_a_submit_leaves_its_connection_committing_synchronously(live: Live, poo
         assert client.xlen(stream_key(job_id)) == 1
     finally:
         engine.dispose()
+
+
+def test_the_statement_after_commit_is_a_synchronous_transaction_of_its_own(pool: Engine) -> None:
+    """What ``turns.insert(alone=True)`` relies on: in one simple-protocol message, ``COMMIT`` ends the
+    transaction the submit ran in (committed without waiting for the disk), and the statement after it runs in
+    a transaction of its own, committed synchronously (which flushes the WAL up to it)."""
+    with pool.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        driver = conn.connection.driver_connection
+        notices: list[str] = []
+        driver.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
+        cur = driver.cursor()
+        cur.execute(
+            "SELECT current_setting('synchronous_commit'), set_config('synchronous_commit', 'off', true), "
+            "txid_current(); COMMIT; SELECT current_setting('synchronous_commit'), txid_current()"
+        )
+        before, _, first = cur.fetchone()
+        assert cur.nextset() and cur.nextset()
+        after, second = cur.fetchone()
+    assert (before, after) == ("on", "on"), notices
+    assert second != first, notices  # two transactions

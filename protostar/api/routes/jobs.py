@@ -7,12 +7,11 @@ from datetime import datetime
 from functools import partial
 from typing import Annotated
 
-from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep, in_one_hop
+from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep, in_one_hop, in_thread
 from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, QUOTA, TOO_MANY_STREAMS, Accepted, JobOut, JobPage, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
@@ -56,7 +55,7 @@ def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> 
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut)
-async def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, state: StateDep) -> JobOut:
+async def cancel_job(request: Request, job_id: uuid.UUID, principal: PrincipalDep, state: StateDep) -> JobOut:
     """A queued job never runs; a running one stops at its next checkpoint and ends ``cancelled``."""
 
     def work(session: Session) -> JobOut:
@@ -68,18 +67,18 @@ async def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, state: StateDep
             clients.dispatcher.send_webhooks(job_id=job.id)
         return JobOut.of(job)
 
-    return await in_one_hop(state, work)
+    return await in_one_hop(request, state, work)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses={**CONFLICT, **QUOTA})
-async def retry_job(job_id: uuid.UUID, principal: PrincipalDep, state: StateDep) -> JobOut:
+async def retry_job(request: Request, job_id: uuid.UUID, principal: PrincipalDep, state: StateDep) -> JobOut:
     """Run a ``failed`` or ``cancelled`` job again, under the same id, with a new round of attempts (the work
     is idempotent: one set of chunks, one answer, one summary per range); ``409`` for any other status."""
 
     def work(session: Session) -> JobOut:
         return JobOut.of(state.clients.dispatcher.retry(session, tenant_id=principal.tenant_id, job_id=job_id))
 
-    return await in_one_hop(state, work)
+    return await in_one_hop(request, state, work)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=TOO_MANY_STREAMS)
@@ -101,7 +100,7 @@ async def job_events(
 
 
 @router.post("/probes", status_code=202, response_model=Accepted, responses={**ADMIN_ERRORS, **QUOTA})
-async def send_probe(body: ProbeIn, principal: AdminDep, state: StateDep) -> Accepted:
+async def send_probe(request: Request, body: ProbeIn, principal: AdminDep, state: StateDep) -> Accepted:
     """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
     # One threadpool hop for the whole submit: its one statement (autocommit), the send and the event.
     submit = partial(
@@ -112,7 +111,7 @@ async def send_probe(body: ProbeIn, principal: AdminDep, state: StateDep) -> Acc
         payload=body.model_dump(mode="json", exclude={"queue"}),
         queue=body.queue,
     )
-    submitted = await to_thread.run_sync(submit)
+    submitted = await in_thread(request, submit)
     return accepted(state, submitted.job)
 
 

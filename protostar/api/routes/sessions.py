@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
@@ -92,7 +92,9 @@ def get_session(session_id: uuid.UUID, principal: PrincipalDep, session: Session
 
 
 @router.post("/sessions/{session_id}/summarize", status_code=202, response_model=Accepted, responses=QUOTA)
-async def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, state: StateDep) -> Accepted:
+async def summarize_session(
+    request: Request, session_id: uuid.UUID, principal: PrincipalDep, state: StateDep
+) -> Accepted:
     """Queue a summary of the session now; when one is queued or running already, that job is the answer."""
 
     def work(session: Session) -> Accepted:
@@ -106,12 +108,12 @@ async def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, stat
         )
         return accepted(state, submitted.job)
 
-    return await in_one_hop(state, work)
+    return await in_one_hop(request, state, work)
 
 
 @router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted, responses=QUOTA)
 async def post_message(
-    session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, state: StateDep
+    request: Request, session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, state: StateDep
 ) -> MessageAccepted:
     """Add the user's message and queue the answer; follow ``events_url`` for its tokens as they arrive. The
     answer retrieves from ``collection_ids`` (yours; ``[]``: all your documents) when given, else from the
@@ -132,4 +134,4 @@ async def post_message(
             job_id=asked.job_id, message_id=asked.message_id, events_url=events_url(state, asked.job_id)
         )
 
-    return await in_one_hop(state, work)
+    return await in_one_hop(request, state, work)

@@ -144,7 +144,8 @@ def _alone(conn: Connection, params: dict[str, Any]) -> Any:
     statements need it: no bind parameters, so the values are rendered as literals by psycopg itself)."""
     driver = conn.connection.driver_connection
     literals = {name: sql.Literal(value).as_string(driver) for name, value in params.items()}
-    return conn.exec_driver_sql(_ALONE.format(**literals)).one()
+    # no_parameters: the driver is handed the text alone, so a "%" in a value is not taken for a placeholder
+    return conn.exec_driver_sql(_ALONE.format(**literals), execution_options={"no_parameters": True}).one()
 
 
 def insert(

@@ -245,3 +245,16 @@ def test_the_statement_after_commit_is_a_synchronous_transaction_of_its_own(pool
         after, second = cur.fetchone()
     assert (before, after) == ("on", "on"), notices
     assert second != first, notices  # two transactions
+
+
+def test_a_payload_with_quotes_percents_and_backslashes_is_stored_as_given(
+    live: Live, pool: Engine, client: redis.Redis
+) -> None:
+    """The one-message submit renders its values as literals (``turns._alone``): psycopg quotes them."""
+    dispatcher = dispatcher_of(live, pool, client, Broker())
+    tenant = new_tenant(pool)
+    payload = {"steps": 1, "fail": '50% o\'clock \\ "quoted" %s %(x)s $$ ; COMMIT; --', "n": [1, None, True]}
+    job_id = dispatcher.submit(None, kind=JobKind.PROBE, tenant_id=tenant, payload=payload, queue=Queue.SUMMARY).job.id
+    with pool.connect() as conn:
+        stored = conn.execute(text("SELECT payload FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one()
+    assert stored == payload

@@ -19,18 +19,25 @@ from protostar.settings import Settings
 
 
 def make_engine(
-    settings: Settings, *, pool_size: int = 5, max_overflow: int | None = None, wait: float | None = None
+    settings: Settings,
+    *,
+    pool_size: int = 5,
+    max_overflow: int | None = None,
+    wait: float | None = None,
+    pre_ping: bool = False,
 ) -> Engine:
     """``pool_size`` connections are kept; up to ``max_overflow`` (default: as many) more are opened when all are
     busy and closed on return, so a pool smaller than its users' concurrency opens a connection per burst.
-    ``wait``: the longest wait for a pooled connection and for a new one to connect (default 30 s and 5 s)."""
+    ``wait``: the longest wait for a pooled connection and for a new one to connect (default 30 s and 5 s).
+    ``pre_ping``: a ``SELECT 1`` before each checkout, for observers that must never see a dead connection (the
+    tests' and benchmarks' own engines, which restart PostgreSQL under themselves); never the product's."""
     if not settings.database_url:
         raise ServiceError("PROTOSTAR_DATABASE_URL is not set; start the stack with `protostar up`")
     return create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
-        pool_pre_ping=False,  # see the module's docstring
+        pool_pre_ping=pre_ping,  # see the module's docstring
         pool_recycle=1800,
         pool_timeout=30.0 if wait is None else wait,
         # libpq counts whole seconds and treats 1 as 2

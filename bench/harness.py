@@ -86,7 +86,7 @@ class System:
         from protostar.db.engine import make_engine
 
         self.redis = redis.Redis.from_url(self.settings.redis_url)
-        self.engine = make_engine(self.settings, pool_size=2)
+        self.engine = make_engine(self.settings, pool_size=2, pre_ping=True)  # chaos restarts PostgreSQL under it
 
     # processes --------------------------------------------------------------------------------------------
 

@@ -197,7 +197,7 @@ def _ok(client: httpx.Client, path: str) -> bool:
 
 @pytest.fixture(scope="session")
 def engine(stack: Stack, settings: Settings) -> Iterator[Engine]:
-    engine = make_engine(settings, pool_size=2)
+    engine = make_engine(settings, pool_size=2, pre_ping=True)  # tests restart PostgreSQL under it
     yield engine
     engine.dispose()
 

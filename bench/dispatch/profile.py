@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +16,12 @@ from bench.dispatch.rig import PROBE_WORKER, RUN_QUEUE, SUBMIT_QUEUE, Rig
 
 
 def _pyspy() -> Path | None:
+    """The venv's py-spy, else ``$PYSPY``, else one on the PATH."""
     pyspy = Path(sys.executable).with_name("py-spy")
-    return pyspy if pyspy.exists() else None
+    if pyspy.exists():
+        return pyspy
+    found = os.environ.get("PYSPY") or shutil.which("py-spy")
+    return Path(found) if found else None
 
 
 def _record(pyspy: Path, pid: int | None, out: Path, *flags: str) -> subprocess.Popen[bytes]:

@@ -17,7 +17,6 @@ runs). It answers nothing itself, so that routing, the error handlers and the re
 
 from __future__ import annotations
 
-from anyio import to_thread
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,7 +68,7 @@ class Guard:
         if scope["path"].startswith("/v1/"):
             request_state = scope.setdefault("state", {})
             try:
-                request_state[PRINCIPAL] = await to_thread.run_sync(state.authenticate, _authorization(scope))
+                request_state[PRINCIPAL] = await state.resolve(_authorization(scope))
             except Exception as exc:  # noqa: BLE001 (raised again by deps.get_principal, where the handlers render it)
                 request_state[AUTH_ERROR] = exc
                 await self.app(scope, _empty_body, _closing(send, always=True))

@@ -5,7 +5,11 @@ event streams with the tenants' stream leases (``api.hub``, ``api.leases``).
 A resolved key is kept :data:`AUTH_TTL` seconds; a cache hit is trusted only when Redis holds no revocation
 stamp for it (``protostar.auth.revoke_key`` sets one before it revokes the row), so a revoked key answers
 ``401`` on its next request in every API process. When Redis does not answer, the database decides. The
-bootstrap key is not a row and cannot be revoked (change ``PROTOSTAR_BOOTSTRAP_API_KEY``)."""
+bootstrap key is not a row and cannot be revoked (change ``PROTOSTAR_BOOTSTRAP_API_KEY``).
+
+:meth:`AppState.resolve` is what the guard calls on the event loop: the bootstrap key and a cache hit (its
+stamp looked up with this state's own asyncio Redis client) are answered without a threadpool hop; a miss, a
+stamp or an unanswering Redis go to :meth:`AppState.authenticate` in a thread, as before."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from dataclasses import dataclass, field
 from threading import Lock
 
 import redis
+import redis.asyncio as aioredis
+from anyio import to_thread
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +75,7 @@ class AppState:
     leases: Leases | None = None  # the tenants' open streams (api.leases)
     job_rows: JobRows | None = None  # quiet streams' looks at their job rows, one query for all (api.rows)
     _bootstrap: Principal | None = None
+    _stamps: aioredis.Redis | None = None  # revocation stamps, looked up on the event loop (:meth:`resolve`)
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -96,6 +103,38 @@ class AppState:
         self.auth_cache.put(key_hash, principal)
         return principal
 
+    async def resolve(self, header: str) -> Principal:
+        """:meth:`authenticate` for the event loop: no threadpool hop for the bootstrap key once known, nor for a
+        cached key that Redis says has no revocation stamp; anything else is asked in a thread."""
+        raw = bearer_key(header)
+        bootstrap = self.settings.bootstrap_api_key
+        if bootstrap is not None and hmac.compare_digest(raw.encode(), bootstrap.get_secret_value().encode()):
+            if self._bootstrap is not None:
+                return self._bootstrap
+        else:
+            key_hash = hash_key(raw)
+            cached = self.auth_cache.get(key_hash)
+            if cached is not None and not await self._stamped_async(key_hash):
+                return cached
+        return await to_thread.run_sync(self.authenticate, header)
+
+    async def _stamped_async(self, key_hash: str) -> bool:
+        """:meth:`_stamped` on the event loop (``True`` when Redis cannot tell: then the database decides)."""
+        if self._stamps is None:
+            assert self.settings.redis_url
+            timeout = self.settings.broker_connect_timeout
+            self._stamps = aioredis.Redis.from_url(
+                self.settings.redis_url,
+                socket_connect_timeout=timeout,
+                socket_timeout=max(timeout, self.settings.dependency_timeout),
+                max_connections=50,
+            )
+        try:
+            return bool(await self._stamps.exists(revocation_stamp(key_hash)))
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("revocation stamps unavailable, asking the database: %s", exc)
+            return True
+
     def _stamped(self, key_hash: str) -> bool:
         """Whether the key may have been revoked since it was cached (``True`` when Redis cannot tell)."""
         try:
@@ -121,4 +160,6 @@ class AppState:
             await self.leases.stop()
         if self.hub is not None:
             await self.hub.stop()
+        if self._stamps is not None:
+            await self._stamps.aclose()
         await self.clients.aclose()

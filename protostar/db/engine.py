@@ -1,4 +1,11 @@
-"""Engines are built by whoever owns a process: the API in its lifespan, a worker after fork."""
+"""Engines are built by whoever owns a process: the API in its lifespan, a worker after fork.
+
+No ``pool_pre_ping``: it cost a round trip on every checkout. A connection is replaced after ``pool_recycle``
+seconds, and one found dead when used (PostgreSQL restarted, say) fails that statement with an
+``OperationalError``, which the API answers ``503`` and a task retries as a dependency's failure
+(``jobs.faults``); SQLAlchemy then invalidates it and every connection of the pool opened before, so the next
+checkouts connect afresh. The API's readiness pings (``api.deadline.Monitor``, every 0.25 s) usually meet a
+dead connection first."""
 
 from __future__ import annotations
 
@@ -12,18 +19,25 @@ from protostar.settings import Settings
 
 
 def make_engine(
-    settings: Settings, *, pool_size: int = 5, max_overflow: int | None = None, wait: float | None = None
+    settings: Settings,
+    *,
+    pool_size: int = 5,
+    max_overflow: int | None = None,
+    wait: float | None = None,
+    pre_ping: bool = False,
 ) -> Engine:
     """``pool_size`` connections are kept; up to ``max_overflow`` (default: as many) more are opened when all are
     busy and closed on return, so a pool smaller than its users' concurrency opens a connection per burst.
-    ``wait``: the longest wait for a pooled connection and for a new one to connect (default 30 s and 5 s)."""
+    ``wait``: the longest wait for a pooled connection and for a new one to connect (default 30 s and 5 s).
+    ``pre_ping``: a ``SELECT 1`` before each checkout, for observers that must never see a dead connection (the
+    tests' and benchmarks' own engines, which restart PostgreSQL under themselves); never the product's."""
     if not settings.database_url:
         raise ServiceError("PROTOSTAR_DATABASE_URL is not set; start the stack with `protostar up`")
     return create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,  # see the module's docstring
         pool_recycle=1800,
         pool_timeout=30.0 if wait is None else wait,
         # libpq counts whole seconds and treats 1 as 2

@@ -12,15 +12,19 @@ the job stands.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
-from sqlalchemy import Engine
+from redis.commands.core import Script
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -39,10 +43,75 @@ logger = logging.getLogger(__name__)
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
 NOT_QUEUED = "the task queue is unavailable; nothing was queued, try again"
 
+QUEUED = JobStatus.QUEUED.value
 TURN_CAME = {"reason": "its tenant's turn came: sent to the queue"}  # the queued event of a job sent by next_turn
 
 # Partial unique indexes on ``jobs`` that allow one job in flight per key (see protostar.db.models.Job).
 IN_FLIGHT_INDEXES = frozenset({"uq_jobs_summary_session_in_flight", "uq_jobs_summary_document_in_flight"})
+
+
+# XADD the job's first event and set the stream's TTL, only while the stream does not exist (one round trip).
+_FIRST_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'data', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+_STILL_WAITING = text("SELECT 1 FROM jobs WHERE id = :id AND status = 'queued' AND dispatched_at IS NULL FOR UPDATE")
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A job about to be inserted (``turns.insert``), and the row it is once inserted."""
+
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    kind: str
+    task_name: str
+    queue: str
+    payload: dict[str, Any]
+
+    def insert(self, conn: Connection, settings: Settings, *, quota: bool, alone: bool = False) -> turns.Inserted:
+        return turns.insert(
+            conn,
+            settings,
+            job_id=self.job_id,
+            tenant_id=self.tenant_id,
+            kind=self.kind,
+            task_name=self.task_name,
+            queue=self.queue,
+            payload=self.payload,
+            quota=quota,
+            alone=alone,
+        )
+
+    def job(self, inserted: turns.Inserted) -> Job:
+        """The row as inserted (not attached to any session)."""
+        sent = inserted.admission.send
+        return Job(
+            id=self.job_id,
+            tenant_id=self.tenant_id,
+            kind=self.kind,
+            task_name=self.task_name,
+            queue=self.queue,
+            payload=self.payload,
+            status=QUEUED,
+            stage=None if sent else turns.WAITING_TURN,
+            progress_done=0,
+            progress_total=None,
+            attempts=0,
+            error_code=None,
+            error_message=None,
+            result=None,
+            cancel_requested=False,
+            worker=None,
+            created_at=inserted.created_at,
+            dispatched_at=inserted.created_at if sent else None,
+            started_at=None,
+            heartbeat_at=None,
+            finished_at=None,
+        )
 
 
 @dataclass(frozen=True)
@@ -95,7 +164,7 @@ class Dispatcher:
 
     def submit(
         self,
-        session: Session,
+        session: Session | None,
         *,
         kind: JobKind,
         tenant_id: uuid.UUID,
@@ -107,47 +176,54 @@ class Dispatcher:
         """Commit the job (with whatever else ``session`` holds), then send it, or leave it waiting for its
         tenant's turn. For a kind with one job in flight per target, the job already queued or running for that
         target is the answer (``created=False``). ``quota``: refuse past the tenant's queued-jobs quota
-        (``TooManyRequests``, nothing written); the automatic summaries (after an answer, beat) pass False."""
+        (``TooManyRequests``, nothing written); the automatic summaries (after an answer, beat) pass False.
+
+        Without a session, or with one that holds no transaction, the job is committed by one statement in
+        autocommit (``turns.insert``): one round trip to the database, its turn lock held only while it runs."""
         spec = KINDS[kind]
         target_queue = spec.queue or queue
         if target_queue is None or (spec.queue is None and target_queue not in PROBE_QUEUES):
             raise ValidationFailed(f"queue must be one of {', '.join(q.value for q in PROBE_QUEUES)}")
-
-        def create() -> tuple[Job, turns.Admission]:
-            admission = turns.admit(
-                session.connection(), self.settings, tenant_id=tenant_id, queue=target_queue.value, quota=quota
-            )
-            job = repo.create(
-                session,
-                tenant_id=tenant_id,
-                kind=kind.value,
-                task_name=spec.task.value,
-                queue=target_queue.value,
-                payload=payload,
-                job_id=job_id,
-                dispatched=admission.send,
-                stage=None if admission.send else turns.WAITING_TURN,
-            )
-            return job, admission
-
-        if spec.one_in_flight is None:
-            job, admission = create()
-            return Submitted(self._commit_and_send(session, job, admission), created=True)
+        row = _Row(
+            job_id=job_id or uuid.uuid4(),
+            tenant_id=tenant_id,
+            kind=kind.value,
+            task_name=spec.task.value,
+            queue=target_queue.value,
+            payload=payload,
+        )
+        alone = session is None or not (session.in_transaction() or session.new or session.dirty or session.deleted)
         key = spec.one_in_flight
         for _ in range(3):  # the job in flight may end between our insert and our look-up: then insert again
             try:
-                with session.begin_nested():
-                    job, admission = create()
+                if alone:
+                    with self.autocommit.connect() as conn:
+                        inserted = row.insert(conn, self.settings, quota=quota, alone=True)
+                    return Submitted(self._send_committed(row.job(inserted), inserted.admission), created=True)
+                assert session is not None
+                nested: AbstractContextManager[object] = session.begin_nested() if key is not None else nullcontext()
+                with nested:
+                    inserted = row.insert(session.connection(), self.settings, quota=quota)
+                return Submitted(self._commit_and_send(session, row.job(inserted), inserted.admission), created=True)
             except IntegrityError as exc:
-                if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) not in IN_FLIGHT_INDEXES:
+                if key is None or getattr(getattr(exc.orig, "diag", None), "constraint_name", None) not in (
+                    IN_FLIGHT_INDEXES
+                ):
                     raise
-                session.commit()  # whatever else the session holds
-                existing = repo.in_flight(session, kind=kind.value, key=key, value=str(payload[key]))
+                if session is not None:
+                    session.commit()  # whatever else the session holds
+                    existing = repo.in_flight(session, kind=kind.value, key=key, value=str(payload[key]))
+                else:
+                    with Session(self.engine) as reader:
+                        existing = repo.in_flight(reader, kind=kind.value, key=key, value=str(payload[key]))
                 if existing is not None:
                     return Submitted(existing, created=False)
-                continue
-            return Submitted(self._commit_and_send(session, job, admission), created=True)
-        raise AssertionError(f"no {kind.value} job for {payload[key]} after three tries")  # pragma: no cover
+        raise AssertionError(f"no {kind.value} job for {payload[key or '']} after three tries")  # pragma: no cover
+
+    @cached_property
+    def autocommit(self) -> Engine:
+        """The engine's pool, each statement its own transaction (a submit's one round trip)."""
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def check_quota(self, session: Session, *, tenant_id: uuid.UUID, queue: Queue) -> None:
         """``TooManyRequests`` when the tenant may queue no more jobs on ``queue``: asked before costly work (an
@@ -221,6 +297,13 @@ class Dispatcher:
             session.commit()
             return job
         session.commit()
+        return self._send_committed(job, admission)
+
+    def _send_committed(self, job: Job, admission: turns.Admission) -> Job:
+        """After the job's commit: send it (or, waiting its turn, write its ``queued`` event); ``503`` and the
+        job ended ``failed`` when neither can be done."""
+        if not admission.send:
+            return self._announce_waiting(job, admission)
         try:
             self.send(job)
             self.events.publish(job.id, EventType.STATUS, self._queued(job, admission))
@@ -233,3 +316,33 @@ class Dispatcher:
                 raise BrokerUnavailable(NOT_QUEUED) from exc
             logger.warning("job_id=%s left the queued state meanwhile: the send went through", job.id)
         return job
+
+    def _announce_waiting(self, job: Job, admission: turns.Admission) -> Job:
+        """A job committed waiting its turn: its ``queued`` event, written only while its stream is empty, so
+        that when an ending sent it first (and told its followers), the late "waiting" event is not written
+        after that. Redis away: the job ends ``failed`` unless it was sent meanwhile, and the caller gets ``503``."""
+        try:
+            self._first_event(
+                keys=[stream_key(job.id)],
+                args=[
+                    EventType.STATUS.value,
+                    json.dumps(self._queued(job, admission)),
+                    self.events.maxlen,
+                    self.events.ttl,
+                ],
+                client=self.events.client,
+            )
+        except BROKER_ERRORS as exc:
+            logger.warning("job_id=%s not accepted, its events cannot be written: %s", job.id, exc)
+            failed = Ending(JobStatus.FAILED, BrokerUnavailable.code, NOT_QUEUED)
+            with self.engine.begin() as conn:  # the row locked: no turn can send it meanwhile (turns.take)
+                waiting = conn.execute(_STILL_WAITING, {"id": job.id}).first() is not None
+                ended = waiting and repo.finish(conn, job_id=job.id, ending=failed, only_from=(JobStatus.QUEUED,))
+            if ended:
+                raise BrokerUnavailable(NOT_QUEUED) from exc
+            logger.warning("job_id=%s was sent by its turn meanwhile: it stands", job.id)
+        return job
+
+    @cached_property
+    def _first_event(self) -> Script:
+        return self.events.client.register_script(_FIRST_EVENT)

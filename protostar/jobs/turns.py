@@ -16,7 +16,10 @@ ending whose own send was lost (a worker killed right after the end, PostgreSQL 
 Counting and inserting (or counting and sending) happen under a transaction-scoped advisory lock on
 (tenant, queue), taken in a statement of its own: the count that follows is a new statement, so its snapshot
 sees every job a concurrent submit or ending committed before the lock was ours. Caps are exact, not
-approximate. The lock is per tenant and queue: tenants never wait for each other.
+approximate. The lock is per tenant and queue: tenants never wait for each other. A submit does it all in one
+statement (:func:`insert`, the database function ``protostar_submit_job`` of migration 0014, whose statements
+each take a fresh snapshot the same way): alone in autocommit, lock, count, insert and commit are one round
+trip and the lock is held only while the statement runs.
 
 A tenant's queued jobs per queue (waiting or sent, not started) are also bounded: past
 ``Settings.tenant_max_queued`` a submit answers ``429`` with ``Retry-After``, before anything is stored, and the
@@ -25,9 +28,13 @@ same count decides again under the lock at insert.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from psycopg import sql
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, text, update
 
 from protostar.constants import JobStatus, Queue
@@ -110,6 +117,76 @@ def admit(conn: Connection, settings: Settings, *, tenant_id: uuid.UUID, queue: 
         _refuse_past_quota(settings, queued, queue)
     limit = cap(settings, queue)
     return Admission(send=in_flight < limit, in_flight=in_flight, cap=limit)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    admission: Admission
+    created_at: datetime  # the job's, from the database clock (its ``dispatched_at`` too when sent)
+
+
+_SUBMIT = text(
+    "SELECT admitted, sent, in_flight, queued, created_at FROM protostar_submit_job("
+    "CAST(:id AS uuid), CAST(:tenant AS uuid), :kind, :task, :queue, CAST(:payload AS jsonb), :cap, :max_queued)"
+)
+
+
+_ALONE = (
+    "SELECT admitted, sent, in_flight, queued, created_at FROM protostar_submit_job("
+    "CAST({id} AS uuid), CAST({tenant} AS uuid), CAST({kind} AS text), CAST({task} AS text), "
+    "CAST({queue} AS text), CAST({payload} AS jsonb), CAST({cap} AS integer), CAST({max_queued} AS integer), true); "
+    "COMMIT; SELECT txid_current()"
+)
+
+
+def _alone(conn: Connection, params: dict[str, Any]) -> Any:
+    """The submit, its commit and a synchronous commit after it, as one simple-protocol message (several
+    statements need it: no bind parameters, so the values are rendered as literals by psycopg itself)."""
+    driver = conn.connection.driver_connection
+    literals = {name: sql.Literal(value).as_string(driver) for name, value in params.items()}
+    # no_parameters: the driver is handed the text alone, so a "%" in a value is not taken for a placeholder
+    return conn.exec_driver_sql(_ALONE.format(**literals), execution_options={"no_parameters": True}).one()
+
+
+def insert(
+    conn: Connection,
+    settings: Settings,
+    *,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    kind: str,
+    task_name: str,
+    queue: str,
+    payload: dict[str, Any],
+    quota: bool,
+    alone: bool = False,
+) -> Inserted:
+    """:func:`admit` and the job's insert in one statement (migration 0014): ``queued``, counted as sent
+    (``dispatched_at`` set) when a slot is free, else waiting its turn (stage :data:`WAITING_TURN`). Past the
+    quota (when ``quota``) ``TooManyRequests`` and nothing written. In autocommit the statement commits it; in
+    a transaction the lock is held until that ends. A unique index's refusal (one in flight per target) is the
+    ``IntegrityError`` of the statement.
+
+    ``alone`` (``conn`` in autocommit, nothing else to commit with the job): the call commits without waiting
+    for the disk, then, in the same message (one round trip), ``COMMIT; SELECT txid_current()`` commits a
+    transaction of its own synchronously, which flushes the WAL up to it, the job's commit included. So the
+    tenant's lock is never held across an fsync, and the job is durable when this returns."""
+    limit = cap(settings, queue)
+    params: dict[str, Any] = {
+        "id": job_id,
+        "tenant": tenant_id,
+        "kind": kind,
+        "task": task_name,
+        "queue": queue,
+        "payload": json.dumps(payload),
+        "cap": limit,
+        "max_queued": settings.tenant_max_queued if quota else None,
+    }
+    row = _alone(conn, params) if alone else conn.execute(_SUBMIT, params).one()
+    if not row[0]:
+        _refuse_past_quota(settings, int(row[3]), queue)
+        raise AssertionError("refused under the quota")  # pragma: no cover (the line above raised)
+    return Inserted(Admission(send=bool(row[1]), in_flight=int(row[2]), cap=limit), created_at=row[4])
 
 
 def take(conn: Connection, *, tenant_id: uuid.UUID, queue: str, limit: int) -> list[Released]:

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from protostar.api.deps import PrincipalDep, SessionDep, StateDep
+from protostar.api.deps import PrincipalDep, SessionDep, StateDep, in_one_hop, in_thread
 from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import (
     CONFLICT,
@@ -69,7 +69,7 @@ async def upload_document(request: Request, principal: PrincipalDep, state: Stat
             raise ValidationFailed("send the document as a multipart form field named 'file'")
         metadata = _metadata(form.get("metadata"))
         collection_id = _collection_id(form.get("collection_id"))
-        out, queued = await to_thread.run_sync(_store, state, principal, file, metadata, collection_id)
+        out, queued = await in_thread(request, partial(_store, state, principal, file, metadata, collection_id))
     finally:
         await form.close()
     return JSONResponse(out.model_dump(mode="json"), status_code=202 if queued else 200)
@@ -190,37 +190,46 @@ def remove_document(document_id: uuid.UUID, principal: PrincipalDep, session: Se
 
 
 @router.post("/documents/{document_id}/summarize", status_code=202, response_model=Accepted, responses=QUOTA)
-def summarize_document(
-    document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep
+async def summarize_document(
+    request: Request, document_id: uuid.UUID, principal: PrincipalDep, state: StateDep
 ) -> Accepted:
     """Queue a summary of the whole document (map-reduce over its chunks); the job's result carries it."""
-    document = repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id)
-    if document.status != DocumentStatus.READY:
-        raise Conflict(f"document {document_id} is {document.status}; it can be summarized once it is ready")
-    submitted = submit.submit(
-        session,
-        dispatcher=state.clients.dispatcher,
-        kind=JobKind.SUMMARY_DOCUMENT,
-        tenant_id=principal.tenant_id,
-        target_id=document.id,
-    )
-    return accepted(state, submitted.job)
+
+    def work(session: Session) -> Accepted:
+        document = repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id)
+        if document.status != DocumentStatus.READY:
+            raise Conflict(f"document {document_id} is {document.status}; it can be summarized once it is ready")
+        submitted = submit.submit(
+            session,
+            dispatcher=state.clients.dispatcher,
+            kind=JobKind.SUMMARY_DOCUMENT,
+            tenant_id=principal.tenant_id,
+            target_id=document.id,
+        )
+        return accepted(state, submitted.job)
+
+    return await in_one_hop(request, state, work)
 
 
 @router.post(
     "/documents/{document_id}/reingest", status_code=202, response_model=Accepted, responses={**CONFLICT, **QUOTA}
 )
-def reingest_document(
-    document_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep
+async def reingest_document(
+    request: Request, document_id: uuid.UUID, principal: PrincipalDep, state: StateDep
 ) -> Accepted:
     """Ingest the stored file again under the same id (after a change of embedding model or parser, or a failed
     ingest): the document reads ``queued``/``processing`` meanwhile and its chunks are replaced at once when the
     job succeeds. ``409`` while an ingest of it is queued or running; counts against the queued-jobs quota."""
-    document = repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id)
-    again = ingest_again(session, dispatcher=state.clients.dispatcher, document_id=document.id, reason=Reason.REINGEST)
-    if again is None or again.job_id is None:
-        raise NotFound(f"document {document_id} not found")
-    return Accepted(job_id=again.job_id, status=JobStatus.QUEUED, events_url=events_url(state, again.job_id))
+
+    def work(session: Session) -> Accepted:
+        document = repo.get_for_tenant(session, tenant_id=principal.tenant_id, document_id=document_id)
+        dispatcher = state.clients.dispatcher
+        again = ingest_again(session, dispatcher=dispatcher, document_id=document.id, reason=Reason.REINGEST)
+        if again is None or again.job_id is None:
+            raise NotFound(f"document {document_id} not found")
+        return Accepted(job_id=again.job_id, status=JobStatus.QUEUED, events_url=events_url(state, again.job_id))
+
+    return await in_one_hop(request, state, work)
 
 
 @router.post("/search", response_model=SearchOut)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
-from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep
+from protostar.api.deps import AdminDep, PrincipalDep, SessionDep, StateDep, in_one_hop, in_thread
 from protostar.api.schemas import ADMIN_ERRORS, CONFLICT, QUOTA, TOO_MANY_STREAMS, Accepted, JobOut, JobPage, ProbeIn
 from protostar.api.sse import event_stream
 from protostar.constants import JobKind, JobStatus
@@ -53,24 +55,30 @@ def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> 
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut)
-def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
+async def cancel_job(request: Request, job_id: uuid.UUID, principal: PrincipalDep, state: StateDep) -> JobOut:
     """A queued job never runs; a running one stops at its next checkpoint and ends ``cancelled``."""
-    job = cancel(
-        session, tenant_id=principal.tenant_id, job_id=job_id, client=state.clients.redis, events=state.clients.events
-    )
-    if job.status == JobStatus.CANCELLED and job.started_at is None:  # ended queued: its slot, if it had one, is free
-        state.clients.dispatcher.next_turn(tenant_id=principal.tenant_id, queue=job.queue)
-    if job.status == JobStatus.CANCELLED:  # ended here (or before): its webhook deliveries, if any are unsent
-        state.clients.dispatcher.send_webhooks(job_id=job.id)
-    return JobOut.of(job)
+
+    def work(session: Session) -> JobOut:
+        clients = state.clients
+        job = cancel(session, tenant_id=principal.tenant_id, job_id=job_id, client=clients.redis, events=clients.events)
+        if job.status == JobStatus.CANCELLED and job.started_at is None:  # ended queued: its slot, if any, is free
+            clients.dispatcher.next_turn(tenant_id=principal.tenant_id, queue=job.queue)
+        if job.status == JobStatus.CANCELLED:  # ended here (or before): its webhook deliveries, if any are unsent
+            clients.dispatcher.send_webhooks(job_id=job.id)
+        return JobOut.of(job)
+
+    return await in_one_hop(request, state, work)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses={**CONFLICT, **QUOTA})
-def retry_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> JobOut:
+async def retry_job(request: Request, job_id: uuid.UUID, principal: PrincipalDep, state: StateDep) -> JobOut:
     """Run a ``failed`` or ``cancelled`` job again, under the same id, with a new round of attempts (the work
     is idempotent: one set of chunks, one answer, one summary per range); ``409`` for any other status."""
-    job = state.clients.dispatcher.retry(session, tenant_id=principal.tenant_id, job_id=job_id)
-    return JobOut.of(job)
+
+    def work(session: Session) -> JobOut:
+        return JobOut.of(state.clients.dispatcher.retry(session, tenant_id=principal.tenant_id, job_id=job_id))
+
+    return await in_one_hop(request, state, work)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=TOO_MANY_STREAMS)
@@ -92,15 +100,18 @@ async def job_events(
 
 
 @router.post("/probes", status_code=202, response_model=Accepted, responses={**ADMIN_ERRORS, **QUOTA})
-def send_probe(body: ProbeIn, principal: AdminDep, session: SessionDep, state: StateDep) -> Accepted:
+async def send_probe(request: Request, body: ProbeIn, principal: AdminDep, state: StateDep) -> Accepted:
     """Admin: send a synthetic job to a queue to check it end to end (progress, cancel, events)."""
-    submitted = state.clients.dispatcher.submit(
-        session,
+    # One threadpool hop for the whole submit: its one statement (autocommit), the send and the event.
+    submit = partial(
+        state.clients.dispatcher.submit,
+        None,
         kind=JobKind.PROBE,
         tenant_id=principal.tenant_id,
         payload=body.model_dump(mode="json", exclude={"queue"}),
         queue=body.queue,
     )
+    submitted = await in_thread(request, submit)
     return accepted(state, submitted.job)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
-from protostar.api.deps import PrincipalDep, SessionDep, StateDep
+from protostar.api.deps import PrincipalDep, SessionDep, StateDep, in_one_hop
 from protostar.api.routes.jobs import accepted, events_url
 from protostar.api.schemas import (
     QUOTA,
@@ -91,34 +92,46 @@ def get_session(session_id: uuid.UUID, principal: PrincipalDep, session: Session
 
 
 @router.post("/sessions/{session_id}/summarize", status_code=202, response_model=Accepted, responses=QUOTA)
-def summarize_session(session_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, state: StateDep) -> Accepted:
+async def summarize_session(
+    request: Request, session_id: uuid.UUID, principal: PrincipalDep, state: StateDep
+) -> Accepted:
     """Queue a summary of the session now; when one is queued or running already, that job is the answer."""
-    chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
-    submitted = submit.submit(
-        session,
-        dispatcher=state.clients.dispatcher,
-        kind=JobKind.SUMMARY_SESSION,
-        tenant_id=principal.tenant_id,
-        target_id=chat.id,
-    )
-    return accepted(state, submitted.job)
+
+    def work(session: Session) -> Accepted:
+        chat = repo.get_session(session, tenant_id=principal.tenant_id, session_id=session_id)
+        submitted = submit.submit(
+            session,
+            dispatcher=state.clients.dispatcher,
+            kind=JobKind.SUMMARY_SESSION,
+            tenant_id=principal.tenant_id,
+            target_id=chat.id,
+        )
+        return accepted(state, submitted.job)
+
+    return await in_one_hop(request, state, work)
 
 
 @router.post("/sessions/{session_id}/messages", status_code=202, response_model=MessageAccepted, responses=QUOTA)
-def post_message(
-    session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, session: SessionDep, state: StateDep
+async def post_message(
+    request: Request, session_id: uuid.UUID, body: MessageIn, principal: PrincipalDep, state: StateDep
 ) -> MessageAccepted:
     """Add the user's message and queue the answer; follow ``events_url`` for its tokens as they arrive. The
     answer retrieves from ``collection_ids`` (yours; ``[]``: all your documents) when given, else from the
     session's collections, and only from documents matching ``filter``."""
-    scope = scope_of(session, tenant_id=principal.tenant_id, collection_ids=body.collection_ids, filter=body.filter)
-    asked = ask(
-        session,
-        dispatcher=state.clients.dispatcher,
-        tenant_id=principal.tenant_id,
-        session_id=session_id,
-        content=body.content,
-        collection_ids=list(scope.collection_ids) if body.collection_ids is not None else None,
-        filter=body.filter,
-    )
-    return MessageAccepted(job_id=asked.job_id, message_id=asked.message_id, events_url=events_url(state, asked.job_id))
+
+    def work(session: Session) -> MessageAccepted:
+        scope = scope_of(session, tenant_id=principal.tenant_id, collection_ids=body.collection_ids, filter=body.filter)
+        asked = ask(
+            session,
+            dispatcher=state.clients.dispatcher,
+            tenant_id=principal.tenant_id,
+            session_id=session_id,
+            content=body.content,
+            collection_ids=list(scope.collection_ids) if body.collection_ids is not None else None,
+            filter=body.filter,
+        )
+        return MessageAccepted(
+            job_id=asked.job_id, message_id=asked.message_id, events_url=events_url(state, asked.job_id)
+        )
+
+    return await in_one_hop(request, state, work)

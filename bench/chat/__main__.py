@@ -6,8 +6,9 @@
 Starts its own embedded Redis/PostgreSQL/S3 AND the embedded LLM (llama-server with SmolLM2-135M-Instruct,
 ``--parallel 4`` as by default) in a temp dir on free ports, applies migrations, runs the API
 (``commands.api``) and ONE chat worker (``commands.worker(settings, "chat")``: threads pool, concurrency 50).
-For the run, ``PROTOSTAR_LLM_CONCURRENCY`` and ``_TENANT_CONCURRENCY`` are 50 and both RPM limits 100,000, so
-the LLM limiter never makes a stream wait; answers are capped at ``--max-tokens`` (``PROTOSTAR_LLM_MAX_TOKENS``).
+For the run, ``PROTOSTAR_LLM_CONCURRENCY``, ``_TENANT_CONCURRENCY`` and ``PROTOSTAR_TENANT_INFLIGHT_CHAT`` (the
+tenant's fair-turn cap) are 50 and both RPM limits 100,000, so neither the LLM limiter nor the turns make a
+stream wait; answers are capped at ``--max-tokens`` (``PROTOSTAR_LLM_MAX_TOKENS``).
 
 Every question goes to a tenant without documents, in a fresh session, so the worker's prompt is exactly
 ``protostar.chat.prompt.build(question, no hits, no history)``: the direct baseline sends those messages with
@@ -84,6 +85,9 @@ def chat_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
         "PROTOSTAR_CHAT_CONCURRENCY": str(CHAT_CONCURRENCY),
         "PROTOSTAR_LLM_CONCURRENCY": limit,
         "PROTOSTAR_LLM_TENANT_CONCURRENCY": limit,
+        # Every stream is the one bench tenant's: with its default fair-turn cap (10 chat jobs in flight) 40 of
+        # the 50 would wait unsent for a turn, and "50 streams at once" would be 10 at a time.
+        "PROTOSTAR_TENANT_INFLIGHT_CHAT": limit,
         "PROTOSTAR_LLM_RPM": "100000",
         "PROTOSTAR_LLM_TENANT_RPM": "100000",
         # 50 streams queue inside llama-server (4 decoded at once): the last waits many seconds for its turn.
@@ -156,8 +160,11 @@ def measure_cancels(args: argparse.Namespace, system: System, target: Target) ->
     return runs
 
 
-def measure(args: argparse.Namespace, system: System, target: Target) -> tuple[list[Phase], list[Phase]]:
-    """Phases 1-3 at ``--parallel``, then the bursts again at ``--high-parallel``; (all phases, burst phases)."""
+def measure(
+    args: argparse.Namespace, system: System, target: Target
+) -> tuple[list[Phase], list[Phase], list[cancels.CancelRun]]:
+    """Phases 1-3 at ``--parallel``, the cancels (at ``--parallel``: each slot's context holds the long question),
+    then the bursts again at ``--high-parallel``; (all phases, burst phases, cancels)."""
     stack = system.stack
 
     def meter() -> Meter:
@@ -188,13 +195,16 @@ def measure(args: argparse.Namespace, system: System, target: Target) -> tuple[l
     print(f"2/3 {args.streams} streams at once, {args.rounds} rounds each (--parallel {args.parallel})...", flush=True)
     burst = bursts_at(args.parallel)
     done, bursts = [single, burst], [burst]
+    cancel_runs = measure_cancels(args, system, target)
+    if cancel_runs:
+        took()
     if args.high_parallel:
         print(f"3/3 llama-server restarted with --parallel {args.high_parallel}; the bursts again...", flush=True)
         restart_llm(system, target, args.high_parallel)
         high = bursts_at(args.high_parallel)
         done.append(high)
         bursts.append(high)
-    return done, bursts
+    return done, bursts, cancel_runs
 
 
 def build_report(args: argparse.Namespace, done: list[Phase], bursts: list[Phase], traces: Traces) -> Report:
@@ -273,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(target, system, args.parallel)
 
         machine = MachineShare()
-        done, bursts = measure(args, system, target)
-        cancel_runs = measure_cancels(args, system, target)
+        done, bursts, cancel_runs = measure(args, system, target)
         note = machine.describe()
         traces = collect(system, target, [s for p in done for s in p.runs], args.plain)
         report = build_report(args, done, bursts, traces)

@@ -62,6 +62,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         question, summary, history = load_context(
             conn, tenant_id=ctx.tenant_id, message_id=message_id, limit=settings.chat_history_messages
         )
+        searchable = repo.has_chunks(conn, tenant_id=ctx.tenant_id, model=embedder.model)  # same checkout
 
     def keep(prompt: Prompt, generation: Generation, extra: dict[str, int], status: str) -> uuid.UUID:
         return _save(ctx, question, prompt, generation, extra, status=status)
@@ -80,6 +81,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         settings=settings,
         extra=_usage_extra(summary),
         on_partial=keep_partial,
+        searchable=searchable,
     )
     answer_id = keep(prompt, generation, usage_extra, MessageStatus.COMPLETE)
     return {"message_id": str(answer_id), **_result(prompt, generation, usage_extra)}
@@ -126,6 +128,7 @@ def _generate(
     settings: Settings,
     extra: dict[str, int],
     on_partial: Callable[[Prompt, Generation, dict[str, int]], object] | None = None,
+    searchable: bool | None = None,
 ) -> tuple[Prompt, Generation, dict[str, int]]:
     """Retrieve, build the prompt and stream the answer (every piece a ``token`` event). ``on_partial`` keeps
     what was generated when the generation is cancelled or breaks."""
@@ -133,7 +136,17 @@ def _generate(
     llm.check(ctx.tenant_id)
     # Before the first token, progress goes to the event stream only (each row write is on the path to it), and
     # the events of one moment go in one round trip.
-    hits = retrieve(ctx, engine, embedder, query=asked.question, top_k=settings.chat_top_k, scope=scope(ctx.payload))
+    searched: list[bool] = []
+    hits = retrieve(
+        ctx,
+        engine,
+        embedder,
+        query=asked.question,
+        top_k=settings.chat_top_k,
+        scope=scope(ctx.payload),
+        searching=lambda: searched.append(True),
+        searchable=searchable,
+    )
     prompt = build(
         question=asked.question,
         hits=hits,
@@ -145,7 +158,8 @@ def _generate(
     ctx.check_cancelled()
 
     ctx.publish(
-        [
+        ([] if searched else [_RETRIEVING])
+        + [
             (EventType.PROGRESS, {"stage": "retrieve", "done": 1, "total": 1}),
             (EventType.SOURCES, {"sources": cite(prompt.sources)}),
             (EventType.PROGRESS, {"stage": "generate", "done": 0, "total": asked.max_tokens}),
@@ -177,19 +191,35 @@ def _generate(
     return prompt, generation, usage_extra
 
 
-def retrieve(ctx: JobContext, engine: Engine, embedder: Embedder, *, query: str, top_k: int, scope: Scope) -> list[Hit]:
+_RETRIEVING = (EventType.PROGRESS, {"stage": "retrieve", "done": 0, "total": 1})
+
+
+def retrieve(
+    ctx: JobContext,
+    engine: Engine,
+    embedder: Embedder,
+    *,
+    query: str,
+    top_k: int,
+    scope: Scope,
+    searching: Callable[[], object] = lambda: None,
+    searchable: bool | None = None,
+) -> list[Hit]:
     """The question's sources: nothing, without embedding it, when the tenant (or the scope) has no chunk of
-    the embedder's model; else its embedding, then the search. A cancel is seen between the steps, and cancels
-    the search's statement while it runs (``ctx.stopped_error`` is raised)."""
-    ctx.emit(EventType.PROGRESS, {"stage": "retrieve", "done": 0, "total": 1})
-    if top_k <= 0:
+    the embedder's model; else its embedding, then the search, announced first (the ``retrieve`` 0 progress
+    event; ``searching`` is called then: else the caller sends that event with its next ones). A cancel is seen
+    between the steps, and cancels the search's statement while it runs (``ctx.stopped_error`` is raised).
+    ``searchable``: whether the tenant has chunks, when the caller has looked already."""
+    if top_k <= 0 or searchable is False:
         return []
     with engine.connect() as conn:
-        if not repo.has_chunks(conn, tenant_id=ctx.tenant_id, model=embedder.model):
+        if searchable is None and not repo.has_chunks(conn, tenant_id=ctx.tenant_id, model=embedder.model):
             return []
         if not scope.everything and not in_scope(conn, tenant_id=ctx.tenant_id, scope=scope).chunks:
             return []
         ctx.check_cancelled()
+        ctx.publish([_RETRIEVING])
+        searching()
         vector = embedder.embed([query])[0]
         ctx.check_cancelled()
         with _cancels_statement(ctx, conn):

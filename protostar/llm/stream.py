@@ -5,11 +5,11 @@ HTTP read timeout) and a total deadline, enforced by a timer that closes the str
 Retries: 429, 5xx, timeouts and connection errors are retried with full-jitter backoff, capped in number and
 never past the total deadline, and only before the first token: once text reached the caller, a retry would
 repeat it. Cancel: the caller registers :meth:`Generation.close` with its job's cancel hooks, which closes the
-upstream stream at once; before the answer's headers came (llama-server sends them with the first token, so
-all the while it queues and reads the prompt) it shuts the request's socket down: the blocked read ends at
-once, and llama-server, seeing its client gone, drops the request. Every failure ends as
-:class:`~protostar.errors.LLMFailed` with a reason, or :class:`~protostar.errors.Cancelled`; what was generated
-so far stays in :attr:`Generation.text`.
+upstream stream and shuts its socket down: closing alone does not wake a read blocked in another thread, and
+before the first token the thread waits on that read for as long as llama-server queues the request and reads
+the prompt (seconds under load). The read then ends at once, and llama-server, its client gone, drops the
+request. Every failure ends as :class:`~protostar.errors.LLMFailed` with a reason, or
+:class:`~protostar.errors.Cancelled`; what was generated so far stays in :attr:`Generation.text`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Generation:
     first_token_at: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _stream: Any = None
-    _socket: socket.socket | None = None  # the request's connection, until the answer's headers came
+    _socket: socket.socket | None = None  # the request's connection, while the request and its stream last
     _why: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,7 +60,7 @@ class Generation:
             self._why = why
             self._stop.set()
             stream = self._stream
-            if self._socket is not None:  # still waiting for the headers: end the blocked read now
+            if self._socket is not None:  # end a read blocked on it now
                 _shutdown(self._socket)
         if stream is not None:
             try:
@@ -69,7 +69,8 @@ class Generation:
                 logger.debug("closing the LLM stream failed", exc_info=True)
 
     def _attach(self, sock: socket.socket | None) -> None:
-        """The socket the request is sent on (``None``: the request has its answer, or failed)."""
+        """The socket the request is sent on (``None``: the request and its stream are over: never shut a
+        connection down once it may be back in the pool)."""
         with self._lock:
             self._socket = sock
             if sock is not None and self._stop.is_set():
@@ -168,7 +169,6 @@ class ChatLLM:
         max_tokens: int,
         on_text: Callable[[str], object],
     ) -> None:
-        import openai
 
         stream = self._open(messages, generation, max_tokens=max_tokens)
         with generation._lock:
@@ -177,38 +177,40 @@ class ChatLLM:
             stream.close()
             self._raise_stopped(generation)
         with stream:
-            chunks = iter(stream)
-            while True:
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                except Exception as exc:  # boundary with the provider's stream: broken, malformed, or closed
-                    if generation._stop.is_set():
-                        self._raise_stopped(generation)
-                    if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
-                        raise _Retryable(_connection_reason(exc)) from exc
-                    logger.warning("the LLM's stream was malformed: %r", exc)
-                    raise LLMFailed(f"the LLM's stream was malformed ({type(exc).__name__})") from exc
-                self._take(chunk, generation, on_text)
+            try:
+                self._read(stream, generation, on_text)
+            finally:
+                generation._attach(None)  # before the stream's end gives its connection back to the pool
         if generation._stop.is_set():
             self._raise_stopped(generation)
 
+    def _read(self, stream: Any, generation: Generation, on_text: Callable[[str], object]) -> None:
+        import openai
+
+        chunks = iter(stream)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except Exception as exc:  # boundary with the provider's stream: broken, malformed, or closed
+                if generation._stop.is_set():
+                    self._raise_stopped(generation)
+                if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
+                    raise _Retryable(_connection_reason(exc)) from exc
+                logger.warning("the LLM's stream was malformed: %r", exc)
+                raise LLMFailed(f"the LLM's stream was malformed ({type(exc).__name__})") from exc
+            self._take(chunk, generation, on_text)
+
     def _open(self, messages: Sequence[ChatMessage], generation: Generation, *, max_tokens: int) -> Any:
-        """Send the request; the answer's stream once its headers came."""
+        """Send the request; the answer's stream once its headers came (its socket still attached to
+        ``generation``)."""
         import openai
 
         if generation._stop.is_set():
             self._raise_stopped(generation)
-        _sending.generation = generation  # the request's socket is attached to it as it is written
         try:
-            return self._client.get().chat.completions.create(  # type: ignore[call-overload]
-                model=self.model,
-                messages=list(messages),
-                max_tokens=max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+            return self._send(messages, generation, max_tokens=max_tokens)
         except openai.APIStatusError as exc:
             status = exc.status_code
             if retryable_status(status):
@@ -220,9 +222,22 @@ class ChatLLM:
             if generation._stop.is_set():
                 self._raise_stopped(generation)
             raise _Retryable(_connection_reason(exc)) from exc
+
+    def _send(self, messages: Sequence[ChatMessage], generation: Generation, *, max_tokens: int) -> Any:
+        _sending.generation = generation  # the request's socket is attached to it as it is written
+        try:
+            return self._client.get().chat.completions.create(  # type: ignore[call-overload]
+                model=self.model,
+                messages=list(messages),
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except BaseException:
+            generation._attach(None)  # no stream: the response is closed, its connection maybe pooled again
+            raise
         finally:
             _sending.generation = None
-            generation._attach(None)
 
     @staticmethod
     def _take(chunk: Any, generation: Generation, on_text: Callable[[str], object]) -> None:

@@ -58,11 +58,14 @@ def context(engine: Engine, tenant_id: uuid.UUID | None = None) -> JobContext:
 def test_a_tenant_without_chunks_gets_no_sources_and_its_question_is_not_embedded(engine: Engine) -> None:
     ctx = context(engine)
     embedder = _CountingEmbedder()
-    hits = pipeline.retrieve(ctx, engine, embedder, query="anything at all?", top_k=5, scope=Scope())
+    searching: list[bool] = []
+    hits = pipeline.retrieve(
+        ctx, engine, embedder, query="anything?", top_k=5, scope=Scope(), searching=lambda: searching.append(True)
+    )
     assert hits == []
     assert embedder.calls == 0
-    published = cast(_Events, ctx.events).published
-    assert published == [(EventType.PROGRESS, {"stage": "retrieve", "done": 0, "total": 1})]
+    # Nothing was searched: the caller sends the ``retrieve`` 0 event with its next ones.
+    assert searching == [] and cast(_Events, ctx.events).published == []
 
 
 def test_a_scope_without_chunks_is_not_embedded_either(engine: Engine) -> None:

@@ -220,13 +220,19 @@ def test_the_total_deadline_ends_a_stream_that_goes_on(slow_server: str) -> None
 
 
 class _Reading(http.server.BaseHTTPRequestHandler):
-    """Takes the request, then sends nothing for 30 s (llama-server queueing and reading a long prompt: its
-    headers come with the first token); notes when its client went away."""
+    """Takes the request, then (``headers``: after its answer's headers, as llama-server does) sends nothing for
+    30 s, as llama-server queueing it and reading a long prompt; notes when its client went away."""
 
     gone = threading.Event()
+    headers_first = True
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
+        if _Reading.headers_first:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            self.wfile.flush()
         self.connection.settimeout(30)
         try:
             if self.connection.recv(1) == b"":  # the client shut its side: EOF
@@ -238,11 +244,13 @@ class _Reading(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_close_before_the_first_byte_ends_the_request_and_drops_the_connection() -> None:
+@pytest.mark.parametrize("headers_first", [True, False], ids=["after-headers", "before-headers"])
+def test_close_before_the_first_token_ends_the_request_and_drops_the_connection(headers_first: bool) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Reading)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Reading.gone.clear()
+    _Reading.headers_first = headers_first
     try:
         client = ChatLLM(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="k", model="m")
         generation = Generation()

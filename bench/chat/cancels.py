@@ -28,7 +28,7 @@ from bench.chat import streams
 from bench.chat.streams import Target
 
 STAGES = ("queued", "retrieval", "prompt", "generation")
-FILLER_WORDS = 700
+FILLER_WORDS = 300
 _WORDS = [
     "river",
     "mountain",

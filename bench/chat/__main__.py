@@ -1,13 +1,14 @@
 """Chat benchmark: what Protostar's chat path adds to an LLM's stream, next to the same LLM called directly.
 
     .venv/bin/python -m bench.chat [--samples 40] [--streams 50] [--rounds 2] [--max-tokens 32]
-                                   [--parallel 4] [--high-parallel 50] [--plain]
+                                   [--parallel 4] [--high-parallel 50] [--cancels 5] [--plain]
 
 Starts its own embedded Redis/PostgreSQL/S3 AND the embedded LLM (llama-server with SmolLM2-135M-Instruct,
 ``--parallel 4`` as by default) in a temp dir on free ports, applies migrations, runs the API
 (``commands.api``) and ONE chat worker (``commands.worker(settings, "chat")``: threads pool, concurrency 50).
-For the run, ``PROTOSTAR_LLM_CONCURRENCY`` and ``_TENANT_CONCURRENCY`` are 50 and both RPM limits 100,000, so
-the LLM limiter never makes a stream wait; answers are capped at ``--max-tokens`` (``PROTOSTAR_LLM_MAX_TOKENS``).
+For the run, ``PROTOSTAR_LLM_CONCURRENCY``, ``_TENANT_CONCURRENCY`` and ``PROTOSTAR_TENANT_INFLIGHT_CHAT`` (the
+tenant's fair-turn cap) are 50 and both RPM limits 100,000, so neither the LLM limiter nor the turns make a
+stream wait; answers are capped at ``--max-tokens`` (``PROTOSTAR_LLM_MAX_TOKENS``).
 
 Every question goes to a tenant without documents, in a fresh session, so the worker's prompt is exactly
 ``protostar.chat.prompt.build(question, no hits, no history)``: the direct baseline sends those messages with
@@ -30,6 +31,10 @@ client in this process and are parsed alike (``bench.chat.streams``).
 4. ``--high-parallel N`` (default 50, 0 skips): llama-server restarted with ``--parallel N`` and the bursts
    repeated, so all 50 streams decode at once; with ``--parallel 4`` they queue inside llama-server (both
    kinds alike) and only 4 token streams flow through the relay at a time.
+5. Cancel latency by stage (``--cancels`` per stage, default 5, 0 skips; ``bench.chat.cancels``): from
+   ``POST /v1/jobs/{id}/cancel`` to the ``cancelled`` status event at the client, the cancel sent while the job
+   is queued, retrieving, waiting for the LLM's first token (queued in llama-server and reading a long prompt),
+   or generating (goal: ≤ 500 ms at every stage).
 
 Where the time goes: unless ``--plain``, the API and worker run as ``bench.chat.trace_api`` and
 ``bench.chat.trace_worker`` (Protostar's own app and worker app, with ``time.time()`` noted at each hop: a few
@@ -53,7 +58,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.chat import TRACE_PREFIX, phases, probes, streams
+from bench.chat import TRACE_PREFIX, cancels, phases, probes, streams
 from bench.chat.hops import Traces
 from bench.chat.phases import Meter, Phase
 from bench.chat.report import Report
@@ -80,6 +85,9 @@ def chat_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
         "PROTOSTAR_CHAT_CONCURRENCY": str(CHAT_CONCURRENCY),
         "PROTOSTAR_LLM_CONCURRENCY": limit,
         "PROTOSTAR_LLM_TENANT_CONCURRENCY": limit,
+        # Every stream is the one bench tenant's: with its default fair-turn cap (10 chat jobs in flight) 40 of
+        # the 50 would wait unsent for a turn, and "50 streams at once" would be 10 at a time.
+        "PROTOSTAR_TENANT_INFLIGHT_CHAT": limit,
         "PROTOSTAR_LLM_RPM": "100000",
         "PROTOSTAR_LLM_TENANT_RPM": "100000",
         # 50 streams queue inside llama-server (4 decoded at once): the last waits many seconds for its turn.
@@ -143,8 +151,20 @@ def collect(system: System, target: Target, runs: list[streams.Stream], plain: b
     return traces
 
 
-def measure(args: argparse.Namespace, system: System, target: Target) -> tuple[list[Phase], list[Phase]]:
-    """Phases 1-3 at ``--parallel``, then the bursts again at ``--high-parallel``; (all phases, burst phases)."""
+def measure_cancels(args: argparse.Namespace, system: System, target: Target) -> list[cancels.CancelRun]:
+    if not args.cancels:
+        return []
+    print(f"    cancels: {args.cancels} x {len(cancels.STAGES)} stages...", flush=True)
+    runs = cancels.measure(target, args.cancels)
+    wait_idle(system.pid(f"worker-{WORKER}"), "the chat worker")
+    return runs
+
+
+def measure(
+    args: argparse.Namespace, system: System, target: Target
+) -> tuple[list[Phase], list[Phase], list[cancels.CancelRun]]:
+    """Phases 1-3 at ``--parallel``, the cancels (at ``--parallel``: each slot's context holds the long question),
+    then the bursts again at ``--high-parallel``; (all phases, burst phases, cancels)."""
     stack = system.stack
 
     def meter() -> Meter:
@@ -175,13 +195,16 @@ def measure(args: argparse.Namespace, system: System, target: Target) -> tuple[l
     print(f"2/3 {args.streams} streams at once, {args.rounds} rounds each (--parallel {args.parallel})...", flush=True)
     burst = bursts_at(args.parallel)
     done, bursts = [single, burst], [burst]
+    cancel_runs = measure_cancels(args, system, target)
+    if cancel_runs:
+        took()
     if args.high_parallel:
         print(f"3/3 llama-server restarted with --parallel {args.high_parallel}; the bursts again...", flush=True)
         restart_llm(system, target, args.high_parallel)
         high = bursts_at(args.high_parallel)
         done.append(high)
         bursts.append(high)
-    return done, bursts
+    return done, bursts, cancel_runs
 
 
 def build_report(args: argparse.Namespace, done: list[Phase], bursts: list[Phase], traces: Traces) -> Report:
@@ -224,6 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32, help="PROTOSTAR_LLM_MAX_TOKENS, and the direct calls'")
     p.add_argument("--parallel", type=int, default=4, help="PROTOSTAR_LLM_PARALLEL: llama-server's --parallel")
     p.add_argument("--high-parallel", type=int, default=50, help="the bursts again at this --parallel (0: skip)")
+    p.add_argument("--cancels", type=int, default=5, help="cancels per stage (bench.chat.cancels; 0: skip)")
     p.add_argument("--plain", action="store_true", help="run Protostar's API and worker without the hop stamps")
     p.add_argument("--log-level", default="WARNING", help="PROTOSTAR_LOG_LEVEL of the API and worker")
     return p.parse_args(argv)
@@ -259,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(target, system, args.parallel)
 
         machine = MachineShare()
-        done, bursts = measure(args, system, target)
+        done, bursts, cancel_runs = measure(args, system, target)
         note = machine.describe()
         traces = collect(system, target, [s for p in done for s in p.runs], args.plain)
         report = build_report(args, done, bursts, traces)
+        report.cancels(cancel_runs)
         job_id = next((s.job_id for s in done[0].of("path") if s.job_id), None)
         if job_id is not None:
             print("    round trips, one at a time...", flush=True)

@@ -6,6 +6,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.chat.cancels import STAGES, CancelRun
 from bench.chat.hops import Traces, hop_table, ms, probe_table, span, worker_time_table
 from bench.chat.phases import Phase
 from bench.chat.streams import Stream
@@ -52,6 +53,28 @@ class Report:
 
     def add(self, metric: str, value: str, baseline: str = "", ratio: str = "", goal: str = "") -> None:
         self.rows.append(Row(metric, value, baseline, ratio, goal))
+
+    # --- cancel latency by stage ------------------------------------------------------------------------
+
+    def cancels(self, runs: list[CancelRun]) -> None:
+        for stage in STAGES:
+            of = [r for r in runs if r.stage == stage]
+            if not of:
+                continue
+            lat = [r.latency * 1000 for r in of if r.latency is not None]
+            other = [r for r in of if r.latency is None]
+            outcome = f"{len(lat)}/{len(of)} cancelled"
+            if other:
+                ends = sorted({r.status or (r.error or "no end")[:40] for r in other})
+                outcome += f"; else {', '.join(ends)}"
+            after = sum(r.tokens_after for r in of)
+            self.add(
+                f"cancel → job cancelled at the client, cancel sent at {stage} (p50 / max)",
+                f"{pct(lat, 0.5):.0f} / {max(lat):.0f} ms" if lat else "-",
+                f"{outcome}; {after} tokens after the cancel",
+                "",
+                "≤ 500 ms",
+            )
 
     # --- figure 1: time to first token ------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Wraps, at import, the functions the message route and the event stream pass thro
 in this process's memory; ``GET /bench/trace`` hands the notes over (and forgets them). Stamps per job:
 ``route`` (the route body starts: key checked, before the session lookup), ``submit`` (the message row is
 added, the job row is next), ``send`` / ``sent`` (``send_task``), ``submitted`` (the ``queued`` event and
-``dispatched_at`` written: the route returns), ``follow`` (the SSE route starts reading the Redis stream)
+``dispatched_at`` written: the route returns), ``follow`` (the SSE relay starts: replay, then the hub)
 and ``tokens`` (each ``token`` event as it comes off XREAD, before it is written to the socket).
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from protostar.api.app import create_app as protostar_app
+from protostar.api.sse import Relay
 from protostar.chat import repo as chat_repo
 from protostar.jobs import events
 from protostar.jobs.dispatch import Dispatcher
@@ -45,11 +46,12 @@ def _install() -> None:
         stamps = getattr(_local, "stamps", None) or {}
         _local.stamps = stamps
         stamps["submit"] = time.time()
-        job = submit(self, *args, **kwargs)
+        submitted = submit(self, *args, **kwargs)
         stamps["submitted"] = time.time()
+        job = getattr(submitted, "job", submitted)  # a ``Submitted`` (job, created), or the job itself
         _traces.setdefault(str(job.id), {}).update(stamps)
         _local.stamps = None
-        return job
+        return submitted
 
     Dispatcher.submit = timed_submit  # type: ignore[method-assign]
 
@@ -66,18 +68,18 @@ def _install() -> None:
 
     Dispatcher.send = timed_send  # type: ignore[method-assign]
 
-    follow = events.follow
+    items = Relay.items
 
-    async def timed_follow(client: Any, job_id: Any, **kwargs: Any) -> AsyncIterator[events.Event | None]:
-        trace = _traces.setdefault(str(job_id), {})
-        trace["follow"] = time.time()
+    async def timed_items(self: Relay, job: Any) -> AsyncIterator[events.Event | bytes]:
+        trace = _traces.setdefault(str(self.job_id), {})
+        trace.setdefault("follow", time.time())
         tokens: list[float] = trace.setdefault("tokens", [])
-        async for event in follow(client, job_id, **kwargs):
-            if event is not None and event.type == "token":
+        async for item in items(self, job):
+            if isinstance(item, events.Event) and item.type == "token":
                 tokens.append(time.time())
-            yield event
+            yield item
 
-    events.follow = timed_follow
+    Relay.items = timed_items  # type: ignore[method-assign]
 
 
 def create_app() -> FastAPI:

@@ -30,6 +30,7 @@ from celery.signals import task_postrun, task_prerun, task_received
 
 from bench.chat import TRACE_PREFIX
 from protostar.chat import pipeline
+from protostar.chat import repo as chat_repo
 from protostar.constants import EventType
 from protostar.jobs import repo
 from protostar.jobs.events import EventLog
@@ -113,17 +114,18 @@ def _install() -> None:
     _wrap(repo, "progress", "progress_start", "progress_end", span="progress (row UPDATE)")
     context = "question, summary, history (SELECTs)"
     _wrap(pipeline, "load_context", "question_start", "question_end", span=context)
+    _wrap(chat_repo, "has_chunks", "chunks_start", "chunks_end", span="has the tenant chunks (SELECT EXISTS)")
     _wrap(LLMLimiter, "_acquire", "acquire_start", "acquire_end", span="LLM limiter (Redis script)")
     _wrap(ChatLLM, "_stream_once", "llm_request", "llm_stream_end")
 
-    retrieve: Callable[..., Any] = getattr(pipeline, "retrieve")  # noqa: B009 (not re-exported)
+    retrieve: Callable[..., Any] = pipeline.retrieve
 
     @functools.wraps(retrieve)
-    def timed_retrieve(engine: Any, embedder: Any, **kwargs: Any) -> Any:
+    def timed_retrieve(ctx: Any, engine: Any, embedder: Any, **kwargs: Any) -> Any:
         _stamp("retrieve_start")
         started = time.time()
         try:
-            return retrieve(engine, _TimedEmbedder(embedder), **kwargs)
+            return retrieve(ctx, engine, _TimedEmbedder(embedder), **kwargs)
         finally:
             _stamp("retrieve_end")
             _span("retrieve (embedding + search)", started)

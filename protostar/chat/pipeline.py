@@ -23,13 +23,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from protostar.chat import repo
 from protostar.chat.prompt import Prompt, Turn, build
@@ -41,11 +43,13 @@ from protostar.errors import Cancelled, InputRejected, JobFailed
 from protostar.jobs.context import JobContext
 from protostar.llm.call import LLM
 from protostar.llm.stream import Generation
-from protostar.search import Hit, Scope, retrieve
+from protostar.search import Hit, Scope, in_scope, search
 from protostar.settings import Settings
 from protostar.summary import repo as summary_repo
 
 logger = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT = 2.0  # seconds a cancel request to PostgreSQL may take
 
 
 def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, settings: Settings) -> dict[str, Any]:
@@ -58,6 +62,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         question, summary, history = load_context(
             conn, tenant_id=ctx.tenant_id, message_id=message_id, limit=settings.chat_history_messages
         )
+        searchable = repo.has_chunks(conn, tenant_id=ctx.tenant_id, model=embedder.model)  # same checkout
 
     def keep(prompt: Prompt, generation: Generation, extra: dict[str, int], status: str) -> uuid.UUID:
         return _save(ctx, question, prompt, generation, extra, status=status)
@@ -76,6 +81,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         settings=settings,
         extra=_usage_extra(summary),
         on_partial=keep_partial,
+        searchable=searchable,
     )
     answer_id = keep(prompt, generation, usage_extra, MessageStatus.COMPLETE)
     return {"message_id": str(answer_id), **_result(prompt, generation, usage_extra)}
@@ -122,22 +128,25 @@ def _generate(
     settings: Settings,
     extra: dict[str, int],
     on_partial: Callable[[Prompt, Generation, dict[str, int]], object] | None = None,
+    searchable: bool | None = None,
 ) -> tuple[Prompt, Generation, dict[str, int]]:
     """Retrieve, build the prompt and stream the answer (every piece a ``token`` event). ``on_partial`` keeps
     what was generated when the generation is cancelled or breaks."""
     # No turn at the LLM now: say so before the retrieval, which a job sent again to wait for one would redo.
     llm.check(ctx.tenant_id)
-    # Before the first token, progress goes to the event stream only: each row write is on the path to it.
-    ctx.progress("retrieve", 0, 1, persist=False)
+    # Before the first token, progress goes to the event stream only (each row write is on the path to it), and
+    # the events of one moment go in one round trip.
+    searched: list[bool] = []
     hits = retrieve(
+        ctx,
         engine,
         embedder,
-        tenant_id=ctx.tenant_id,
         query=asked.question,
         top_k=settings.chat_top_k,
         scope=scope(ctx.payload),
+        searching=lambda: searched.append(True),
+        searchable=searchable,
     )
-    ctx.progress("retrieve", 1, 1, persist=False)
     prompt = build(
         question=asked.question,
         hits=hits,
@@ -148,10 +157,15 @@ def _generate(
     usage_extra = {**extra, "prompt_tokens_estimate": prompt.tokens, "embedding_tokens": approx_tokens(asked.question)}
     ctx.check_cancelled()
 
-    sources = cite(prompt.sources)
-    ctx.emit(EventType.SOURCES, {"sources": sources})
+    ctx.publish(
+        ([] if searched else [_RETRIEVING])
+        + [
+            (EventType.PROGRESS, {"stage": "retrieve", "done": 1, "total": 1}),
+            (EventType.SOURCES, {"sources": cite(prompt.sources)}),
+            (EventType.PROGRESS, {"stage": "generate", "done": 0, "total": asked.max_tokens}),
+        ]
+    )
     generation = Generation()
-    ctx.progress("generate", 0, asked.max_tokens, persist=False)
     started = time.monotonic()
     try:
         waited = llm.stream(
@@ -175,6 +189,78 @@ def _generate(
         waited,
     )
     return prompt, generation, usage_extra
+
+
+_RETRIEVING = (EventType.PROGRESS, {"stage": "retrieve", "done": 0, "total": 1})
+
+
+def retrieve(
+    ctx: JobContext,
+    engine: Engine,
+    embedder: Embedder,
+    *,
+    query: str,
+    top_k: int,
+    scope: Scope,
+    searching: Callable[[], object] = lambda: None,
+    searchable: bool | None = None,
+) -> list[Hit]:
+    """The question's sources: nothing, without embedding it, when the tenant (or the scope) has no chunk of
+    the embedder's model; else its embedding, then the search, announced first (the ``retrieve`` 0 progress
+    event; ``searching`` is called then: else the caller sends that event with its next ones). A cancel is seen
+    between the steps, and cancels the search's statement while it runs (``ctx.stopped_error`` is raised).
+    ``searchable``: whether the tenant has chunks, when the caller has looked already."""
+    if top_k <= 0 or searchable is False:
+        return []
+    with engine.connect() as conn:
+        if searchable is None and not repo.has_chunks(conn, tenant_id=ctx.tenant_id, model=embedder.model):
+            return []
+        if not scope.everything and not in_scope(conn, tenant_id=ctx.tenant_id, scope=scope).chunks:
+            return []
+        ctx.check_cancelled()
+        ctx.publish([_RETRIEVING])
+        searching()
+        vector = embedder.embed([query])[0]
+        ctx.check_cancelled()
+        with _cancels_statement(ctx, conn):
+            return search(
+                conn,
+                tenant_id=ctx.tenant_id,
+                query=query,
+                query_vector=vector,
+                model=embedder.model,
+                top_k=top_k,
+                scope=scope,
+            )
+
+
+@contextlib.contextmanager
+def _cancels_statement(ctx: JobContext, conn: Connection) -> Iterator[None]:
+    """While inside, a cancel of the job cancels the statement ``conn`` runs (PostgreSQL's cancel request), and
+    the error it ends with is the job's stop. Never after: the connection then goes back to the pool."""
+    raw = conn.connection.driver_connection
+    lock = threading.Lock()
+    armed = True
+
+    def cancel() -> None:
+        with lock:
+            if armed and raw is not None:
+                try:
+                    raw.cancel_safe(timeout=CANCEL_TIMEOUT)
+                except Exception:  # boundary: the statement then ends on its own
+                    logger.warning("job_id=%s the search was not cancelled", ctx.job_id, exc_info=True)
+
+    forget = ctx.on_cancel(cancel)
+    try:
+        yield
+    except DBAPIError as exc:
+        if ctx.cancelled.is_set():
+            raise ctx.stopped_error() from exc
+        raise
+    finally:
+        with lock:
+            armed = False
+        forget()
 
 
 def _result(prompt: Prompt, generation: Generation, usage_extra: dict[str, int]) -> dict[str, Any]:

@@ -185,3 +185,12 @@ def save_answer(
     )
     conn.execute(update(ChatSession).where(ChatSession.id == question.session_id).values(updated_at=text("now()")))
     return answer_id(question.id)
+
+
+def has_chunks(conn: Connection, *, tenant_id: uuid.UUID, model: str) -> bool:
+    """Whether the tenant has any chunk embedded by ``model`` (what an answer could retrieve); an index probe."""
+    found = conn.execute(
+        text("SELECT EXISTS (SELECT 1 FROM chunks WHERE tenant_id = :tenant AND embedding_model = :model)"),
+        {"tenant": tenant_id, "model": model},
+    ).scalar()
+    return bool(found)

@@ -121,6 +121,10 @@ class OnnxEmbedder:
     tensor, so in a padded batch a text's vector would depend on its neighbours (measured: up to 0.03 per
     component); alone it depends only on the text, the query and the chunks are embedded alike, no padding is
     computed, and it measured faster than batches of 32 sorted by length.
+
+    At most as many runs at once as the cores hold runs of ``threads`` intra-op threads (a semaphore): more, as
+    50 chat threads embedding their questions at once, only thrashed the cores and each other's caches; queued,
+    each waits for runs of a few milliseconds and the last ends no later.
     """
 
     def __init__(self, *, data_dir: Path, threads: int | None = None) -> None:
@@ -130,6 +134,7 @@ class OnnxEmbedder:
         self.threads = threads
         self._loaded: tuple[onnxruntime.InferenceSession, Tokenizer] | None = None
         self._lock = threading.Lock()
+        self._runs = threading.BoundedSemaphore(max(1, _cores() // (threads or _cores())))
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
@@ -138,7 +143,8 @@ class OnnxEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, encoding in enumerate(tokenizer.encode_batch(list(texts))):
             ids = np.asarray([encoding.ids], dtype=np.int64)
-            out[row] = session.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+            with self._runs:
+                out[row] = session.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
         return normalize(out)
 
     def _load(self) -> tuple[onnxruntime.InferenceSession, Tokenizer]:
@@ -172,6 +178,10 @@ class OnnxEmbedder:
             self.threads or "all cores",
         )
         return session, tokenizer
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class OpenAIEmbedder:

@@ -5,13 +5,17 @@ HTTP read timeout) and a total deadline, enforced by a timer that closes the str
 Retries: 429, 5xx, timeouts and connection errors are retried with full-jitter backoff, capped in number and
 never past the total deadline, and only before the first token: once text reached the caller, a retry would
 repeat it. Cancel: the caller registers :meth:`Generation.close` with its job's cancel hooks, which closes the
-upstream stream at once. Every failure ends as :class:`~protostar.errors.LLMFailed` with a reason, or
+upstream stream and shuts its socket down: closing alone does not wake a read blocked in another thread, and
+before the first token the thread waits on that read for as long as llama-server queues the request and reads
+the prompt (seconds under load). The read then ends at once, and llama-server, its client gone, drops the
+request. Every failure ends as :class:`~protostar.errors.LLMFailed` with a reason, or
 :class:`~protostar.errors.Cancelled`; what was generated so far stays in :attr:`Generation.text`.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +48,7 @@ class Generation:
     first_token_at: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _stream: Any = None
+    _socket: socket.socket | None = None  # the request's connection, while the request and its stream last
     _why: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,11 +60,21 @@ class Generation:
             self._why = why
             self._stop.set()
             stream = self._stream
+            if self._socket is not None:  # end a read blocked on it now
+                _shutdown(self._socket)
         if stream is not None:
             try:
                 stream.close()
             except Exception:  # boundary: the stream may be half-closed already
                 logger.debug("closing the LLM stream failed", exc_info=True)
+
+    def _attach(self, sock: socket.socket | None) -> None:
+        """The socket the request is sent on (``None``: the request and its stream are over: never shut a
+        connection down once it may be back in the pool)."""
+        with self._lock:
+            self._socket = sock
+            if sock is not None and self._stop.is_set():
+                _shutdown(sock)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -93,6 +108,7 @@ class ChatLLM:
             timeout=first_token_timeout,
             connect_timeout=connect_timeout,
             http_client=http_client,
+            make_http_client=_tracked_client,
         )
 
     @classmethod
@@ -153,18 +169,48 @@ class ChatLLM:
         max_tokens: int,
         on_text: Callable[[str], object],
     ) -> None:
+
+        stream = self._open(messages, generation, max_tokens=max_tokens)
+        with generation._lock:
+            generation._stream = stream
+        if generation._stop.is_set():  # closed between the request and now
+            stream.close()
+            self._raise_stopped(generation)
+        with stream:
+            try:
+                self._read(stream, generation, on_text)
+            finally:
+                generation._attach(None)  # before the stream's end gives its connection back to the pool
+        if generation._stop.is_set():
+            self._raise_stopped(generation)
+
+    def _read(self, stream: Any, generation: Generation, on_text: Callable[[str], object]) -> None:
+        import openai
+
+        chunks = iter(stream)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except Exception as exc:  # boundary with the provider's stream: broken, malformed, or closed
+                if generation._stop.is_set():
+                    self._raise_stopped(generation)
+                if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
+                    raise _Retryable(_connection_reason(exc)) from exc
+                logger.warning("the LLM's stream was malformed: %r", exc)
+                raise LLMFailed(f"the LLM's stream was malformed ({type(exc).__name__})") from exc
+            self._take(chunk, generation, on_text)
+
+    def _open(self, messages: Sequence[ChatMessage], generation: Generation, *, max_tokens: int) -> Any:
+        """Send the request; the answer's stream once its headers came (its socket still attached to
+        ``generation``)."""
         import openai
 
         if generation._stop.is_set():
             self._raise_stopped(generation)
         try:
-            stream = self._client.get().chat.completions.create(  # type: ignore[call-overload]
-                model=self.model,
-                messages=list(messages),
-                max_tokens=max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+            return self._send(messages, generation, max_tokens=max_tokens)
         except openai.APIStatusError as exc:
             status = exc.status_code
             if retryable_status(status):
@@ -172,32 +218,26 @@ class ChatLLM:
                 # then the job fails. Rate limits and 502-504 (a proxy or a server starting) are the LLM being away.
                 raise _Retryable(f"HTTP {status}", away=status != 500) from exc
             raise LLMFailed(f"the LLM refused the request: HTTP {status}: {_detail(exc)}") from exc
-        except openai.APIConnectionError as exc:  # includes timeouts
+        except openai.APIConnectionError as exc:  # includes timeouts, and a socket shut down by close()
             if generation._stop.is_set():
                 self._raise_stopped(generation)
             raise _Retryable(_connection_reason(exc)) from exc
-        with generation._lock:
-            generation._stream = stream
-        if generation._stop.is_set():  # closed between the request and now
-            stream.close()
-            self._raise_stopped(generation)
-        with stream:
-            chunks = iter(stream)
-            while True:
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                except Exception as exc:  # boundary with the provider's stream: broken, malformed, or closed
-                    if generation._stop.is_set():
-                        self._raise_stopped(generation)
-                    if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
-                        raise _Retryable(_connection_reason(exc)) from exc
-                    logger.warning("the LLM's stream was malformed: %r", exc)
-                    raise LLMFailed(f"the LLM's stream was malformed ({type(exc).__name__})") from exc
-                self._take(chunk, generation, on_text)
-        if generation._stop.is_set():
-            self._raise_stopped(generation)
+
+    def _send(self, messages: Sequence[ChatMessage], generation: Generation, *, max_tokens: int) -> Any:
+        _sending.generation = generation  # the request's socket is attached to it as it is written
+        try:
+            return self._client.get().chat.completions.create(  # type: ignore[call-overload]
+                model=self.model,
+                messages=list(messages),
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except BaseException:
+            generation._attach(None)  # no stream: the response is closed, its connection maybe pooled again
+            raise
+        finally:
+            _sending.generation = None
 
     @staticmethod
     def _take(chunk: Any, generation: Generation, on_text: Callable[[str], object]) -> None:
@@ -227,6 +267,67 @@ class ChatLLM:
         tries = f" after {attempt} retries" if attempt else ""
         logger.warning("the LLM at %s did not answer%s: %s", self.base_url, tries, reason)
         return f"the LLM did not answer{tries}: {reason}"  # no URL: the message reaches the caller
+
+
+class _Sending(threading.local):
+    generation: Generation | None = None
+
+
+_sending = _Sending()  # per thread: the generation whose request this thread is sending (the sync client's)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake a read blocked on ``sock`` in another thread (``close`` alone would not) and tell the peer."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed or never connected
+        logger.debug("shutting the LLM socket down failed", exc_info=True)
+
+
+def _tracked_client() -> httpx2.Client:
+    """The ``openai`` client's default HTTP client, but every connection it writes a request on is attached
+    to the generation the writing thread is sending (:data:`_sending`), so :meth:`Generation.close` can end a
+    request still waiting for its first byte."""
+    import httpcore2
+    import httpx2
+    import openai
+
+    class Tracked(httpcore2.NetworkStream):
+        def __init__(self, inner: httpcore2.NetworkStream) -> None:
+            self.inner = inner
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return self.inner.read(max_bytes, timeout)
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            generation = _sending.generation
+            if generation is not None:
+                generation._attach(self.inner.get_extra_info("socket"))
+            self.inner.write(buffer, timeout)
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def start_tls(self, *args: Any, **kwargs: Any) -> httpcore2.NetworkStream:
+            return Tracked(self.inner.start_tls(*args, **kwargs))
+
+        def get_extra_info(self, info: str) -> Any:
+            return self.inner.get_extra_info(info)
+
+    class Backend(httpcore2.SyncBackend):
+        def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore2.NetworkStream:
+            return Tracked(super().connect_tcp(*args, **kwargs))
+
+    limits = openai.DEFAULT_CONNECTION_LIMITS
+    transport = httpx2.HTTPTransport(limits=limits)
+    # The transport's own pool, but on the tracking backend (httpx2 takes no backend of its own).
+    transport._pool = httpcore2.ConnectionPool(
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=Backend(),
+    )
+    return openai.DefaultHttpxClient(transport=transport)
 
 
 class _Retryable(Exception):

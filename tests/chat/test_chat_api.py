@@ -123,6 +123,30 @@ def test_cancel_mid_answer_stops_within_a_second_and_keeps_the_partial_answer(ap
     assert events[-1].event == "done" and events[-1].data["status"] == "cancelled"
 
 
+def test_cancel_before_the_first_token_ends_the_job_cancelled(api_module: httpx.Client) -> None:
+    """Cancelled while the LLM still reads a long prompt (no byte of its answer yet): the request is dropped and
+    the job ends ``cancelled`` with nothing streamed and no partial answer."""
+    session_id = new_session(api_module)
+    words = " ".join(["river", "copper", "lantern", "meadow", "falcon", "walnut"][i % 6] for i in range(700))
+    accepted = ask(api_module, session_id, f"Ticket {uuid.uuid4().hex[:8]}. Summarize these words: {words}")
+    for event in read_events(api_module, accepted["job_id"], timeout=120):
+        if event.event == "token":
+            pytest.skip("the first token came before the request was sent")
+        if event.event == "progress" and event.data["stage"] == "generate":  # the LLM request is next
+            break
+    assert api_module.post(f"/v1/jobs/{accepted['job_id']}/cancel").status_code == 202
+    asked = time.monotonic()
+    job = wait_status(api_module, accepted["job_id"], "cancelled", "succeeded", timeout=60)
+    print(f"cancelled in {time.monotonic() - asked:.2f} s")
+    if job["status"] == "succeeded":
+        pytest.skip("the model finished its answer before the cancel arrived")
+    events = list(read_events(api_module, accepted["job_id"], timeout=30))
+    assert events[-1].event == "done" and events[-1].data["status"] == "cancelled"
+    messages = api_module.get(f"/v1/sessions/{session_id}").json()["messages"]
+    tokens = [e for e in events if e.event == "token"]
+    assert tokens or [m["role"] for m in messages] == ["user"]  # no partial answer without a token
+
+
 def test_bad_requests_get_clear_4xx(api_module: httpx.Client) -> None:
     session_id = new_session(api_module)
     empty = api_module.post(f"/v1/sessions/{session_id}/messages", json={"content": ""})

@@ -217,3 +217,49 @@ def test_the_total_deadline_ends_a_stream_that_goes_on(slow_server: str) -> None
     with pytest.raises(LLMFailed, match="did not finish within 1 s"):
         client.generate(MESSAGES, generation, max_tokens=8, on_text=lambda piece: None)
     assert generation.text
+
+
+class _Reading(http.server.BaseHTTPRequestHandler):
+    """Takes the request, then (``headers``: after its answer's headers, as llama-server does) sends nothing for
+    30 s, as llama-server queueing it and reading a long prompt; notes when its client went away."""
+
+    gone = threading.Event()
+    headers_first = True
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        if _Reading.headers_first:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            self.wfile.flush()
+        self.connection.settimeout(30)
+        try:
+            if self.connection.recv(1) == b"":  # the client shut its side: EOF
+                _Reading.gone.set()
+        except OSError:
+            _Reading.gone.set()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("headers_first", [True, False], ids=["after-headers", "before-headers"])
+def test_close_before_the_first_token_ends_the_request_and_drops_the_connection(headers_first: bool) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Reading)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Reading.gone.clear()
+    _Reading.headers_first = headers_first
+    try:
+        client = ChatLLM(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="k", model="m")
+        generation = Generation()
+        threading.Timer(0.5, generation.close).start()
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            client.generate(MESSAGES, generation, max_tokens=8, on_text=lambda piece: None)
+        assert time.monotonic() - started < 10.0  # the server would hold the request for 30 s
+        assert _Reading.gone.wait(10.0)  # and it saw its client go: llama-server then drops the request
+        assert generation._socket is None
+    finally:
+        server.shutdown()

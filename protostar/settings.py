@@ -197,6 +197,7 @@ class Settings(BaseSettings):
     llm_total_timeout: float = Field(240.0, gt=0, description="seconds for a whole answer")
     llm_max_retries: int = Field(3, ge=0, description="retries of 429/5xx/connection errors before the first token")
     llm_max_tokens: int = Field(256, ge=1, description="longest answer, in tokens")
+    llm_temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature of answers and summaries")
     chat_top_k: int = Field(4, ge=0, description="chunks retrieved into a chat prompt")
     chat_history_messages: int = Field(6, ge=0, description="latest messages of the session in a chat prompt")
     chat_prompt_tokens: int = Field(1500, ge=128, description="budget of a chat prompt (the rest is the answer's)")

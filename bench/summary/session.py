@@ -179,9 +179,9 @@ def fold_again(talk: Conversation, run: JobRun, direct: Direct, settings: Any) -
     """The fold of the summary ``run`` wrote (the previous summary and the messages it covers), with
     llama-server called directly instead of through a job; a one-call fold generates as many tokens as the
     job's call did, so the two do the same work."""
-    from protostar.summary import fold
+    from protostar.summary import facts, fold
     from protostar.summary.pipeline import session_pieces
-    from protostar.summary.repo import Latest, Line
+    from protostar.summary.repo import Line
 
     job_id = str(run.job["id"])
     written = [s for s in talk.summaries if s.job_id == job_id]
@@ -194,10 +194,10 @@ def fold_again(talk: Conversation, run: JobRun, direct: Direct, settings: Any) -
     lines = [
         Line(seq, role, text) for seq, _, role, text in talk.messages if after < seq <= summary.covers_seq and text
     ]
-    latest = Latest(previous.version, previous.covers_seq, previous.content, 0, 0) if previous else None
+    told = facts.split(previous.content)[1] if previous else ""
     result = run.job.get("result") or {}
     exactly = int(result["usage"]["completion_tokens"]) if result.get("llm_calls") == 1 else None
-    talk.direct[job_id] = run_fold(direct, settings, session_pieces(latest, lines), fold.SESSION, exactly=exactly)
+    talk.direct[job_id] = run_fold(direct, settings, session_pieces(told, lines), fold.SESSION, exactly=exactly)
 
 
 def run_fold(

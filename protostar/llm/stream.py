@@ -93,10 +93,12 @@ class ChatLLM:
         total_timeout: float = 240.0,
         max_retries: int = 3,
         max_backoff: float = 8.0,
+        temperature: float | None = None,  # None: the server's default
         http_client: httpx2.Client | None = None,
     ) -> None:
         self.base_url = base_url
         self.model = model
+        self.temperature = temperature
         self.connect_timeout = connect_timeout
         self.first_token_timeout = first_token_timeout
         self.total_timeout = total_timeout
@@ -125,6 +127,7 @@ class ChatLLM:
             first_token_timeout=settings.llm_first_token_timeout,
             total_timeout=settings.llm_total_timeout,
             max_retries=settings.llm_max_retries,
+            temperature=settings.llm_temperature,
         )
 
     def generate(
@@ -232,6 +235,7 @@ class ChatLLM:
                 max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
+                **({} if self.temperature is None else {"temperature": self.temperature}),
             )
         except BaseException:
             generation._attach(None)  # no stream: the response is closed, its connection maybe pooled again

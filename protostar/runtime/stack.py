@@ -126,6 +126,7 @@ class Stack:
                     host=host,
                     api_key=key,
                     model=cfg.llm_model,
+                    model_file=cfg.llm_model_file,
                     threads=cfg.llm_threads,
                     parallel=cfg.llm_parallel,
                     context_tokens=cfg.llm_context_tokens,

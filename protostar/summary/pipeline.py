@@ -27,7 +27,7 @@ from protostar.llm.call import LLM
 from protostar.llm.stream import Generation
 from protostar.llm.tokens import estimate
 from protostar.settings import Settings
-from protostar.summary import fold, repo
+from protostar.summary import facts, fold, repo
 from protostar.summary.parts import Part, Parts
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,12 @@ def summarize_session(
             "messages": 0,
             "written": False,
         }
-    pieces = session_pieces(previous, lines)
-    turns = pieces[1:] if previous else pieces
-    content, calls, reused, usage = _fold(ctx, pieces, fold.SESSION, llm=llm, settings=settings, parts=parts)
+    earlier, told = facts.split(previous.content) if previous else ([], "")
+    pieces = session_pieces(told, lines)
+    turns = pieces[1:] if told else pieces
+    retold, calls, reused, usage = _fold(ctx, pieces, fold.SESSION, llm=llm, settings=settings, parts=parts)
+    stated = [s for line in lines if line.role == "user" for s in facts.stated(line.content)]
+    content = facts.compose(facts.merge(earlier, stated, budget=settings.summary_max_tokens), retold)
     summary = SessionSummary(
         session_id=session_id,
         tenant_id=ctx.tenant_id,
@@ -104,10 +107,11 @@ def summarize_session(
     }
 
 
-def session_pieces(previous: repo.Latest | None, lines: list[repo.Line]) -> list[str]:
-    """What a session summary folds: the previous summary, then each message since as ``User: ...`` or
+def session_pieces(previous: str, lines: list[repo.Line]) -> list[str]:
+    """What the model folds into a session summary: the model's part of the previous summary (its facts are
+    carried apart, :mod:`protostar.summary.facts`), then each message since as ``User: ...`` or
     ``Assistant: ...``."""
-    earlier = [f"Summary of the conversation so far: {previous.content}"] if previous else []
+    earlier = [f"Summary of the conversation so far: {previous}"] if previous else []
     return earlier + [f"{'User' if line.role == 'user' else 'Assistant'}: {line.content}" for line in lines]
 
 

@@ -47,6 +47,8 @@ class JobContext:
     _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
     _events_paused_until: float = 0.0
     pending_progress: Beat | None = None  # progress recorded and not yet written to the row
+    _held: list[tuple[EventType, dict[str, Any]]] = field(default_factory=list)  # to go with the next event
+    _held_lock: threading.Lock = field(default_factory=threading.Lock)
     _watch: Watch | None = None
 
     @contextmanager
@@ -81,7 +83,29 @@ class JobContext:
         ids = self.publish([(type_, data)])
         return ids[0] if ids else None
 
+    def hold(self, type_: EventType, data: dict[str, Any]) -> None:
+        """An event sent with the job's next one, in the same round trip (pipelines publish their first event
+        at once), or by the watcher within ``watcher.CANCEL_POLL`` seconds if none comes (:meth:`flush_held`)."""
+        with self._held_lock:
+            self._held.append((type_, data))
+
+    def flush_held(self) -> None:
+        """Publish the events held back, if any (the watcher's flag thread, each poll)."""
+        if self._held:
+            with self._held_lock:
+                if self._held:
+                    held, self._held = self._held, []
+                    self._publish(held)
+
     def publish(self, events: list[tuple[EventType, dict[str, Any]]]) -> list[str]:
+        """Publish events (after any held back, in the same round trip): their stream ids (see :meth:`_publish`)."""
+        if self._held:
+            with self._held_lock:  # held while publishing: a concurrent flush cannot reorder them
+                held, self._held = self._held, []
+                return self._publish(held + events)[len(held) :]
+        return self._publish(events)
+
+    def _publish(self, events: list[tuple[EventType, dict[str, Any]]]) -> list[str]:
         """Publish events for the job's followers, at most once each. Events are a live view, not the record
         (the row is, and a follower is told the end from it), so an unavailable Redis costs followers the events
         meanwhile and never the job: the failure is logged, and for ``EVENTS_PAUSE`` seconds no event is even

@@ -11,7 +11,8 @@ job:
   job is stopped (:meth:`JobContext.time_up`) and fails ``time_limit``. Celery enforces time limits on the
   prefork pool only; this enforces them on every pool.
 * the **flag** thread (Redis) reads every running job's cancel flag in one round trip (``MGET``) each
-  ``CANCEL_POLL`` seconds, and cancels the flagged ones.
+  ``CANCEL_POLL`` seconds, and cancels the flagged ones. It also publishes the events a job held back to send with
+  its next one (``JobContext.hold``: its ``running`` status) when no other came meanwhile.
 
 The two dependencies are watched from separate threads so that one that is down or frozen never stops the
 other's checks: above all, a frozen Redis must not let the heartbeats go stale and have healthy jobs taken over.
@@ -55,6 +56,8 @@ class Watched(Protocol):
     def time_up(self) -> None: ...
 
     def progress_written(self, written: repo.Beat | None) -> None: ...
+
+    def flush_held(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -196,6 +199,8 @@ class ProcessWatcher:
             self._busy.wait()
             time.sleep(CANCEL_POLL)
             watches = self._current()
+            for watch in watches:
+                watch.ctx.flush_held()
             if not watches:
                 continue
             try:

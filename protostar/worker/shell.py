@@ -134,7 +134,8 @@ def _run_claimed(task: Task, clients: Clients, job: repo.Claimed, pipeline: Pipe
         deadline=time.monotonic() + _soft_limit(task, settings, job.queue),
     )
     run = _Run(clients, job, ctx)
-    ctx.emit(EventType.STATUS, {"status": JobStatus.RUNNING.value, "attempt": job.attempts})
+    # Sent with the pipeline's first event, in one round trip (or by the watcher within its poll).
+    ctx.hold(EventType.STATUS, {"status": JobStatus.RUNNING.value, "attempt": job.attempts})
     logger.info("job_id=%s kind=%s attempt=%d started", jid, job.kind, job.attempts)
     watcher = for_process(clients.engine, clients.redis, heartbeat_interval=settings.heartbeat_interval)
     watch = ctx.watched_by(watcher)

@@ -12,9 +12,10 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
+from protostar.constants import EventType
 from protostar.jobs import repo
 from protostar.jobs.context import JobContext
-from protostar.jobs.events import EventLog, cancel_key
+from protostar.jobs.events import EventLog, cancel_key, decode, stream_key
 from protostar.jobs.watcher import ProcessWatcher, Watch
 from protostar.settings import Settings
 from tests.conftest import wait_for
@@ -127,3 +128,22 @@ def test_a_stopped_watch_is_no_longer_beaten(
     time.sleep(settings.heartbeat_interval * 2 + 0.5)
     assert not ctx.cancelled.is_set()
     assert _row(engine, ctx.job_id)["heartbeat_at"] < _row(engine, ctx.job_id)["created_at"]  # type: ignore[operator]
+
+
+def _events(client: redis.Redis, job_id: uuid.UUID) -> list[tuple[str, dict[str, object]]]:
+    entries = client.xrange(stream_key(job_id))
+    return [(e.type, e.data) for e in (decode(entry_id, fields) for entry_id, fields in entries)]
+
+
+def test_a_held_event_goes_first_with_the_next_or_within_the_poll(
+    engine: Engine, client: redis.Redis, settings: Settings, watcher: ProcessWatcher, watched: list[Watch]
+) -> None:
+    quiet, busy = _claimed(engine, settings, client), _claimed(engine, settings, client)
+    for ctx in (quiet, busy):
+        ctx.hold(EventType.STATUS, {"status": "running"})
+    busy.progress("reading", 0, 1, persist=False)  # before the watcher sees it: the two go together, in order
+    assert [t for t, _ in _events(client, busy.job_id)] == ["status", "progress"]
+    watched += [quiet.watched_by(watcher), busy.watched_by(watcher)]
+    wait_for(lambda: _events(client, quiet.job_id), timeout=5, what="the held event sent by the watcher")
+    assert _events(client, quiet.job_id) == [("status", {"status": "running"})]
+    assert len(_events(client, busy.job_id)) == 2  # sent once

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from sqlalchemy import Connection, Engine
@@ -20,13 +20,15 @@ from sqlalchemy import Connection, Engine
 from protostar.constants import EventType
 from protostar.errors import Cancelled, JobFailed, TimeLimitExceeded
 from protostar.jobs import repo
-from protostar.jobs.events import EventLog, cancel_key
+from protostar.jobs.events import EventLog
+from protostar.jobs.repo import Beat
+
+if TYPE_CHECKING:
+    from protostar.jobs.watcher import ProcessWatcher, Watch
 
 logger = logging.getLogger(__name__)
 
-CANCEL_POLL = 0.25  # seconds between looks at the cancel flag
-PROGRESS_EVERY = 0.5  # seconds between progress writes, except at stage changes and completion
-FAILURE_LOG_EVERY = 10.0  # seconds between log lines while the watcher's checks keep failing
+PROGRESS_EVERY = 0.5  # seconds between progress events, except at stage changes and completion
 EVENTS_PAUSE = 5.0  # seconds events are not even tried after Redis failed to take one
 
 
@@ -44,6 +46,10 @@ class JobContext:
     _last_progress: tuple[str, float] = ("", 0.0)
     _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
     _events_paused_until: float = 0.0
+    pending_progress: Beat | None = None  # progress recorded and not yet written to the row
+    _held: list[tuple[EventType, dict[str, Any]]] = field(default_factory=list)  # to go with the next event
+    _held_lock: threading.Lock = field(default_factory=threading.Lock)
+    _watch: Watch | None = None
 
     @contextmanager
     def owned(self) -> Iterator[Connection]:
@@ -77,7 +83,29 @@ class JobContext:
         ids = self.publish([(type_, data)])
         return ids[0] if ids else None
 
+    def hold(self, type_: EventType, data: dict[str, Any]) -> None:
+        """An event sent with the job's next one, in the same round trip (pipelines publish their first event
+        at once), or by the watcher within ``watcher.CANCEL_POLL`` seconds if none comes (:meth:`flush_held`)."""
+        with self._held_lock:
+            self._held.append((type_, data))
+
+    def flush_held(self) -> None:
+        """Publish the events held back, if any (the watcher's flag thread, each poll)."""
+        if self._held:
+            with self._held_lock:
+                if self._held:
+                    held, self._held = self._held, []
+                    self._publish(held)
+
     def publish(self, events: list[tuple[EventType, dict[str, Any]]]) -> list[str]:
+        """Publish events (after any held back, in the same round trip): their stream ids (see :meth:`_publish`)."""
+        if self._held:
+            with self._held_lock:  # held while publishing: a concurrent flush cannot reorder them
+                held, self._held = self._held, []
+                return self._publish(held + events)[len(held) :]
+        return self._publish(events)
+
+    def _publish(self, events: list[tuple[EventType, dict[str, Any]]]) -> list[str]:
         """Publish events for the job's followers, at most once each. Events are a live view, not the record
         (the row is, and a follower is told the end from it), so an unavailable Redis costs followers the events
         meanwhile and never the job: the failure is logged, and for ``EVENTS_PAUSE`` seconds no event is even
@@ -94,16 +122,39 @@ class JobContext:
             return []
 
     def progress(self, stage: str, done: int, total: int | None = None, *, persist: bool = True) -> None:
-        """A ``progress`` event, and the job row's stage and counts (throttled). ``persist=False``: the event
-        only, for stages too brief to be worth a database write (the row keeps its last stage)."""
+        """A ``progress`` event (throttled), and the job row's stage and counts: written by the process's watcher
+        within ``watcher.PROGRESS_DELAY`` seconds, with the other jobs' heartbeats (or with the job's ending, if
+        it comes first), not by a statement of its own. ``persist=False``: the event only, for stages too brief
+        to be worth a database write (the row keeps its last stage)."""
         last_stage, last_at = self._last_progress
         now = time.monotonic()
         if stage == last_stage and now - last_at < PROGRESS_EVERY and done != total:
             return
         self._last_progress = (stage, now)
         if persist:
-            repo.progress(self.engine, job_id=self.job_id, attempt=self.attempt, stage=stage, done=done, total=total)
+            beat = Beat(self.job_id, self.attempt, stage, done, total)
+            if self._watch is None:  # not watched (a context built by hand): written now
+                repo.heartbeat(self.engine, [beat])
+            else:  # written by the watcher's next beat, soon, or with the job's ending if that comes first
+                self.pending_progress = beat
+                self._watch.progressed()
         self.emit(EventType.PROGRESS, {"stage": stage, "done": done, "total": total})
+
+    def progress_written(self, written: Beat | None) -> None:
+        """The watcher wrote ``written`` to the row: it is no longer pending, unless newer progress came since."""
+        if written is not None and self.pending_progress is written:
+            self.pending_progress = None
+
+    def watched_by(self, watcher: ProcessWatcher) -> Watch:
+        """Have ``watcher`` beat this job, write its progress and turn its cancel flags and deadline into
+        :attr:`cancelled` until :meth:`unwatch`."""
+        self._watch = watcher.watch(self)
+        return self._watch
+
+    def unwatch(self) -> None:
+        """The run is over (it ends, fails or goes back to its queue): no more beats or flag checks for it."""
+        if self._watch is not None:
+            self._watch.stop()
 
     def time_up(self) -> None:
         """The deadline passed: stop the job as a cancel does (its hooks close what a thread is blocked on)."""
@@ -124,87 +175,3 @@ class JobContext:
         """Sleep, but wake and raise at once when the job is cancelled (or out of time)."""
         if self.cancelled.wait(seconds):
             raise self.stopped_error()
-
-
-class Watcher(threading.Thread):
-    """Beats the job's heartbeat and turns a cancel request (Redis flag or DB flag) into ``ctx.cancelled``.
-
-    The heartbeat (PostgreSQL) and the flag (Redis) are watched from two threads, so that one dependency that is
-    down or frozen never stops the other's checks: above all, a frozen Redis must not let the heartbeat go stale
-    and have a healthy job taken over. A failing check is retried at its next round; the job goes on.
-
-    The heartbeat thread also keeps the job's deadline (``ctx.deadline``, its soft time limit): past it the job is
-    cancelled (:meth:`JobContext.time_up`) and fails with ``time_limit``. Celery enforces time limits on the prefork
-    pool only; this enforces them on every pool.
-    """
-
-    def __init__(self, ctx: JobContext, client: redis.Redis, *, heartbeat_interval: float) -> None:
-        super().__init__(name=f"watch-{ctx.job_id}", daemon=True)
-        self.ctx, self.client, self.interval = ctx, client, heartbeat_interval
-        self.stopped = threading.Event()
-        self.lost = False
-        self._failing_since: dict[str, float] = {}
-        self._logged_at: dict[str, float] = {}
-        self._flag = threading.Thread(target=self._watch_flag, name=f"flag-{ctx.job_id}", daemon=True)
-
-    def start(self) -> None:
-        super().start()
-        self._flag.start()
-
-    def run(self) -> None:
-        ctx = self.ctx
-        next_beat = time.monotonic() + self.interval
-        while not self.stopped.wait(self._until(next_beat)):
-            if ctx.deadline is not None and not ctx.timed_out and time.monotonic() >= ctx.deadline:
-                logger.warning("job_id=%s past its time limit: stopping it", ctx.job_id)
-                ctx.time_up()
-            if time.monotonic() < next_beat:
-                continue
-            next_beat = time.monotonic() + self.interval
-            try:
-                state = repo.heartbeat(ctx.engine, job_id=ctx.job_id, attempt=ctx.attempt)
-            except Exception as exc:  # noqa: BLE001 (boundary: logged; a failed beat is retried next round)
-                self._failed("heartbeat", exc)
-                continue
-            self._failing_since.pop("heartbeat", None)
-            if state is None:
-                logger.warning("job_id=%s was taken over by another delivery", ctx.job_id)
-                self.lost = True
-                ctx.cancel()
-            elif state:
-                ctx.cancel()
-
-    def _until(self, next_beat: float) -> float:
-        """Seconds to sleep: until the next beat, or the deadline if that comes first."""
-        wake = next_beat
-        if self.ctx.deadline is not None and not self.ctx.timed_out:
-            wake = min(wake, self.ctx.deadline)
-        return max(wake - time.monotonic(), 0.0)
-
-    def _watch_flag(self) -> None:
-        key = cancel_key(self.ctx.job_id)
-        while not self.stopped.wait(CANCEL_POLL):
-            try:
-                flagged = self.client.exists(key)
-            except Exception as exc:  # noqa: BLE001 (boundary: logged; the DB flag is the truth meanwhile)
-                self._failed("cancel check", exc)
-                continue
-            self._failing_since.pop("cancel check", None)
-            if flagged:
-                self.ctx.cancel()
-
-    def _failed(self, check: str, exc: Exception) -> None:
-        """Log the first failure of a run of them, and then one line every ``FAILURE_LOG_EVERY`` seconds."""
-        now = time.monotonic()
-        since = self._failing_since.setdefault(check, now)
-        if since == now:
-            self._logged_at[check] = now
-            logger.warning("job_id=%s %s failed, retrying: %r", self.ctx.job_id, check, exc)
-        elif now - self._logged_at.get(check, 0.0) >= FAILURE_LOG_EVERY:
-            self._logged_at[check] = now
-            logger.warning("job_id=%s %s failing for %.0fs: %r", self.ctx.job_id, check, now - since, exc)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
-        self._flag.join(timeout=1)  # a check blocked on a frozen Redis ends by its socket timeout, on its own

@@ -1,11 +1,11 @@
 """The webhook outbox: the events a job's end makes, written as delivery rows in the transaction that ends it
 (``jobs.repo.finish``), then sent to the ``webhooks`` queue after the commit.
 
-A receiver can never delay or fail a job: ending one costs one small ``INSERT … SELECT`` per event (nothing
-when the tenant has no endpoint for it), and the HTTP call happens later on the webhooks worker
-(``protostar.webhooks.deliver``). The row is the truth: a send lost after the commit (the worker killed, the
-broker away) is made again by the reconciler (:func:`lost`), and a delivery runs only after claiming its row, so
-a second send is harmless.
+A receiver can never delay or fail a job: ending one costs one small ``INSERT … SELECT`` per event, a part of
+the ending's one statement on the worker (nothing written when the tenant has no endpoint for it), and the HTTP
+call happens later on the webhooks worker (``protostar.webhooks.deliver``). The row is the truth: a send lost
+after the commit (the worker killed, the broker away) is made again by the reconciler (:func:`lost`), and a
+delivery runs only after claiming its row, so a second send is harmless.
 
 Events per ending: every job ends ``job.succeeded``, ``job.failed`` or ``job.cancelled``; an ingest also
 ``document.ready`` (succeeded) or ``document.failed`` (failed or cancelled, as the document's status says); a
@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, func, insert, literal, or_, select, text, update
+from sqlalchemy import BindParameter, Connection, and_, bindparam, func, insert, literal, or_, select, text, update
 
 from protostar.constants import DeliveryStatus, JobKind, JobStatus, Queue, TaskName, WebhookEvent
 from protostar.db.models import WebhookDelivery, WebhookEndpoint
@@ -76,10 +77,10 @@ def body(event_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> dict[str
 
 def fan_out(
     conn: Connection, *, tenant_id: uuid.UUID, job_id: uuid.UUID, kind: str, payload: dict[str, Any], ending: Ending
-) -> int:
+) -> list[uuid.UUID]:
     """In the caller's transaction: one pending delivery per event of this ending and enabled endpoint of the
-    tenant subscribed to it; how many."""
-    made = 0
+    tenant subscribed to it; their ids."""
+    made: list[uuid.UUID] = []
     for event_type, data in events_of(job_id=job_id, kind=kind, payload=payload, ending=ending):
         event_id = uuid.uuid4()
         rows = (
@@ -100,9 +101,43 @@ def fan_out(
             .order_by(WebhookEndpoint.created_at)
         )
         columns = ("id", "endpoint_id", "tenant_id", "event_id", "event_type", "job_id", "payload")
-        result = conn.execute(insert(WebhookDelivery).from_select(columns, rows))
-        made += result.rowcount or 0
+        insert_rows = insert(WebhookDelivery).from_select(columns, rows).returning(WebhookDelivery.id)
+        made += conn.scalars(insert_rows)
     return made
+
+
+_COLUMNS = "id, endpoint_id, tenant_id, event_id, event_type, job_id, payload"
+
+
+@dataclass(frozen=True)
+class EventSql:
+    """One event's ``INSERT … SELECT`` of delivery rows, for a statement that names the ended job ``source``."""
+
+    sql: str
+    params: dict[str, Any]
+    binds: list[BindParameter[Any]]
+
+
+def fan_out_sql(
+    source: str, *, job_id: uuid.UUID, kind: str, payload: dict[str, Any], ending: Ending
+) -> list[EventSql]:
+    """:func:`fan_out` as parts of one statement (``jobs.repo.finish``): for each event of the ending, an
+    ``INSERT … SELECT … RETURNING id`` of its deliveries, reading the job's id and tenant from the CTE ``source``
+    (no row there: nothing is written)."""
+    parts = []
+    for i, (event_type, data) in enumerate(events_of(job_id=job_id, kind=kind, payload=payload, ending=ending)):
+        event_id = uuid.uuid4()
+        event = f"CAST(:o{i}_type AS varchar)"
+        sql = (
+            f"INSERT INTO webhook_deliveries ({_COLUMNS}) "  # noqa: S608 (names and placeholders: values are bound)
+            f"SELECT gen_random_uuid(), e.id, e.tenant_id, :o{i}_event, {event}, {source}.id, :o{i}_body "
+            f"FROM webhook_endpoints AS e JOIN {source} ON e.tenant_id = {source}.tenant_id "
+            f"WHERE e.enabled AND {event} = ANY(e.events) ORDER BY e.created_at RETURNING id"
+        )
+        params: dict[str, Any] = {f"o{i}_event": event_id, f"o{i}_type": event_type.value}
+        params[f"o{i}_body"] = body(event_id, event_type.value, data)
+        parts.append(EventSql(sql, params, [bindparam(f"o{i}_body", type_=WebhookDelivery.payload.type)]))
+    return parts
 
 
 def unsent_of_job(conn: Connection, *, job_id: uuid.UUID) -> list[uuid.UUID]:

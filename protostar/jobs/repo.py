@@ -7,11 +7,13 @@ over (after its heartbeat stopped) can no longer write to it, so a late finisher
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from protostar.constants import JobStatus
@@ -19,7 +21,7 @@ from protostar.db.models import Job
 from protostar.db.owned import owned
 from protostar.db.pages import newest_first
 from protostar.errors import Conflict, WorkerLost
-from protostar.jobs import outbox, usage
+from protostar.jobs import outbox, turns, usage
 from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -168,11 +170,25 @@ def reopen(session: Session, *, job: Job, dispatched: bool, stage: str) -> Job:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """What the shell needs of a job it claimed (its row as the claim left it)."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    kind: str
+    queue: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
 class Claim:
-    job: Job | None
+    job: Claimed | None  # the job, when claimed
     reason: str  # "claimed", "missing", "finished", "cancelled", "busy", "worker_lost"
     retry_in: float | None = None  # "busy": seconds until the holder's heartbeat would be stale
     ending: Ending | None = None  # "worker_lost": how the job ended here (its followers are to be told)
+    tenant_id: uuid.UUID | None = None  # "cancelled", "worker_lost": whose next turn may come
+    queue: str | None = None
 
 
 def worker_lost(attempts: int, max_attempts: int, silent_for: float) -> Ending:
@@ -184,6 +200,42 @@ def worker_lost(attempts: int, max_attempts: int, silent_for: float) -> Ending:
     return Ending(JobStatus.FAILED, WorkerLost.code, message)
 
 
+# The claim: one statement, committed on its own (autocommit: no BEGIN/COMMIT round trips). Built once.
+_CLAIM = (
+    update(Job)
+    .where(
+        Job.id == bindparam("claim_id"),
+        Job.cancel_requested.is_(False),
+        or_(
+            Job.status == QUEUED,
+            and_(
+                Job.status == RUNNING,
+                Job.heartbeat_at < text("now() - make_interval(secs => :takeover)"),
+                Job.attempts < bindparam("max_attempts"),
+            ),
+        ),
+    )
+    .values(
+        status=RUNNING,
+        attempts=Job.attempts + 1,
+        worker=bindparam("claimer"),
+        started_at=text("coalesce(started_at, now())"),
+        heartbeat_at=text("now()"),
+        error_code=None,
+        error_message=None,
+    )
+    .returning(Job.id, Job.tenant_id, Job.kind, Job.queue, Job.payload, Job.attempts)
+)
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection on which each statement commits by itself: for single statements (the claim, an
+    ending, heartbeats), which then cost one round trip instead of three (BEGIN, the statement, COMMIT)."""
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: float, max_attempts: int) -> Claim:
     """Take the job for this delivery, or say why not.
 
@@ -191,40 +243,31 @@ def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: flo
     ``takeover_after`` (its worker died and the broker redelivered the message), and only while attempts
     remain: every delivery counts, so an input that kills its worker each time runs ``max_attempts`` times and
     then ends ``failed`` with ``worker_lost`` here (reason ``"worker_lost"``; the caller publishes the end).
+
+    The claim is one ``UPDATE … RETURNING``, committed by itself; only when it takes nothing does a second
+    transaction look at the row to say why.
     """
-    stale = text("now() - make_interval(secs => :takeover)").bindparams(takeover=takeover_after)
-    taken_over = and_(Job.status == RUNNING, Job.heartbeat_at < stale)
-    stmt = (
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.cancel_requested.is_(False),
-            or_(Job.status == QUEUED, and_(taken_over, Job.attempts < max_attempts)),
-        )
-        .values(
-            status=RUNNING,
-            attempts=Job.attempts + 1,
-            worker=worker,
-            started_at=text("coalesce(started_at, now())"),
-            heartbeat_at=text("now()"),
-            error_code=None,
-            error_message=None,
-        )
-        .returning(Job)
-    )
+    params = {"claim_id": job_id, "claimer": worker, "takeover": takeover_after, "max_attempts": max_attempts}
+    with autocommit(engine) as conn:
+        row = conn.execute(_CLAIM, params).first()
+    if row is not None:
+        return Claim(Claimed(*row), "claimed")
+    return _not_claimed(engine, job_id=job_id, takeover_after=takeover_after, max_attempts=max_attempts)
+
+
+def _not_claimed(engine: Engine, *, job_id: uuid.UUID, takeover_after: float, max_attempts: int) -> Claim:
+    """Why the claim took nothing (the row locked meanwhile); a job whose worker died on its last attempt ends
+    ``worker_lost`` here."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        job = session.execute(stmt).scalar_one_or_none()
-        if job is not None:
-            return Claim(job, "claimed")
         current = session.execute(
             select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
         ).scalar_one_or_none()
         if current is None:
             return Claim(None, "missing")
         if current.status == QUEUED and current.cancel_requested:
-            return Claim(current, "cancelled")
+            return Claim(None, "cancelled", tenant_id=current.tenant_id, queue=current.queue)
         if JobStatus(current.status).terminal:
-            return Claim(current, "finished")
+            return Claim(None, "finished")
         age = session.execute(
             select(func.extract("epoch", func.now() - Job.heartbeat_at)).where(Job.id == job_id)
         ).scalar_one()
@@ -234,8 +277,8 @@ def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: flo
             if current.cancel_requested:
                 ending = Ending(JobStatus.CANCELLED, "cancelled", "cancelled; its worker stopped answering")
             if finish(session.connection(), job_id=job_id, ending=ending, only_from=(JobStatus.RUNNING,)):
-                return Claim(current, "worker_lost", ending=ending)
-        return Claim(current, "busy", retry_in=max(1.0, takeover_after - silent_for + 1.0))
+                return Claim(None, "worker_lost", ending=ending, tenant_id=current.tenant_id, queue=current.queue)
+        return Claim(None, "busy", retry_in=max(1.0, takeover_after - silent_for + 1.0))
 
 
 def _owned(job_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
@@ -248,25 +291,53 @@ def lock_owned(conn: Connection, *, job_id: uuid.UUID, attempt: int) -> bool:
     return conn.execute(select(Job.id).where(_owned(job_id, attempt)).with_for_update()).first() is not None
 
 
-def heartbeat(engine: Engine, *, job_id: uuid.UUID, attempt: int) -> bool | None:
-    """Beat; answers whether a cancel was requested, or None when this worker no longer owns the job."""
-    with engine.begin() as conn:
-        row = conn.execute(
-            update(Job)
-            .where(_owned(job_id, attempt))
-            .values(heartbeat_at=text("now()"))
-            .returning(Job.cancel_requested)
-        ).first()
-    return None if row is None else bool(row[0])
+@dataclass(frozen=True)
+class Beat:
+    """One running job's heartbeat, with the progress it has not written to its row yet (``stage`` not None)."""
+
+    job_id: uuid.UUID
+    attempt: int
+    stage: str | None = None
+    done: int = 0
+    total: int | None = None
 
 
-def progress(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str, done: int, total: int | None) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(Job)
-            .where(_owned(job_id, attempt))
-            .values(stage=stage, progress_done=done, progress_total=total, heartbeat_at=text("now()"))
-        )
+# Every job a worker process runs beats in one statement (``jobs.watcher``), writing pending progress with it.
+_BEAT = text(
+    """
+    UPDATE jobs SET heartbeat_at = now(),
+        stage = CASE WHEN b.stage IS NULL THEN jobs.stage ELSE b.stage END,
+        progress_done = CASE WHEN b.stage IS NULL THEN jobs.progress_done ELSE b.done END,
+        progress_total = CASE WHEN b.stage IS NULL THEN jobs.progress_total ELSE b.total END
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:stages AS text[]), CAST(:dones AS int[]),
+                CAST(:totals AS int[])) AS b(id, attempt, stage, done, total)
+    WHERE jobs.id = b.id AND jobs.status = 'running' AND jobs.attempts = b.attempt
+    RETURNING jobs.id, jobs.cancel_requested
+    """
+)
+
+
+def heartbeat(engine: Engine, beats: list[Beat]) -> dict[uuid.UUID, bool]:
+    """Beat these jobs (and write their pending progress) in one statement; for each job this worker still owns,
+    whether a cancel was requested. A job missing from the answer was taken over (or has ended)."""
+    params = {
+        "ids": [b.job_id for b in beats],
+        "attempts": [b.attempt for b in beats],
+        "stages": [b.stage for b in beats],
+        "dones": [b.done for b in beats],
+        "totals": [b.total for b in beats],
+    }
+    with autocommit(engine) as conn:
+        return {row[0]: bool(row[1]) for row in conn.execute(_BEAT, params)}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An ending recorded: the webhook deliveries it made (to send once it is committed), and whether its
+    tenant had jobs waiting their turn on its queue as the ending's statement saw them (None: not looked)."""
+
+    deliveries: list[uuid.UUID]
+    waiting: bool | None = None
 
 
 def finish(
@@ -276,18 +347,38 @@ def finish(
     ending: Ending,
     attempt: int | None = None,
     only_from: tuple[JobStatus, ...] = (JobStatus.RUNNING,),
-) -> bool:
-    """Record the end of a job in the caller's transaction; False when it was not ours to end.
+    job: Claimed | None = None,
+    progress: Beat | None = None,
+) -> Finished | None:
+    """Record the end of a job in the caller's transaction; None when it was not ours to end.
 
     Every path that ends a job comes here: the worker's shell (success, failure, cancel) with its ``attempt``,
     so a delivery that lost its job never ends it; the reconciler (expired, worker lost, a silent job whose
     cancel was pending) and the cancel of a queued job or a send that failed, from the statuses ``only_from``.
     A document's status needs no write here: it is read from its latest ingest job (``documents.repo``). The
     end's webhook deliveries are written here too (the outbox), and sent once the caller has committed
-    (``Dispatcher.send_webhooks``), or by the reconciler if that send is lost.
+    (``Finished.deliveries``, or ``Dispatcher.send_webhooks``), or by the reconciler if that send is lost.
     The tenant's usage is counted here, in the same transaction (``jobs.usage``): once per ending, never lost.
+
+    The worker's shell passes the ``job`` it claimed (and the ``progress`` its row still lacks): then the whole
+    ending (row, usage, outbox) is ONE statement, which may run on an autocommit connection.
     """
+    if job is not None and attempt is not None:
+        return _finish_claimed(conn, job=job, attempt=attempt, ending=ending, progress=progress)
     guard = _owned(job_id, attempt) if attempt is not None else and_(Job.id == job_id, Job.status.in_(only_from))
+    returning = (Job.id, Job.tenant_id, Job.kind, Job.payload)
+    ended = conn.execute(update(Job).where(guard).values(**_ending_values(ending)).returning(*returning)).first()
+    if ended is None:
+        return None
+    # The webhook events of this end, in the same transaction: written with it or not at all (``jobs.outbox``).
+    made = outbox.fan_out(
+        conn, job_id=ended[0], tenant_id=ended[1], kind=ended[2], payload=ended[3] or {}, ending=ending
+    )
+    usage.count_ending(conn, tenant_id=ended[1], kind=ended[2], ending=ending)
+    return Finished(made)
+
+
+def _ending_values(ending: Ending) -> dict[str, Any]:
     values: dict[str, Any] = {
         "status": ending.status.value,
         "result": ending.result,
@@ -297,21 +388,76 @@ def finish(
     }
     if ending.status == JobStatus.CANCELLED:
         values["cancel_requested"] = True
-    stmt = update(Job).where(guard).values(**values).returning(Job.id, Job.tenant_id, Job.kind, Job.payload)
-    ended = conn.execute(stmt).first()
-    if ended is None:
-        return False
-    # The webhook events of this end, in the same transaction: written with it or not at all (``jobs.outbox``).
-    outbox.fan_out(conn, job_id=ended[0], tenant_id=ended[1], kind=ended[2], payload=ended[3] or {}, ending=ending)
-    usage.count_ending(conn, tenant_id=ended[1], kind=ended[2], ending=ending)
-    return True
+    return values
+
+
+def _finish_claimed(
+    conn: Connection, *, job: Claimed, attempt: int, ending: Ending, progress: Beat | None
+) -> Finished | None:
+    """:func:`finish` in one statement: the row's end (if this delivery still owns it), then, from what it
+    returns, the usage count and the outbox rows (data-modifying CTEs: all or nothing, one round trip)."""
+    sets = ["status = :f_status", "result = :f_result", "error_code = :f_code", "error_message = :f_message"]
+    sets.append("finished_at = now()")
+    if ending.status == JobStatus.CANCELLED:
+        sets.append("cancel_requested = true")
+    params: dict[str, Any] = {
+        "f_id": job.id,
+        "f_attempt": attempt,
+        "f_status": ending.status.value,
+        "f_result": ending.result,
+        "f_code": ending.code,
+        "f_message": ending.message,
+    }
+    if progress is not None and progress.stage is not None:
+        sets += ["stage = :f_stage", "progress_done = :f_done", "progress_total = :f_total"]
+        params.update(f_stage=progress.stage, f_done=progress.done, f_total=progress.total)
+    owned = "id = :f_id AND status = 'running' AND attempts = :f_attempt"
+    ended = f"UPDATE jobs SET {', '.join(sets)} WHERE {owned}"  # noqa: S608 (names and placeholders only)
+    ctes = [f"ended AS ({ended} RETURNING id, tenant_id)"]
+    binds = [bindparam("f_result", type_=Job.result.type)]
+    sql, more = usage.count_ending_sql("ended", kind=job.kind, ending=ending)
+    ctes.append(f"counted AS ({sql})")
+    params.update(more)
+    made = []
+    for i, event in enumerate(
+        outbox.fan_out_sql("ended", job_id=job.id, kind=job.kind, payload=job.payload, ending=ending)
+    ):
+        ctes.append(f"made{i} AS ({event.sql})")
+        made.append(f"SELECT id FROM made{i}")  # noqa: S608 (names only)
+        params.update(event.params)
+        binds += event.binds
+    deliveries = f"ARRAY({' UNION ALL '.join(made)})" if made else "CAST(ARRAY[] AS uuid[])"
+    waiting = f"EXISTS ({_WAITING_JOBS.format(tenant='ended.tenant_id', queue=':f_queue')})"
+    params["f_queue"] = job.queue
+    stmt = text(f"WITH {', '.join(ctes)} SELECT {deliveries}, {waiting} FROM ended")  # noqa: S608 (names, placeholders)
+    stmt = stmt.bindparams(*binds)
+    row = conn.execute(stmt, params).first()
+    return None if row is None else Finished(list(row[0]), bool(row[1]))
+
+
+# The tenant's jobs on the queue not sent: waiting their turn (``jobs.turns.take`` picks among them).
+_WAITING_JOBS = (
+    "SELECT 1 FROM jobs WHERE tenant_id = {tenant} AND queue = {queue} AND status = 'queued' AND dispatched_at IS NULL"
+)
+_WAITING = text(f"SELECT EXISTS ({_WAITING_JOBS.format(tenant=':tenant', queue=':queue')})")
+
+
+def turn_waiting(conn: Connection, *, tenant_id: uuid.UUID, queue: str) -> bool:
+    """After a job's end committed, on an autocommit connection: whether its tenant has jobs waiting their turn
+    on ``queue`` (``jobs.turns``), so that the shell asks for the next turn only then. Exact: the tenant's turns
+    lock is taken (and let go) first, so a submit that counted the job as in flight has committed its waiting
+    job by the time the look (a new statement, a new snapshot) runs, and any later submit saw the job ended.
+    (The ending's own statement looks too, ``Finished.waiting``, but from a snapshot taken before that lock:
+    its "yes" is sure, its "no" is not, and is checked here.)"""
+    turns.lock(conn, tenant_id=tenant_id, queue=queue)
+    return bool(conn.execute(_WAITING, {"tenant": tenant_id, "queue": queue}).scalar())
 
 
 def release(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str) -> bool:
     """Put an owned job back to ``queued``: a retry after a transient failure is about to be sent. The delivery
     that met an unavailable dependency gives its attempt back (``max_attempts`` bounds deliveries that died or
     failed on the job itself; ``transient_retries`` bounds these), so an outage cannot use up a job's attempts."""
-    with engine.begin() as conn:
+    with autocommit(engine) as conn:
         row = conn.execute(
             update(Job)
             .where(_owned(job_id, attempt))

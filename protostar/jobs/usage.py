@@ -99,6 +99,20 @@ def count_ending(conn: Connection, *, tenant_id: uuid.UUID, kind: str, ending: E
     _add(conn, tenant_id=tenant_id, day=_TODAY, kind=kind, counts=figures(kind, ending.status.value, ending.result))
 
 
+def count_ending_sql(source: str, *, kind: str, ending: Ending) -> tuple[str, dict[str, Any]]:
+    """:func:`count_ending` as part of one statement (``jobs.repo.finish``): an upsert of today's row for the
+    tenant of the ended job named by the CTE ``source`` (no row there: nothing is counted); SQL and parameters."""
+    counts = figures(kind, ending.status.value, ending.result).values()
+    names = ", ".join(COLUMNS)
+    added = ", ".join(f"{c} = usage_daily.{c} + EXCLUDED.{c}" for c in COLUMNS)
+    sql = (
+        f"INSERT INTO usage_daily (tenant_id, day, kind, {names}) "  # noqa: S608 (names and placeholders only)
+        f"SELECT {source}.tenant_id, {_TODAY.text}, :u_kind, {', '.join(f':u_{c}' for c in COLUMNS)} FROM {source} "
+        f"ON CONFLICT (tenant_id, day, kind) DO UPDATE SET {added}"
+    )
+    return sql, {"u_kind": kind, **{f"u_{c}": v for c, v in counts.items()}}
+
+
 def uncount_ending(
     conn: Connection, *, tenant_id: uuid.UUID, kind: str, status: str, result: dict[str, Any] | None, ended: datetime
 ) -> None:

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 app = create_celery(get_settings(), role="worker")
 app.conf.include = list(TASK_MODULES)
+# What a worker sends (a tenant's next turn, webhook deliveries, retries) needs no "task-sent" event: a publish
+# per send, and Flower learns of the task when a worker receives it (the API does not send them either).
+app.conf.task_send_sent_event = False
 resources.init(app)
 
 

@@ -1,7 +1,10 @@
 """The job shell: what every task does around its pipeline.
 
-claim the row → publish ``running`` → heartbeat and watch for cancel in a thread → run the pipeline →
-record success or failure with a reason (``jobs.repo.finish``) → publish the closing events. A job that finds
+claim the row (one ``UPDATE … RETURNING``) → publish ``running`` → have the process's watcher beat it, write
+its progress and watch for cancel and its deadline (``jobs.watcher``: two threads per process, not per job) →
+run the pipeline → record success or failure with a reason (``jobs.repo.finish``, one statement that also
+writes the usage count and the webhook outbox) → publish the closing events → send the webhook deliveries the
+ending made, and the tenant's next job waiting its turn on the queue, each only when there is one. A job that finds
 no turn at the LLM (``LLMBusy``) goes back to its queue and gives its thread back (``_wait_for_turn``).
 Pipelines are plain functions of a :class:`~protostar.jobs.context.JobContext` and their collaborators; only
 this module and the task modules know Celery.
@@ -13,19 +16,22 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import Connection
 
 from protostar import backoff
 from protostar.bundle import Clients
 from protostar.constants import EventType, JobStatus, Queue
-from protostar.db.models import Job
 from protostar.errors import Cancelled, LLMBusy, OutOfMemory, ProtostarError, TimeLimitExceeded, Transient
 from protostar.jobs import faults, repo
-from protostar.jobs.context import JobContext, Watcher
+from protostar.jobs.context import JobContext
+from protostar.jobs.dispatch import BROKER_ERRORS
 from protostar.jobs.ending import Ending
+from protostar.jobs.watcher import for_process
 from protostar.llm.limits import MIN_RETRY_IN
 from protostar.settings import Settings
 from protostar.worker.limits import describe as _limit_text
@@ -44,23 +50,46 @@ TURN_SPREAD_CAP = 30.0  # longest jitter added to a wait for a turn (it grows wi
 def run_job(task: Task, clients: Clients, job_id: str, pipeline: Pipeline) -> dict[str, Any] | None:
     """Run ``pipeline`` for one delivery of ``job_id``. Safe to call again for the same job. However it ends,
     the tenant's next job waiting its turn on this queue is sent (``jobs.turns``), and the webhook deliveries of
-    its end (written with it) are sent to the ``webhooks`` queue."""
-    jid = uuid.UUID(job_id)
+    its end (written with it) are sent to the ``webhooks`` queue; each only when there is one (the ending says)."""
+    job = _claim(task, clients, uuid.UUID(job_id))
+    if job is None:
+        return None
+    return _run_claimed(task, clients, job, pipeline)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One delivery's run of a claimed job."""
+
+    clients: Clients
+    job: repo.Claimed
+    ctx: JobContext
+
+
+def _turn_waiting(run: _Run, ended: repo.Finished, conn: Connection) -> bool:
+    """Whether the job's end may give its tenant's next job waiting on its queue a turn (``conn``: the ending's
+    autocommit connection). Unsure (PostgreSQL away): the reconciler's next run sends it."""
+    job = run.job
+    if Queue(job.queue) not in run.clients.settings.tenant_inflight:
+        return False
     try:
-        job = _claim(task, clients, jid)
-        if job is None:
-            return None
-        try:
-            return _run_claimed(task, clients, job, pipeline)
-        finally:
-            _next_turn(clients, job)
-    finally:
-        clients.dispatcher.send_webhooks(job_id=jid)  # the deliveries its end made, if it ended (``jobs.outbox``)
+        return bool(ended.waiting) or repo.turn_waiting(conn, tenant_id=job.tenant_id, queue=job.queue)
+    except Exception as exc:
+        if (name := faults.dependency(exc)) is None:
+            raise
+        logger.warning("job_id=%s the next turn was not taken, %s unavailable: left to the reconciler", job.id, name)
+        return False
 
 
-def _next_turn(clients: Clients, job: Job) -> None:
-    """The job ended (or went back to wait for a retry, when nothing frees): send its tenant's next job waiting
-    on this queue. Not done here (PostgreSQL or the broker away): the reconciler's next run does it."""
+def _after_end(run: _Run, ended: repo.Finished, waiting: bool) -> None:
+    """The job's end is committed: send its webhook deliveries and, when its tenant has jobs ``waiting`` their
+    turn on its queue, the next of them. Not done here (PostgreSQL or the broker away): the reconciler's next run
+    does it."""
+    clients, job = run.clients, run.job
+    if ended.deliveries:
+        _send_deliveries(clients, job.id, ended.deliveries)
+    if not waiting:
+        return
     try:
         clients.dispatcher.next_turn(tenant_id=job.tenant_id, queue=job.queue)
     except Exception as exc:
@@ -69,7 +98,30 @@ def _next_turn(clients: Clients, job: Job) -> None:
         logger.warning("job_id=%s the next turn was not taken, %s unavailable: left to the reconciler", job.id, name)
 
 
-def _run_claimed(task: Task, clients: Clients, job: Job, pipeline: Pipeline) -> dict[str, Any] | None:
+def _send_deliveries(clients: Clients, job_id: uuid.UUID, ids: list[uuid.UUID]) -> None:
+    try:
+        clients.dispatcher.send_deliveries(ids)
+    except Exception as exc:  # boundary: a job's end never fails on its webhooks
+        if faults.dependency(exc) is None and not isinstance(exc, BROKER_ERRORS):
+            raise
+        logger.warning("job_id=%s webhook deliveries not sent now (the reconciler will): %s", job_id, exc)
+
+
+def _ended_elsewhere(clients: Clients, job_id: uuid.UUID, tenant_id: uuid.UUID | None, queue: str | None) -> None:
+    """The claim ended the job (a cancel while queued, a worker lost on every attempt): its webhook deliveries
+    and its tenant's next turn, as after any ending."""
+    clients.dispatcher.send_webhooks(job_id=job_id)
+    if tenant_id is None or queue is None:
+        return
+    try:
+        clients.dispatcher.next_turn(tenant_id=tenant_id, queue=queue)
+    except Exception as exc:
+        if (name := faults.dependency(exc)) is None:
+            raise
+        logger.warning("job_id=%s the next turn was not taken, %s unavailable: left to the reconciler", job_id, name)
+
+
+def _run_claimed(task: Task, clients: Clients, job: repo.Claimed, pipeline: Pipeline) -> dict[str, Any] | None:
     jid = job.id
     settings = clients.settings
     ctx = JobContext(
@@ -81,59 +133,61 @@ def _run_claimed(task: Task, clients: Clients, job: Job, pipeline: Pipeline) -> 
         events=clients.events,
         deadline=time.monotonic() + _soft_limit(task, settings, job.queue),
     )
-    ctx.emit(EventType.STATUS, {"status": JobStatus.RUNNING.value, "attempt": job.attempts})
+    run = _Run(clients, job, ctx)
+    # Sent with the pipeline's first event, in one round trip (or by the watcher within its poll).
+    ctx.hold(EventType.STATUS, {"status": JobStatus.RUNNING.value, "attempt": job.attempts})
     logger.info("job_id=%s kind=%s attempt=%d started", jid, job.kind, job.attempts)
-    watcher = Watcher(ctx, clients.redis, heartbeat_interval=settings.heartbeat_interval)
-    watcher.start()
+    watcher = for_process(clients.engine, clients.redis, heartbeat_interval=settings.heartbeat_interval)
+    watch = ctx.watched_by(watcher)
     try:
         result = _run(pipeline, ctx)
     except TimeLimitExceeded as exc:
-        _end(ctx, _failure(JobStatus.FAILED, exc))
+        _end(run, _failure(JobStatus.FAILED, exc))
         return None
     except Cancelled as exc:
-        if not watcher.lost:
-            _end(ctx, _failure(JobStatus.CANCELLED, exc))
+        if not watch.lost:
+            _end(run, _failure(JobStatus.CANCELLED, exc))
         return None
     except SoftTimeLimitExceeded:
-        _end(ctx, Ending(JobStatus.FAILED, "time_limit", "time limit exceeded"))
+        _end(run, Ending(JobStatus.FAILED, "time_limit", "time limit exceeded"))
         raise
     except MemoryError:
         # The process hit its address-space limit (an ingest child's RLIMIT_AS): the input asked for more than a
         # worker may use. The allocation that failed is unwound by now, so the process carries on.
         error = OutOfMemory(f"the job needed more memory than a worker may use ({_limit_text()})")
-        _end(ctx, _failure(JobStatus.FAILED, error))
+        _end(run, _failure(JobStatus.FAILED, error))
         raise error from None  # Celery re-raises a MemoryError itself, which would take the child down
     except LLMBusy as exc:
         if ctx.cancelled.is_set():  # the cancel came while it asked for a turn
-            if not watcher.lost:
-                _end(ctx, _failure(JobStatus.CANCELLED, ctx.stopped_error()))
+            if not watch.lost:
+                _end(run, _failure(JobStatus.CANCELLED, ctx.stopped_error()))
             return None
-        _wait_for_turn(task, ctx, settings, exc)
+        _wait_for_turn(task, run, settings, exc)
         return None
     except Exception as exc:  # boundary: record the failure on the job (or retry it), then let Celery see it
         transient = faults.as_transient(exc)
         if transient is not None:
-            _retry(task, ctx, settings, transient, cause=exc)
-        _end(ctx, _failure(JobStatus.FAILED, exc, job_id=jid))
+            _retry(task, run, settings, transient, cause=exc)
+        _end(run, _failure(JobStatus.FAILED, exc, job_id=jid))
         raise
-    finally:
-        watcher.stop()
-    _end(ctx, Ending(JobStatus.SUCCEEDED, result=result))
+    _end(run, Ending(JobStatus.SUCCEEDED, result=result))
     return result
 
 
 def _run(pipeline: Pipeline, ctx: JobContext) -> dict[str, Any]:
-    """The pipeline; past its deadline, whatever the stop made it raise (a cancel, a closed stream) is the time
-    limit's doing."""
+    """The pipeline, watched until it returns or raises; past its deadline, whatever the stop made it raise (a
+    cancel, a closed stream) is the time limit's doing."""
     try:
         return pipeline(ctx)
     except Exception as exc:
         if ctx.timed_out and not isinstance(exc, TimeLimitExceeded):
             raise ctx.stopped_error() from exc
         raise
+    finally:
+        ctx.unwatch()
 
 
-def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
+def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> repo.Claimed | None:
     """Take the job for this delivery; ``None`` when it is not to run (finished, cancelled, gone)."""
     settings = clients.settings
     try:
@@ -167,10 +221,12 @@ def _claim(task: Task, clients: Clients, job_id: uuid.UUID) -> Job | None:
         if ended:
             logger.info("job_id=%s ended cancelled before its next run", job_id)
             clients.events.publish_many(job_id, ending.events())
+            _ended_elsewhere(clients, job_id, claim.tenant_id, claim.queue)
         return None
     if claim.reason == "worker_lost" and claim.ending is not None:  # its worker died on every attempt
         logger.warning("job_id=%s ended: %s", job_id, claim.ending.message)
         clients.events.publish_many(job_id, claim.ending.events())
+        _ended_elsewhere(clients, job_id, claim.tenant_id, claim.queue)
         return None
     if claim.job is None or claim.reason != "claimed":
         logger.info("job_id=%s not run: %s", job_id, claim.reason)
@@ -199,14 +255,15 @@ def _failure(status: JobStatus, error: BaseException, *, job_id: uuid.UUID | Non
     return Ending(status, "internal", f"internal error (error id {error_id}); the details are in the worker log")
 
 
-def _retry(task: Task, ctx: JobContext, settings: Settings, error: Transient, *, cause: Exception) -> NoReturn:
+def _retry(task: Task, run: _Run, settings: Settings, error: Transient, *, cause: Exception) -> NoReturn:
     """A transient failure: put the job back to ``queued`` (giving this delivery's attempt back) and send it again
     after a backoff, up to ``transient_retries`` times (counted on the message); then it fails with the
     transient reason. When even that cannot be recorded (PostgreSQL is down), the row stays ``running``: its
     heartbeat goes stale, and the retry (or the reconciler) takes it over."""
+    ctx = run.ctx
     retries = _retried(task, "transient")
     if retries >= settings.transient_retries:
-        _end(ctx, _failure(JobStatus.FAILED, error))
+        _end(run, _failure(JobStatus.FAILED, error))
         raise error from cause
     if not _back_to_queue(ctx, stage="retrying"):
         raise error from cause
@@ -235,12 +292,13 @@ def _back_to_queue(ctx: JobContext, *, stage: str) -> bool:
     return released
 
 
-def _wait_for_turn(task: Task, ctx: JobContext, settings: Settings, busy: LLMBusy) -> None:
+def _wait_for_turn(task: Task, run: _Run, settings: Settings, busy: LLMBusy) -> None:
     """No turn at the LLM now: give the worker thread back. The job goes back to ``queued`` (its attempt given
     back) and is sent again in about ``busy.retry_in`` seconds, jittered over a spread that grows with the waits
     so that jobs turned away together do not come back together. Its followers get a ``status`` event saying
     why and for how long. The waits of one job add up to at most ``llm_max_wait`` seconds; past that it fails
     ``llm_busy``. Work done before the wait is not lost: a summary keeps its finished parts (``summary.parts``)."""
+    ctx = run.ctx
     waited, countdown = _turn_wait(task, busy)
     if waited + countdown > settings.llm_max_wait:
         error = LLMBusy(
@@ -249,7 +307,7 @@ def _wait_for_turn(task: Task, ctx: JobContext, settings: Settings, busy: LLMBus
             retry_in=busy.retry_in,
             limit=busy.limit,
         )
-        _end(ctx, _failure(JobStatus.FAILED, error))
+        _end(run, _failure(JobStatus.FAILED, error))
         raise error from busy
     if not _back_to_queue(ctx, stage="waiting_for_llm"):
         return
@@ -305,15 +363,40 @@ def _send_again(
     raise task.retry(countdown=countdown, max_retries=(task.request.retries or 0) + 1, headers=headers) from cause
 
 
-def _end(ctx: JobContext, ending: Ending) -> None:
-    """Record the end if this delivery still owns the job, then tell the job's followers. While PostgreSQL is
-    unavailable the write is tried ``END_TRIES`` times; then the row is left ``running``, so that its stale
-    heartbeat makes recovery run the job again (a re-run is idempotent), rather than the job never ending."""
+def _end(run: _Run, ending: Ending) -> None:
+    """Record the end if this delivery still owns the job (one statement, ``jobs.repo.finish``), tell the job's
+    followers, then send its webhook deliveries and its tenant's next turn, when there are some."""
+    recorded = _record_end(run, ending)
+    if recorded is not None:
+        _after_end(run, *recorded)  # the ending's connection is back in the pool: a next turn takes one
+
+
+def _record_end(run: _Run, ending: Ending) -> tuple[repo.Finished, bool] | None:
+    """The end recorded and published, and whether a turn came for the tenant's next job on the queue; None when
+    another delivery owns the job now, or when PostgreSQL stays unavailable: the write is tried ``END_TRIES``
+    times, then the row is left ``running``, so that its stale heartbeat makes recovery run the job again (a re-run
+    is idempotent), rather than the job never ending."""
+    ctx = run.ctx
     for attempt in range(1, END_TRIES + 1):
         try:
-            with ctx.engine.begin() as conn:
-                ours = repo.finish(conn, job_id=ctx.job_id, ending=ending, attempt=ctx.attempt)
-            break
+            with repo.autocommit(ctx.engine) as conn:
+                progress = ctx.pending_progress
+                ended = repo.finish(
+                    conn, job_id=ctx.job_id, ending=ending, attempt=ctx.attempt, job=run.job, progress=progress
+                )
+                if ended is None:
+                    status = ending.status.value
+                    logger.warning("job_id=%s ended %s but another delivery owns it now", ctx.job_id, status)
+                    return None
+                logger.info(
+                    "job_id=%s ended %s code=%s message=%s",
+                    ctx.job_id,
+                    ending.status.value,
+                    ending.code,
+                    ending.message,
+                )
+                ctx.publish(ending.events())
+                return ended, _turn_waiting(run, ended, conn)
         except Exception as exc:
             if (name := faults.dependency(exc)) is None:
                 raise
@@ -324,10 +407,6 @@ def _end(ctx: JobContext, ending: Ending) -> None:
                     ending.status.value,
                     name,
                 )
-                return
+                return None
             time.sleep(backoff.delay(attempt, base=0.5, cap=5.0))
-    if not ours:
-        logger.warning("job_id=%s ended %s but another delivery owns it now", ctx.job_id, ending.status.value)
-        return
-    logger.info("job_id=%s ended %s code=%s message=%s", ctx.job_id, ending.status.value, ending.code, ending.message)
-    ctx.publish(ending.events())
+    return None  # pragma: no cover (the last attempt returns)

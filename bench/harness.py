@@ -29,6 +29,29 @@ from bench.common import ROOT, wait_idle
 INGEST_WORKER = "ingest"
 
 
+# Reference rankings of the stored chunks, without Protostar's fusion (the retrieval phases of bench.ingest and
+# bench.quality): exact cosine order (run with index scans off), and the two full-text tiers (chunks with every
+# word of the question first, then with any of them, each by ts_rank_cd) without the pool bound.
+VECTOR_ONLY = """
+SELECT document_id, text FROM chunks
+WHERE tenant_id = %(tenant)s AND embedding_model = %(model)s
+ORDER BY embedding::vector({dim}) <=> %(vector)s::vector({dim}), id
+LIMIT %(k)s
+"""
+
+FULL_TEXT_ONLY = """
+WITH q AS (
+    SELECT websearch_to_tsquery('english', %(query)s) AS strict, websearch_to_tsquery('english', %(loose)s) AS loose
+)
+SELECT c.document_id, c.text FROM chunks c CROSS JOIN q
+WHERE c.tenant_id = %(tenant)s AND c.embedding_model = %(model)s AND (c.tsv @@ q.strict OR c.tsv @@ q.loose)
+ORDER BY (c.tsv @@ q.strict) DESC,
+         CASE WHEN c.tsv @@ q.strict THEN ts_rank_cd(c.tsv, q.strict) ELSE ts_rank_cd(c.tsv, q.loose) END DESC,
+         c.id
+LIMIT %(k)s
+"""
+
+
 @dataclass(frozen=True)
 class JobRun:
     """One finished job, with the timestamps of its events (Redis stream ids are milliseconds)."""

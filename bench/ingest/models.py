@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from bench.harness import System
+from bench.harness import FULL_TEXT_ONLY, System
 from bench.ingest import corpus
 from bench.ingest.embedding import Throughput
-from bench.ingest.retrieval import FULL_TEXT_ONLY, Score, score
+from bench.ingest.retrieval import Score, score
 
 WINDOW = 32
 DEPTH = 50  # ranks looked at for a lost question: search()'s candidates per list

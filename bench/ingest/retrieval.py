@@ -17,27 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import JobRun, System
+from bench.harness import FULL_TEXT_ONLY, VECTOR_ONLY, JobRun, System
 from bench.ingest import corpus
-
-VECTOR_ONLY = """
-SELECT document_id, text FROM chunks
-WHERE tenant_id = %(tenant)s AND embedding_model = %(model)s
-ORDER BY embedding::vector({dim}) <=> %(vector)s::vector({dim}), id
-LIMIT %(k)s
-"""
-
-FULL_TEXT_ONLY = """
-WITH q AS (
-    SELECT websearch_to_tsquery('english', %(query)s) AS strict, websearch_to_tsquery('english', %(loose)s) AS loose
-)
-SELECT c.document_id, c.text FROM chunks c CROSS JOIN q
-WHERE c.tenant_id = %(tenant)s AND c.embedding_model = %(model)s AND (c.tsv @@ q.strict OR c.tsv @@ q.loose)
-ORDER BY (c.tsv @@ q.strict) DESC,
-         CASE WHEN c.tsv @@ q.strict THEN ts_rank_cd(c.tsv, q.strict) ELSE ts_rank_cd(c.tsv, q.loose) END DESC,
-         c.id
-LIMIT %(k)s
-"""
 
 
 @dataclass

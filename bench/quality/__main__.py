@@ -38,8 +38,8 @@ from typing import Any
 
 from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, publish, wait_idle
 from bench.harness import System, bench_env, launched
+from bench.llm import Direct
 from bench.quality import answers, corpus, explore, summaries
-from bench.summary.llm import Direct
 
 LOG = RESULTS / "quality.log"
 SUMMARIZED = "tessaly-freight-annual-report.pdf"  # the document phase s summarizes (6 pages, a fact on each)

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import System
+from bench.harness import FULL_TEXT_ONLY, VECTOR_ONLY, System
+from bench.llm import Direct
 from bench.quality.corpus import Question
-from bench.summary.llm import Direct
 
 REFUSAL = re.compile(
     r"(do(es)?n[o']t|do(es)? not|cannot|can't|unable to|no) (contain|mention|provide|include|have|find|know|say|"
@@ -63,7 +63,6 @@ def retrieval(
     system: System, key: str, tenant_id: uuid.UUID, names: dict[str, str], questions: list[Question], embedder: Any
 ) -> dict[str, Ranking]:
     """Hybrid, vector-only and full-text-only rankings (top 5) of every question."""
-    from bench.ingest.retrieval import FULL_TEXT_ONLY, VECTOR_ONLY
     from protostar.db.values import vector_literal
     from protostar.search import loose_query
 

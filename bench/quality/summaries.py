@@ -1,7 +1,7 @@
 """Facts kept by summaries.
 
-- *Session*: a 30-turn conversation (``bench.summary.conversation``: a bakery owner telling ten facts in its
-  first half) held through the API, each turn waiting for the summary it queued; then one more summary asked
+- *Session*: a 30-turn conversation (``bench.quality.conversation``: a clinic owner telling ten facts in its
+  first two thirds) held through the API, each turn waiting for the summary it queued; then one more summary asked
   for (``POST /v1/sessions/{id}/summarize``), so the latest covers every message. Counted: the ten facts'
   keywords in the latest summary. Baseline, same run: the same fold (``protostar.summary.fold``) over the whole
   transcript at once, with llama-server called directly: what one pass keeps, without the rolling.
@@ -19,10 +19,9 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.harness import System
+from bench.llm import Direct
+from bench.quality import conversation
 from bench.quality.corpus import Question, normalize
-from bench.summary import conversation
-from bench.summary.llm import Direct
-from bench.summary.session import run_fold, summary_jobs
 
 
 @dataclass(frozen=True)
@@ -89,8 +88,7 @@ def document(
     with system.engine.connect() as conn:
         chunks = chunk_texts(conn, document_id=uuid.UUID(document_id), tenant_id=tenant_id)
     baseline = _fold(direct, system.settings, [t for t, _ in chunks], "document")
-    facts = [q.answers[0] for q in questions]
-    return Kept(summary, _found_any(summary, questions), len(facts), baseline, _found_any(baseline, questions))
+    return Kept(summary, _found_any(summary, questions), len(questions), baseline, _found_any(baseline, questions))
 
 
 def _found_any(summary: str, questions: list[Question]) -> list[str]:
@@ -118,4 +116,10 @@ def _fold(direct: Direct, settings: Any, pieces: list[str], kind: str) -> str:
     return str(final)
 
 
-__all__ = ["Kept", "document", "run_fold", "session"]
+def summary_jobs(system: System, session_id: str) -> list[str]:
+    with system.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id FROM jobs WHERE kind = 'summary_session' AND payload->>'session_id' = :sid"),
+            {"sid": session_id},
+        ).all()
+    return [str(r[0]) for r in rows]

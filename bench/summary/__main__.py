@@ -43,8 +43,8 @@ from typing import Any
 
 from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, pct, publish, wait_idle
 from bench.harness import INGEST_WORKER, System, bench_env, launched
+from bench.llm import Direct
 from bench.summary import beat, document, session
-from bench.summary.llm import Direct
 
 LOG = RESULTS / "summary.log"
 # Longer than one call (1,669 tokens in 15 chunks): two map calls and a reduce. norwich-city.txt (14,545 tokens)

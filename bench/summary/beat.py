@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.harness import System
+from bench.llm import Direct
 from bench.summary import conversation
-from bench.summary.llm import Direct
 from bench.summary.session import run_fold
 
 ANSWERS = [

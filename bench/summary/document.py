@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import JobRun, System
-from bench.summary.llm import Direct
+from bench.llm import Direct
 from bench.summary.session import FoldRun, run_fold
 
 

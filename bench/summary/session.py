@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.harness import JobRun, System
+from bench.llm import Direct
 from bench.summary import conversation
-from bench.summary.llm import Direct
 
 
 @dataclass

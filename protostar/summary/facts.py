@@ -19,7 +19,7 @@ BULLET = "- "
 MAX_WORDS = 40  # a longer sentence is pasted text, not a statement about the user's world
 PER_MESSAGE = 6  # statements kept from one message at most
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE = re.compile(r"(?<=[.!?])(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bMrs\.)(?<!\bSt\.)(?<!\bProf\.)\s+|\n+")
 _NUMBER_WORDS = (
     r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|"
     r"thousand|million|billion|half|dozen|first|second|third"

@@ -25,6 +25,10 @@ def test_questions_long_pasted_text_and_small_talk_are_not() -> None:
     assert facts.stated(pasted) == []
 
 
+def test_a_title_does_not_end_the_sentence() -> None:
+    assert facts.stated("Our vet is Dr. Baptiste Orrin. Thanks.") == ["Our vet is Dr. Baptiste Orrin."]
+
+
 def test_number_words_count_and_a_capital_only_at_the_start_does_not() -> None:
     assert facts.stated("We open at half past six.") == ["We open at half past six."]
     assert facts.stated("Bread is nice.") == []

@@ -1,5 +1,6 @@
-"""The baselines' side of the LLM: llama-server called directly, as the worker calls it, and its own token
-count of a prompt (the chat template applied, then tokenized), for prompts too long for its context."""
+"""Shared by the benchmarks that call the LLM (``bench.summary``, ``bench.quality``): the baselines' side of
+it, llama-server called directly as the worker calls it, and its own token count of a prompt (the chat template
+applied, then tokenized), for prompts too long for its context. Imports nothing of ``bench`` or Protostar."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The quality benchmark: ``python -m bench.quality``."""

@@ -6,8 +6,10 @@ its own, then ``score = Σ 1 / (60 + rank)`` over the lists a chunk appears in.
 - Vector side: cosine distance ``embedding::vector(dim) <=> query`` with the model's name as a literal, so the
   planner can use the model's partial HNSW index. The tenant filter is applied while the index is walked;
   pgvector 0.8's iterative scan (``hnsw.iterative_scan = relaxed_order``) keeps walking until enough rows of
-  this tenant were found, and the candidates are re-sorted by exact distance afterwards. For a small tenant the
-  planner may prefer the ``tenant_id`` index and an exact sort, which is also right.
+  this tenant were found, and the candidates are re-sorted by exact distance afterwards. That walk gives up
+  after ``hnsw.max_scan_tuples`` (20,000) tuples, so a small tenant beside large ones could come back with no
+  vector candidates at all: a tenant (or a scope) of at most ``EXACT_CHUNKS`` chunks, as its documents count
+  them, is ranked exactly instead (its count comes back with the HNSW settings, in the same round trip).
 - Full-text side: chunks matching the question with every word (``websearch_to_tsquery``) first; when those
   are fewer than the candidates wanted, then chunks matching any of its words (questions rarely share all
   their words with the answer); each tier by ``ts_rank_cd``. Ranking reads every ranked chunk's ``tsv``, so
@@ -39,7 +41,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -214,7 +216,7 @@ def search(
         documents = in_scope(conn, tenant_id=tenant_id, scope=scope)
         if not documents.document_ids:
             return []
-    lexemes = configure_scan(conn, ef_search=max(ef_search, candidates), query=query)
+    scan = configure_scan(conn, ef_search=max(ef_search, candidates), query=query, tenant_id=tenant_id)
     statement, params = search_statement(
         conn,
         tenant_id=tenant_id,
@@ -224,7 +226,8 @@ def search(
         top_k=top_k,
         candidates=max(candidates, top_k),
         documents=documents,
-        lexemes=lexemes,
+        lexemes=scan.lexemes,
+        tenant_chunks=scan.tenant_chunks,
     )
     rows = conn.exec_driver_sql(statement, params).all()
     hits = [Hit(row[0], row[1], row[2], float(row[3]), row[4], row[5], row[6], row[7]) for row in rows]
@@ -264,17 +267,24 @@ def retrieve(
         )
 
 
-def configure_scan(conn: Connection, *, ef_search: int, query: str = "") -> list[str]:
+class Scan(NamedTuple):
+    lexemes: list[str]  # of the question's words
+    tenant_chunks: int | None  # the tenant's chunks, as its documents count them (None: not asked)
+
+
+def configure_scan(conn: Connection, *, ef_search: int, query: str = "", tenant_id: uuid.UUID | None = None) -> Scan:
     """HNSW settings for the rest of the caller's transaction (``SET LOCAL``); in the same round trip, the
-    lexemes of ``query``'s words (:func:`query_words`), which :func:`search_statement` takes."""
+    lexemes of ``query``'s words (:func:`query_words`) and the number of ``tenant_id``'s chunks, which
+    :func:`search_statement` takes."""
     row = conn.execute(
         text(
             "SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-            " tsvector_to_array(to_tsvector('english', :words))"
+            " tsvector_to_array(to_tsvector('english', :words)),"
+            " (SELECT coalesce(sum(chunk_count), 0) FROM documents WHERE tenant_id = :tenant)"
         ),
-        {"ef": str(min(max(ef_search, 1), 1000)), "words": " ".join(query_words(query))},
+        {"ef": str(min(max(ef_search, 1), 1000)), "words": " ".join(query_words(query)), "tenant": tenant_id},
     ).one()
-    return list(row[2])
+    return Scan(list(row[2]), int(row[3]) if tenant_id is not None else None)
 
 
 def search_statement(
@@ -288,16 +298,22 @@ def search_statement(
     candidates: int,
     documents: InScope | None = None,
     lexemes: list[str] | None = None,
+    tenant_chunks: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The SQL (model and dimension are literals: the partial index's predicate and the cast need them) and
     its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests). ``documents``: only their chunks.
-    ``lexemes``: of the question's words, as :func:`configure_scan` answers them (read here when ``None``)."""
+    ``lexemes``: of the question's words, as :func:`configure_scan` answers them (read here when ``None``).
+    ``tenant_chunks``: how many chunks the tenant has (:func:`configure_scan`); a tenant (or a scope) of at most
+    ``EXACT_CHUNKS`` is ranked exactly on the vector side. The HNSW walk, filtered by tenant, gives up after
+    ``hnsw.max_scan_tuples`` (20,000) tuples of the index: a small tenant beside large ones could get no vector
+    candidates at all."""
     raw = _driver(conn)
     if lexemes is None:
         lexemes = _lexemes(conn, query)
     dim, literal = sql.Literal(len(vector)), sql.Literal(model)
     scoped = documents is not None
-    vec = _VEC_EXACT if documents is not None and documents.chunks <= EXACT_CHUNKS else _VEC_INDEX
+    size = documents.chunks if documents is not None else tenant_chunks
+    vec = _VEC_EXACT if size is not None and size <= EXACT_CHUNKS else _VEC_INDEX
     statement = (
         sql.SQL(_SEARCH)
         .format(

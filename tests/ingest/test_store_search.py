@@ -405,3 +405,25 @@ def test_rare_words_keep_the_rarest_within_the_pool() -> None:
     assert pick(["common", "usual", "rare"], rows=100, statistics=statistics) == "'rare' | 'usual' | 'common'"
     assert pick(["o'neil"], rows=0, statistics=search_module.NO_STATISTICS) == "'o''neil'"
     assert pick([], rows=100, statistics=statistics) is None
+
+
+def test_a_small_tenant_is_ranked_exactly_on_the_vector_side(engine: Engine, settings: Settings) -> None:
+    """The HNSW walk filtered by tenant gives up after hnsw.max_scan_tuples: a tenant of at most EXACT_CHUNKS
+    chunks is ranked exactly (its own rows, every distance), so other tenants' chunks never crowd it out."""
+    from protostar.search import EXACT_CHUNKS
+
+    forms = {}
+    with engine.connect() as conn:
+        for chunks in (EXACT_CHUNKS, EXACT_CHUNKS + 1, None):
+            statement, _ = search_statement(
+                conn,
+                tenant_id=uuid.uuid4(),
+                query="alpha",
+                vector=unit(1, 384, 7)[0],
+                model=settings.embedding_model,
+                top_k=5,
+                candidates=50,
+                tenant_chunks=chunks,
+            )
+            forms[chunks] = "OFFSET 0" in statement
+    assert forms == {EXACT_CHUNKS: True, EXACT_CHUNKS + 1: False, None: False}

@@ -16,6 +16,7 @@ Styles:
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ VARIANTS = (
     Variant("user", 2, 0.0),
     Variant("user", 1, 0.0),
     Variant("bare", 2, 0.0),
+    Variant("trim", 4, 0.0),
+    Variant("trim", 2, 0.0),
 )
 
 
@@ -61,7 +64,9 @@ def messages(style: str, question: str, sources: list[tuple[str, str]]) -> list[
     from protostar.chat import prompt
     from protostar.search import Hit
 
-    if style == "system":
+    if style in ("system", "trim"):
+        if style == "trim":
+            sources = [(where, focus(question, text)) for where, text in sources]
         hits = [Hit(uuid.uuid4(), 0, text, 1.0, None, where) for where, text in sources]
         return list(prompt.build(question=question, hits=hits, history=[], budget=1500).messages)
     listed = "\n\n".join(f"[{n}] ({where})\n{text}" for n, (where, text) in enumerate(sources, start=1))
@@ -69,6 +74,75 @@ def messages(style: str, question: str, sources: list[tuple[str, str]]) -> list[
     if style == "user":
         return [{"role": "system", "content": SHORT_SYSTEM}, {"role": "user", "content": user}]
     return [{"role": "user", "content": user}]
+
+
+_WORDS = re.compile(r"\w+")
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "by",
+        "with",
+        "from",
+        "and",
+        "or",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "which",
+        "what",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "how",
+        "many",
+        "much",
+        "does",
+        "do",
+        "did",
+        "its",
+        "it",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "their",
+        "his",
+        "her",
+        "as",
+        "into",
+        "than",
+        "then",
+    ]
+)
+FOCUS_SENTENCES = 2
+
+
+def focus(question: str, text: str) -> str:
+    """The ``FOCUS_SENTENCES`` sentences of ``text`` sharing the most words with the question, in their order."""
+    wanted = {w for w in _WORDS.findall(question.casefold()) if w not in _STOP}
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+    if len(sentences) <= FOCUS_SENTENCES + 1:  # a table's rows, a list: kept whole
+        return text
+    scored = sorted(
+        range(len(sentences)),
+        key=lambda i: -len(wanted & {w for w in _WORDS.findall(sentences[i].casefold())}),
+    )
+    keep = sorted(scored[:FOCUS_SENTENCES])
+    return " ".join(sentences[i].strip() for i in keep)
 
 
 class Asker:

@@ -10,7 +10,9 @@ Styles:
 - ``user``: a short system message; the numbered sources and then the question in the user's message, with
   the instruction to answer in one sentence from the sources — the order a small model reads best: the
   question last, right before its answer;
-- ``bare``: no system message; the user's message holds the sources, the question and the instruction.
+- ``bare``: no system message; the user's message holds the sources, the question and the instruction;
+- ``trim``: as ``system``, each source cut to the two sentences that share the most words with the question
+  (tables and lists, with too few sentences, kept whole).
 """
 
 from __future__ import annotations

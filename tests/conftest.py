@@ -11,6 +11,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ import redis
 from sqlalchemy import Engine
 
 from protostar import commands
+from protostar.auth import create_key
 from protostar.cli.up import prestart
-from protostar.db.engine import make_engine
+from protostar.db.engine import make_engine, make_sessionmaker
 from protostar.jobs.broker import create_celery
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
@@ -205,6 +207,18 @@ def engine(stack: Stack, settings: Settings) -> Iterator[Engine]:
 @pytest.fixture
 def api(live: Live) -> Iterator[httpx.Client]:
     with live.client() as client:
+        yield client
+
+
+@pytest.fixture
+def own_api(request: pytest.FixtureRequest, live: Live, engine: Engine) -> Iterator[httpx.Client]:
+    """A client of a tenant of this test's own. Searches see only its documents, not the shared admin tenant's
+    (other tests upload the same facts there, and its size changes how the vector side scans); its jobs take only
+    its own turns, and no other test's leftovers (a turn whose send met a stopped Redis, sent again only by the
+    reconciler, which no beat runs here) hold them."""
+    with make_sessionmaker(engine).begin() as session:
+        key = create_key(session, tenant=f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}")
+    with live.client(key) as client:
         yield client
 
 

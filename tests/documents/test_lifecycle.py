@@ -5,7 +5,6 @@ upload then queues it again (live stack; the stuck states are made by hand in th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,26 +12,19 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from protostar.auth import create_key
 from protostar.constants import JobKind, TaskName
-from protostar.db.engine import make_sessionmaker
 from protostar.jobs import repo
 from protostar.jobs.dispatch import Dispatcher
 from tests.api.test_jobs import wait_status
-from tests.conftest import Live
 from tests.ingest.test_documents_api import upload
 from tests.jobs.test_reconcile import run
 
 
 @pytest.fixture
-def api(live: Live, engine: Engine) -> Iterator[httpx.Client]:
+def api(own_api: httpx.Client) -> httpx.Client:
     """Each test as a tenant of its own: the jobs these tests make by hand (one is left ``running``) take that
-    tenant's ingest turns, and no other test's leftovers (a turn whose send met a stopped Redis, sent again only
-    by the reconciler, which no beat runs here) take this one's."""
-    with make_sessionmaker(engine).begin() as session:
-        key = create_key(session, tenant=f"lifecycle-{uuid.uuid4().hex[:8]}")
-    with live.client(key) as client:
-        yield client
+    tenant's ingest turns."""
+    return own_api
 
 
 def ingested(api: httpx.Client) -> tuple[str, bytes]:

@@ -14,6 +14,13 @@ from tests.ingest.test_documents_api import upload
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.fixture
+def api(own_api: httpx.Client) -> httpx.Client:
+    """A tenant of each test's own: the shared admin tenant holds other tests' documents with the same facts
+    (a top-5 search there need not reach this one's chunks)."""
+    return own_api
+
+
 def ingest(api: httpx.Client, name: str, content: bytes) -> dict[str, object]:
     response = upload(api, name, content)
     assert response.status_code == 202, response.text

@@ -17,6 +17,7 @@ import importlib.metadata
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -32,6 +33,7 @@ from protostar.errors import PortInUse, ServiceError
 from protostar.runtime import signals
 
 logger = logging.getLogger(__name__)
+_PICK_SPAN = 16_384  # free_port picks among this many ports just below the ephemeral range
 
 PR_SET_PDEATHSIG = 1
 SERVICE_USER = "protostar"
@@ -183,11 +185,31 @@ def hold_port(host: str, port: int) -> socket.socket | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the kernel's pick; racy by nature, fine for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nothing listens on right now, picked at random below the kernel's range for outgoing connections.
+
+    Not the kernel's own pick (``bind(0)``): that comes from the same range as the local ports of outgoing
+    connections, so a client connecting before the server binds (a worker's connection to Redis) could take it,
+    and hold it as long as it stays connected (Flower then failed six times to bind and ``up`` gave up). Racy by
+    nature between the pick and the bind, as any such pick."""
+    low = ephemeral_ports()[0]
+    span = min(_PICK_SPAN, low - 1024)
+    for _ in range(200 if span > 0 else 0):
+        port = low - span + secrets.randbelow(span)
+        if port_is_free(host, port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: the kernel's pick, as before
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes outgoing connections' local ports from (Linux's default when unreadable)."""
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 Role = Literal["api", "worker"]
 
 API_THREADS = 40  # anyio's default threadpool, which FastAPI runs sync routes and dependencies in
+_API_S3_READ_TIMEOUT = 5.0  # seconds the API waits for the object store's answer (at least: see ``bucket``)
 MAX_THREAD_CONNECTIONS = 10  # a thread-pool worker keeps a connection per thread up to this many
 
 _HEAVY = threading.Lock()  # a model is built once even when many threads ask for it at once
@@ -76,6 +77,13 @@ class Clients:
 
     @cached_property
     def bucket(self) -> Bucket:
+        if self.role == "api":
+            # An upload answers 503 within seconds when the store takes its body but does not answer (seen while
+            # it restarted on a loaded machine: reads answered, so the request deadline saw it up, and the put
+            # waited 10 s and more). Its answer comes once the body is stored: seconds is plenty. Not sent again
+            # after such a timeout (the caller may; the same bytes are the same object).
+            timeout = max(_API_S3_READ_TIMEOUT, 2 * self.settings.dependency_timeout)
+            return Bucket(make_minio(self.settings, read_timeout=timeout, read_retries=0), self.settings.s3_bucket)
         return Bucket(make_minio(self.settings), self.settings.s3_bucket)
 
     @cached_property

@@ -20,12 +20,15 @@ HEALTH_KEY = "health/ready"
 HEALTH_BODY = b"ok"
 
 
-def make_minio(settings: Settings) -> Minio:
+def make_minio(settings: Settings, *, read_timeout: float = 30.0, read_retries: int = 3) -> Minio:
+    """``read_timeout``: at most this long between bytes of an answer; ``read_retries``: how often a request whose
+    answer timed out or broke off is sent again (refused connections and 5xx answers are retried 3 times either
+    way, 0.2 s apart and doubling)."""
     if not (settings.s3_endpoint and settings.s3_access_key and settings.s3_secret_key):
         raise ServiceError("PROTOSTAR_S3_ENDPOINT and its keys are not set; start the stack with `protostar up`")
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=3.0, read=30.0),
-        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        timeout=urllib3.Timeout(connect=3.0, read=read_timeout),
+        retries=urllib3.Retry(total=3, read=read_retries, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
         maxsize=20,
     )
     return Minio(

@@ -66,7 +66,7 @@ FTS_POOL = 300  # most chunks ranked per full-text tier, and the "any word" tier
 _WORD = re.compile(r"\w+")
 _EXCLUDED = re.compile(r"(?<![\w-])-\w+")  # websearch syntax: -word excludes the word
 
-_SEARCH = """
+_CANDIDATES = """
 WITH q AS MATERIALIZED (
     SELECT websearch_to_tsquery('english', %(query)s) AS strict, websearch_to_tsquery('english', %(loose)s) AS loose
 ),
@@ -90,7 +90,10 @@ fts AS MATERIALIZED (
     SELECT id, 1 AS tier, ts_rank_cd(tsv, q.loose) AS rank_cd FROM some_word CROSS JOIN q
     ORDER BY tier, rank_cd DESC, id
     LIMIT %(candidates)s
-),
+){tail}"""
+
+# The fusion and the answer: what follows the candidate lists in a search.
+_FUSE = """,
 ranked AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM vec
     UNION ALL
@@ -106,6 +109,13 @@ JOIN chunks c ON c.id = f.id
 JOIN documents d ON d.id = c.document_id
 WHERE c.tenant_id = %(tenant)s AND d.tenant_id = %(tenant)s
 ORDER BY f.score DESC, c.id
+"""
+# Instead of the fusion, the two lists as they are (:func:`candidate_lists`): the vector side's ids with their
+# distances, the full-text side's with their tier and ``ts_rank_cd``.
+_LISTS = """
+SELECT 0 AS side, id, distance::float8, NULL::int FROM vec
+UNION ALL
+SELECT 1 AS side, id, rank_cd::float8, tier FROM fts
 """
 
 # The vector side: the nearest chunks by the model's HNSW index, or (a small scope) all the scope's chunks
@@ -267,6 +277,52 @@ def retrieve(
         )
 
 
+class Candidates(NamedTuple):
+    """The two lists a search fuses, each in its own order, best first."""
+
+    vector: list[tuple[int, float]]  # (chunk id, cosine distance)
+    full_text: list[tuple[int, int, float]]  # (chunk id, tier: 0 every word, 1 the rarest words, ts_rank_cd)
+
+
+def candidate_lists(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID,
+    query: str,
+    query_vector: npt.NDArray[np.floating[Any]],
+    model: str,
+    candidates: int = 50,
+    ef_search: int = 80,
+) -> Candidates:
+    """The candidate lists :func:`search` would fuse for ``query`` over all the tenant's chunks, with their
+    scores, from the same statement without its fusion: for diagnostics and for comparing fusions offline
+    (``bench.quality``'s phase ``f``). Run it in a transaction of its own (the HNSW settings are local to it)."""
+    vector = _single_vector(query_vector)
+    scan = configure_scan(conn, ef_search=max(ef_search, candidates), query=query, tenant_id=tenant_id)
+    statement, params = search_statement(
+        conn,
+        tenant_id=tenant_id,
+        query=query,
+        vector=vector,
+        model=model,
+        top_k=candidates,
+        candidates=candidates,
+        lexemes=scan.lexemes,
+        tenant_chunks=scan.tenant_chunks,
+        lists=True,
+    )
+    vec: list[tuple[int, float]] = []
+    fts: list[tuple[int, int, float]] = []
+    for side, chunk_id, score, tier in conn.exec_driver_sql(statement, params).all():
+        if side == 0:
+            vec.append((int(chunk_id), float(score)))
+        else:
+            fts.append((int(chunk_id), int(tier), float(score)))
+    vec.sort(key=lambda r: (r[1], r[0]))
+    fts.sort(key=lambda r: (r[1], -r[2], r[0]))
+    return Candidates(vec, fts)
+
+
 class Scan(NamedTuple):
     lexemes: list[str]  # of the question's words
     tenant_chunks: int | None  # the tenant's chunks, as its documents count them (None: not asked)
@@ -299,6 +355,7 @@ def search_statement(
     documents: InScope | None = None,
     lexemes: list[str] | None = None,
     tenant_chunks: int | None = None,
+    lists: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """The SQL (model and dimension are literals: the partial index's predicate and the cast need them) and
     its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests). ``documents``: only their chunks.
@@ -306,7 +363,8 @@ def search_statement(
     ``tenant_chunks``: how many chunks the tenant has (:func:`configure_scan`); a tenant (or a scope) of at most
     ``EXACT_CHUNKS`` is ranked exactly on the vector side. The HNSW walk, filtered by tenant, gives up after
     ``hnsw.max_scan_tuples`` (20,000) tuples of the index: a small tenant beside large ones could get no vector
-    candidates at all."""
+    candidates at all. ``lists``: the statement answers the two candidate lists instead of the fused hits
+    (:func:`candidate_lists`)."""
     raw = _driver(conn)
     if lexemes is None:
         lexemes = _lexemes(conn, query)
@@ -315,8 +373,9 @@ def search_statement(
     size = documents.chunks if documents is not None else tenant_chunks
     vec = _VEC_EXACT if size is not None and size <= EXACT_CHUNKS else _VEC_INDEX
     statement = (
-        sql.SQL(_SEARCH)
+        sql.SQL(_CANDIDATES)
         .format(
+            tail=sql.SQL(_LISTS if lists else _FUSE),
             vec=sql.SQL(vec).format(
                 dim=dim, model=literal, scope=sql.SQL(" AND document_id = ANY(%(documents)s)" if scoped else "")
             ),

@@ -326,6 +326,9 @@ def report_fusion(
     extra += ["", "Fusion variants (phase f), over the same candidate lists; (+n -m): questions whose"]
     extra += ["reciprocal rank the variant raised · lowered against the search's fusion:", ""]
     extra += fusion.table(rankings)
+    kept = fusion.winners(rankings)
+    extra += ["", "Variants that raise MRR@5 on both sets (or one, the other within 0.01) and lower recall@5 on none:"]
+    extra += [""] + [f"- {label}: " + "; ".join(fusion.moved(rankings, label)) for label in kept] if kept else ["none"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

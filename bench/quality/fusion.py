@@ -189,3 +189,30 @@ def table(rankings: dict[str, dict[str, Ranking]]) -> list[str]:
 
 def _rr(rank: int) -> float:
     return 1 / rank if 0 < rank <= 5 else 0.0
+
+
+def winners(rankings: dict[str, dict[str, Ranking]]) -> list[str]:
+    """The variants the adoption rule keeps: MRR@5 higher on every question set (or higher on one and within
+    0.01 on the others), recall@5 lower on none."""
+    out = []
+    for variant in VARIANTS:
+        if variant == SEARCH:
+            continue
+        pairs = [(by[variant.label], by[SEARCH.label]) for by in rankings.values()]
+        if any(r.recall(5) < base.recall(5) for r, base in pairs):
+            continue
+        gains = [r.mrr() - base.mrr() for r, base in pairs]
+        if any(g > 1e-9 for g in gains) and all(g > 1e-9 or g >= -0.01 for g in gains):
+            out.append(variant.label)
+    return out
+
+
+def moved(rankings: dict[str, dict[str, Ranking]], label: str) -> list[str]:
+    """The questions whose rank (of the first answering chunk in the top 5; 0 none) the variant changed."""
+    out = []
+    for name, by in rankings.items():
+        base = by[SEARCH.label].ranks
+        for q, rank in by[label].ranks.items():
+            if rank != base[q]:
+                out.append(f"{name}: {q} {base[q]} → {rank}")
+    return out

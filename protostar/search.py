@@ -1,7 +1,12 @@
-"""Hybrid retrieval over a tenant's chunks: vector similarity and full text, fused by reciprocal rank (k=60).
+"""Hybrid retrieval over a tenant's chunks: vector similarity and full text, fused by reciprocal rank (k=30).
 
 One statement does it all (after one ``set_config`` for the HNSW scan): two candidate lists, each ranked on
-its own, then ``score = Σ 1 / (60 + rank)`` over the lists a chunk appears in.
+its own, then ``score = Σ 1 / (30 + rank)`` over the lists a chunk appears in (``RRF_K``; both lists weigh
+the same). ``bench.quality``'s phase ``f`` compared fusions over these very lists (:func:`candidate_lists`):
+k = 30 instead of the customary 60 ranked one more question higher on each of its two question sets and
+lowered recall@5 on neither; weights other than 1:1, the full-text tiers merged into one list by
+``ts_rank_cd``, and a convex combination of normalized scores each lost recall@5 on ``qa.jsonl`` or MRR@5 on
+the other set (``bench/results/quality-fusion.md``).
 
 - Vector side: cosine distance ``embedding::vector(dim) <=> query`` with the model's name as a literal, so the
   planner can use the model's partial HNSW index. The tenant filter is applied while the index is walked;
@@ -57,7 +62,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RRF_K = 60
+RRF_K = 30  # reciprocal rank fusion's k (bench.quality phase f: 60 ranked two questions lower)
 MAX_LOOSE_WORDS = 32
 EXACT_CHUNKS = 20_000  # a scope of at most this many chunks is ranked exactly on the vector side
 FTS_POOL = 300  # most chunks ranked per full-text tier, and the "any word" tier's budget of estimated matches.

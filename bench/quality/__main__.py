@@ -363,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         run(args, system, rows, extra)
         notes = [machine.describe()]
         settings = system.settings
-        described = f"model {args.model} · phases {args.phases} · {settings.llm_model}" + (
-            f" · chunks of {settings.chunk_tokens} tokens, overlap {settings.chunk_overlap}"
-        )
+        served = f"model {args.model} · {settings.llm_model}" if needs_llm(args) else "no LLM"
+        described = f"{served} · phases {args.phases}"
+        described += f" · chunks of {settings.chunk_tokens} tokens, overlap {settings.chunk_overlap}"
         publish(name, markdown("quality", described, time.perf_counter() - started, rows, extra=extra, notes=notes))
         return 0
 

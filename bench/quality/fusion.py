@@ -5,8 +5,9 @@ fusion; the vector side's chunks with their cosine distances, the full-text side
 
 Variants (``VARIANTS``):
 
-- ``rrf k=K v:f=W`` reciprocal rank fusion, ``Σ weight / (K + rank)``; Protostar's search is ``rrf k=60
-  v:f=1:1, tiers`` (the full-text list ordered by tier, then ``ts_rank_cd``);
+- ``rrf k=K v:f=W`` reciprocal rank fusion, ``Σ weight / (K + rank)``; Protostar's search is ``rrf
+  k=RRF_K v:f=1:1, tiers`` (the full-text list ordered by tier, then ``ts_rank_cd``; k was 60 until this
+  phase chose 30);
 - the full-text tiers: ``tiers`` (as the search: every-word chunks first), ``flat`` (one list by
   ``ts_rank_cd`` alone, tiers ignored), ``bonus`` (as ``tiers``, and the every-word chunks count again as a
   third list, ranked among themselves, with the full-text weight);
@@ -27,6 +28,7 @@ from typing import Any
 
 from bench.harness import System
 from bench.quality.answers import Ranking
+from protostar.search import RRF_K
 
 Judge = Callable[[str, str], bool]  # (file name, chunk text) -> the chunk answers the question
 
@@ -47,7 +49,7 @@ class Variant:
         return f"rrf k={self.k} v:f={v:g}:{f:g}, {self.tiers}"
 
 
-SEARCH = Variant("rrf")  # what protostar.search does today
+SEARCH = Variant("rrf", k=RRF_K)  # what protostar.search does
 WEIGHTS = ((2.0, 1.0), (1.5, 1.0), (1.0, 1.0), (1.0, 1.5), (1.0, 2.0))
 VARIANTS = (
     *(

@@ -1,6 +1,7 @@
 """What every benchmark shares: where results go, percentiles and CPU times, waiting for a process to settle,
-the share of the machine others took, the command line's parser (:func:`arguments`), and the report (a table
-of :class:`Row` rendered by :func:`markdown`, written and printed by :func:`publish`).
+the share of the machine others took, the command line's parser (:func:`arguments`), the report (a table
+of :class:`Row` rendered by :func:`markdown`, written and printed by :func:`publish`), and the questions of
+the shared corpus ``tests/corpus/qa.jsonl`` (:func:`qa_questions`: ``bench.ingest`` and ``bench.quality`` ask them).
 
 Imports nothing from ``bench`` and nothing of Protostar: every benchmark may import it.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -20,6 +22,28 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+CORPUS = ROOT / "tests" / "corpus"  # real documents (see its ABOUT.md) and the questions about them, qa.jsonl
+
+
+@dataclass(frozen=True)
+class QaQuestion:
+    """A question of ``qa.jsonl``: a hit answers it when it is a chunk of ``document`` holding an ``evidence``."""
+
+    question: str
+    document: str
+    evidence: tuple[str, ...]
+
+    def answered_by(self, filename: str, text: str) -> bool:
+        return filename == self.document and any(e in text for e in self.evidence)
+
+
+def qa_questions() -> list[QaQuestion]:
+    out = []
+    for line in (CORPUS / "qa.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.append(QaQuestion(row["question"], row["document"], tuple(row["evidence"])))
+    return out
 
 
 def pct(values: list[float], p: float) -> float:

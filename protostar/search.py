@@ -1,7 +1,12 @@
-"""Hybrid retrieval over a tenant's chunks: vector similarity and full text, fused by reciprocal rank (k=60).
+"""Hybrid retrieval over a tenant's chunks: vector similarity and full text, fused by reciprocal rank (k=30).
 
 One statement does it all (after one ``set_config`` for the HNSW scan): two candidate lists, each ranked on
-its own, then ``score = Σ 1 / (60 + rank)`` over the lists a chunk appears in.
+its own, then ``score = Σ 1 / (30 + rank)`` over the lists a chunk appears in (``RRF_K``; both lists weigh
+the same). ``bench.quality``'s phase ``f`` compared fusions over these very lists (:func:`candidate_lists`):
+k = 30 instead of the customary 60 ranked one more question higher on each of its two question sets and
+lowered recall@5 on neither; weights other than 1:1, the full-text tiers merged into one list by
+``ts_rank_cd``, and a convex combination of normalized scores each lost recall@5 on ``qa.jsonl`` or MRR@5 on
+the other set (``bench/results/quality-fusion.md``).
 
 - Vector side: cosine distance ``embedding::vector(dim) <=> query`` with the model's name as a literal, so the
   planner can use the model's partial HNSW index. The tenant filter is applied while the index is walked;
@@ -57,7 +62,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RRF_K = 60
+RRF_K = 30  # reciprocal rank fusion's k (bench.quality phase f: 60 ranked two questions lower)
 MAX_LOOSE_WORDS = 32
 EXACT_CHUNKS = 20_000  # a scope of at most this many chunks is ranked exactly on the vector side
 FTS_POOL = 300  # most chunks ranked per full-text tier, and the "any word" tier's budget of estimated matches.
@@ -66,7 +71,7 @@ FTS_POOL = 300  # most chunks ranked per full-text tier, and the "any word" tier
 _WORD = re.compile(r"\w+")
 _EXCLUDED = re.compile(r"(?<![\w-])-\w+")  # websearch syntax: -word excludes the word
 
-_SEARCH = """
+_CANDIDATES = """
 WITH q AS MATERIALIZED (
     SELECT websearch_to_tsquery('english', %(query)s) AS strict, websearch_to_tsquery('english', %(loose)s) AS loose
 ),
@@ -90,7 +95,10 @@ fts AS MATERIALIZED (
     SELECT id, 1 AS tier, ts_rank_cd(tsv, q.loose) AS rank_cd FROM some_word CROSS JOIN q
     ORDER BY tier, rank_cd DESC, id
     LIMIT %(candidates)s
-),
+){tail}"""
+
+# The fusion and the answer: what follows the candidate lists in a search.
+_FUSE = """,
 ranked AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM vec
     UNION ALL
@@ -106,6 +114,13 @@ JOIN chunks c ON c.id = f.id
 JOIN documents d ON d.id = c.document_id
 WHERE c.tenant_id = %(tenant)s AND d.tenant_id = %(tenant)s
 ORDER BY f.score DESC, c.id
+"""
+# Instead of the fusion, the two lists as they are (:func:`candidate_lists`): the vector side's ids with their
+# distances, the full-text side's with their tier and ``ts_rank_cd``.
+_LISTS = """
+SELECT 0 AS side, id, distance::float8, NULL::int FROM vec
+UNION ALL
+SELECT 1 AS side, id, rank_cd::float8, tier FROM fts
 """
 
 # The vector side: the nearest chunks by the model's HNSW index, or (a small scope) all the scope's chunks
@@ -267,6 +282,52 @@ def retrieve(
         )
 
 
+class Candidates(NamedTuple):
+    """The two lists a search fuses, each in its own order, best first."""
+
+    vector: list[tuple[int, float]]  # (chunk id, cosine distance)
+    full_text: list[tuple[int, int, float]]  # (chunk id, tier: 0 every word, 1 the rarest words, ts_rank_cd)
+
+
+def candidate_lists(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID,
+    query: str,
+    query_vector: npt.NDArray[np.floating[Any]],
+    model: str,
+    candidates: int = 50,
+    ef_search: int = 80,
+) -> Candidates:
+    """The candidate lists :func:`search` would fuse for ``query`` over all the tenant's chunks, with their
+    scores, from the same statement without its fusion: for diagnostics and for comparing fusions offline
+    (``bench.quality``'s phase ``f``). Run it in a transaction of its own (the HNSW settings are local to it)."""
+    vector = _single_vector(query_vector)
+    scan = configure_scan(conn, ef_search=max(ef_search, candidates), query=query, tenant_id=tenant_id)
+    statement, params = search_statement(
+        conn,
+        tenant_id=tenant_id,
+        query=query,
+        vector=vector,
+        model=model,
+        top_k=candidates,
+        candidates=candidates,
+        lexemes=scan.lexemes,
+        tenant_chunks=scan.tenant_chunks,
+        lists=True,
+    )
+    vec: list[tuple[int, float]] = []
+    fts: list[tuple[int, int, float]] = []
+    for side, chunk_id, score, tier in conn.exec_driver_sql(statement, params).all():
+        if side == 0:
+            vec.append((int(chunk_id), float(score)))
+        else:
+            fts.append((int(chunk_id), int(tier), float(score)))
+    vec.sort(key=lambda r: (r[1], r[0]))
+    fts.sort(key=lambda r: (r[1], -r[2], r[0]))
+    return Candidates(vec, fts)
+
+
 class Scan(NamedTuple):
     lexemes: list[str]  # of the question's words
     tenant_chunks: int | None  # the tenant's chunks, as its documents count them (None: not asked)
@@ -299,6 +360,7 @@ def search_statement(
     documents: InScope | None = None,
     lexemes: list[str] | None = None,
     tenant_chunks: int | None = None,
+    lists: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """The SQL (model and dimension are literals: the partial index's predicate and the cast need them) and
     its parameters, for ``exec_driver_sql`` (and for EXPLAIN in tests). ``documents``: only their chunks.
@@ -306,7 +368,8 @@ def search_statement(
     ``tenant_chunks``: how many chunks the tenant has (:func:`configure_scan`); a tenant (or a scope) of at most
     ``EXACT_CHUNKS`` is ranked exactly on the vector side. The HNSW walk, filtered by tenant, gives up after
     ``hnsw.max_scan_tuples`` (20,000) tuples of the index: a small tenant beside large ones could get no vector
-    candidates at all."""
+    candidates at all. ``lists``: the statement answers the two candidate lists instead of the fused hits
+    (:func:`candidate_lists`)."""
     raw = _driver(conn)
     if lexemes is None:
         lexemes = _lexemes(conn, query)
@@ -315,8 +378,9 @@ def search_statement(
     size = documents.chunks if documents is not None else tenant_chunks
     vec = _VEC_EXACT if size is not None and size <= EXACT_CHUNKS else _VEC_INDEX
     statement = (
-        sql.SQL(_SEARCH)
+        sql.SQL(_CANDIDATES)
         .format(
+            tail=sql.SQL(_LISTS if lists else _FUSE),
             vec=sql.SQL(vec).format(
                 dim=dim, model=literal, scope=sql.SQL(" AND document_id = ANY(%(documents)s)" if scoped else "")
             ),

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import io
-import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import ROOT
+from bench.common import CORPUS, QaQuestion, qa_questions
 
-CORPUS = ROOT / "tests" / "corpus"
 NOT_DOCUMENTS = {"qa.jsonl"}  # the questions
 NOT_PAGES = {"password.pdf", "failure-after-repair.pdf"}  # fail (encrypted) or parse through the fallback
 PAGES_SOURCE = "layout-parser-paper-fast.pdf"  # repeated into the long PDF
 
 
-@dataclass(frozen=True)
-class Question:
-    question: str
-    document: str
-    evidence: tuple[str, ...]
-
-    def answered_by(self, filename: str, text: str) -> bool:
-        return filename == self.document and any(e in text for e in self.evidence)
+Question = QaQuestion
 
 
 def documents() -> list[Path]:
@@ -37,12 +27,7 @@ def page_pdfs() -> list[Path]:
 
 
 def questions() -> list[Question]:
-    out = []
-    for line in (CORPUS / "qa.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out.append(Question(row["question"], row["document"], tuple(row["evidence"])))
-    return out
+    return qa_questions()
 
 
 def long_pdf(pages: int) -> bytes:

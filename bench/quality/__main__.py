@@ -19,10 +19,16 @@ Phases (``--phases``, default all):
   same fold called directly over the whole text (``bench.quality.summaries``);
 - ``m`` the model: decode tokens/s (128 tokens, three times) and llama-server's peak RSS;
 - ``x`` (not in the default): prompt styles, sources per prompt and temperature tried with llama-server
-  called directly (``bench.quality.explore``).
+  called directly (``bench.quality.explore``);
+- ``f`` (not in the default): fusions of the search's two candidate lists compared offline
+  (``bench.quality.fusion``), on the 66 questions and on the shared corpus's ``qa.jsonl`` (its documents
+  uploaded under a second tenant).
 
-Results: a markdown table on stdout and in ``bench/results/quality[-<model>].md``; process output in
-``bench/results/quality.log``.
+Phases ``r`` and ``f`` alone start no llama-server and no chat or summary worker. Settings pass through the
+environment (``PROTOSTAR_CHUNK_TOKENS=300 PROTOSTAR_CHUNK_OVERLAP=40 ... --phases rf`` compares a chunking).
+
+Results: a markdown table on stdout and in ``bench/results/quality[-<model>].md`` (``--out NAME``:
+``NAME.md``); process output in ``bench/results/quality[-<model>].log`` (``NAME.log``).
 """
 
 from __future__ import annotations
@@ -36,12 +42,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, MachineShare, Row, arguments, markdown, publish, wait_idle
+from bench.common import CORPUS, RESULTS, ROOT, MachineShare, Row, arguments, markdown, publish, qa_questions, wait_idle
 from bench.harness import System, bench_env, launched
 from bench.llm import Direct
-from bench.quality import answers, corpus, explore, summaries
+from bench.quality import answers, corpus, explore, fusion, summaries
 
-LOG = RESULTS / "quality.log"
 SUMMARIZED = "tessaly-freight-annual-report.pdf"  # the document phase s summarizes (6 pages, a fact on each)
 
 
@@ -66,11 +71,17 @@ def quality_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     from protostar.runtime.process import free_port
 
     env = bench_env(data_dir, args.log_level)
-    del env["PROTOSTAR_LLM_BASE_URL"]  # empty: the stack starts its llama-server
     env["PROTOSTAR_INGEST_CONCURRENCY"] = "2"
+    if not needs_llm(args):
+        return env  # bench_env's LLM address: no llama-server
+    del env["PROTOSTAR_LLM_BASE_URL"]  # empty: the stack starts its llama-server
     if args.max_tokens:
         env["PROTOSTAR_LLM_MAX_TOKENS"] = str(args.max_tokens)
     return env | {"PROTOSTAR_LLM_PORT": str(free_port())} | model_env(args.model)
+
+
+def needs_llm(args: argparse.Namespace) -> bool:
+    return bool(set(args.phases) & set("asmx"))
 
 
 def ingest(system: System, key: str, documents: list[corpus.Document]) -> dict[str, str]:
@@ -245,8 +256,7 @@ def run(args: argparse.Namespace, system: System, rows: list[Row], extra: list[s
     if args.questions:
         questions = questions[:: max(1, len(questions) // args.questions)][: args.questions]
     llm = system.stack.llm
-    assert llm is not None
-    direct = Direct(llm.base_url, llm.api_key, system.settings.llm_model)
+    direct = Direct(llm.base_url, llm.api_key, system.settings.llm_model) if llm is not None else None
     key, tenant_id = system.tenant_key("bench-quality")
     print(f"    ingesting {len(documents)} generated documents...", flush=True)
     names = ingest(system, key, documents)
@@ -255,6 +265,10 @@ def run(args: argparse.Namespace, system: System, rows: list[Row], extra: list[s
         print("    retrieval...", flush=True)
         embedder = make_embedder(system.settings, threads=1)
         report_retrieval(rows, answers.retrieval(system, key, tenant_id, names, questions, embedder))
+    if "f" in args.phases:
+        report_fusion(rows, extra, system, tenant_id, questions)
+    if direct is None or llm is None:
+        return
     if "a" in args.phases:
         print(f"    asking {len(questions)} questions three ways...", flush=True)
         report_answers(rows, extra, answers.answer_all(system, key, questions, direct), questions)
@@ -279,13 +293,54 @@ def run(args: argparse.Namespace, system: System, rows: list[Row], extra: list[s
         rows.append(Row("llama-server peak RSS (MB)", f"{peak:.0f}", "", ""))
 
 
+def report_fusion(
+    rows: list[Row], extra: list[str], system: System, tenant_id: Any, questions: list[corpus.Question]
+) -> None:
+    """Phase f: the shared corpus's documents named in ``qa.jsonl`` under a second tenant, then every fusion
+    variant on both question sets."""
+    from protostar.embeddings.embed import make_embedder
+
+    qa = qa_questions()
+    files = sorted({q.document for q in qa})
+    qa_key, qa_tenant = system.tenant_key("bench-quality-qa")
+    print(f"    phase f: ingesting the {len(files)} documents of qa.jsonl...", flush=True)
+    ingest(system, qa_key, [corpus.Document(name, (CORPUS / name).read_bytes(), "en") for name in files])
+    wait_idle(system.pid("worker-ingest"), "the ingest worker")
+    own: dict[str, fusion.Judge] = {q.question: q.answered_by for q in questions}
+    shared: dict[str, fusion.Judge] = {q.question: q.answered_by for q in qa}
+    sets = {f"{len(own)} questions": (tenant_id, own), f"qa.jsonl ({len(shared)})": (qa_tenant, shared)}
+    print(f"    phase f: {len(fusion.VARIANTS)} fusions on {len(own)} + {len(shared)} questions...", flush=True)
+    rankings, checks = fusion.compare(system, sets, make_embedder(system.settings, threads=1))
+    for name, by in rankings.items():
+        searched = by[fusion.SEARCH.label]
+        r1, r5, mrr = searched.recall(1), searched.recall(5), searched.mrr()
+        same, n = checks[name]
+        rows.append(
+            Row(
+                f"fusion as the search's ({fusion.SEARCH.label}), {name}: recall@1 / @5 / MRR@5",
+                f"{r1:.2f} / {r5:.2f} / {mrr:.3f}",
+                f"its top 5 = search()'s on {same} of {n} questions",
+                "",
+            )
+        )
+    extra += ["", "Fusion variants (phase f), over the same candidate lists; (+n -m): questions whose"]
+    extra += ["reciprocal rank the variant raised · lowered against the search's fusion:", ""]
+    extra += fusion.table(rankings)
+    kept = fusion.winners(rankings)
+    extra += ["", "Variants that raise MRR@5 on both sets (or one, the other within 0.01) and lower recall@5 on none:"]
+    extra += [""] + [f"- {label}: " + "; ".join(fusion.moved(rankings, label)) for label in kept] if kept else ["none"]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = arguments("quality", __doc__)
     p.add_argument("--model", default="smollm2", help="smollm2 (the default), gemma3, or a path to a GGUF")
-    p.add_argument("--phases", default="rasm", help="r retrieval, a answers, s summaries, m model, x variants")
+    p.add_argument(
+        "--phases", default="rasm", help="r retrieval, a answers, s summaries, m model, x variants, f fusions"
+    )
     p.add_argument("--questions", type=int, default=0, help="ask only this many questions (spread), 0: all")
     p.add_argument("--max-tokens", type=int, default=0, help="longest answer (PROTOSTAR_LLM_MAX_TOKENS); 0: default")
     p.add_argument("--variants", default="", help="phase x: which variants, 1-based, e.g. 3,4,5 (default all)")
+    p.add_argument("--out", default="", help="the report's name in bench/results (default quality[-<model>])")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -295,18 +350,22 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     os.chdir(ROOT)
     print(f"starting embedded services (llama-server with {args.model}), the API and the workers...", flush=True)
-    with launched(lambda data_dir: quality_env(data_dir, args), LOG) as system:
+    name = args.out or ("quality" if args.model == "smollm2" else f"quality-{Path(args.model).stem}")
+    with launched(lambda data_dir: quality_env(data_dir, args), RESULTS / f"{name}.log") as system:
         system.start_ingest_worker()
-        system.start_worker("chat")
-        system.start_worker("summary")
+        if needs_llm(args):
+            system.start_worker("chat")
+            system.start_worker("summary")
         wait_idle(system.pid("api"), "the API")
         machine = MachineShare()
         rows: list[Row] = []
         extra: list[str] = []
         run(args, system, rows, extra)
         notes = [machine.describe()]
-        name = "quality" if args.model == "smollm2" else f"quality-{Path(args.model).stem}"
-        described = f"model {args.model} · phases {args.phases} · {system.settings.llm_model}"
+        settings = system.settings
+        served = f"model {args.model} · {settings.llm_model}" if needs_llm(args) else "no LLM"
+        described = f"{served} · phases {args.phases}"
+        described += f" · chunks of {settings.chunk_tokens} tokens, overlap {settings.chunk_overlap}"
         publish(name, markdown("quality", described, time.perf_counter() - started, rows, extra=extra, notes=notes))
         return 0
 

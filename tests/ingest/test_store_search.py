@@ -18,7 +18,7 @@ from protostar.db.models import Document, Tenant
 from protostar.embeddings.embed import LocalEmbedder
 from protostar.embeddings.index import ensure_configured_index, ensure_vector_index, hashed_index_name, index_name
 from protostar.ingest.store import delete_document_chunks, replace_chunks
-from protostar.search import Hit, loose_query, search, search_statement
+from protostar.search import RRF_K, Hit, candidate_lists, loose_query, search, search_statement
 from protostar.settings import Settings
 
 MODEL = "all-MiniLM-L6-v2"
@@ -275,6 +275,25 @@ def test_a_long_question_still_matches_on_some_of_its_words(
     far_away = unit(1, 384, 7)[0]  # a vector pointing nowhere useful: full text has to carry it
     hits = find(engine, tenant, question, far_away, top_k=1)
     assert hits[0].text == BACKUPS
+
+
+def test_the_candidate_lists_are_what_search_fuses(
+    engine: Engine, embedder: LocalEmbedder, facts: tuple[uuid.UUID, uuid.UUID, np.ndarray[Any, Any]]
+) -> None:
+    tenant, _, _ = facts
+    question = "What does error ZX-4471Q mean?"
+    vector = embedder.embed([question])[0]
+    with engine.begin() as conn:
+        lists = candidate_lists(conn, tenant_id=tenant, query=question, query_vector=vector, model=MODEL)
+    assert len(lists.vector) == len(FACTS)  # a small tenant: every chunk, by exact distance
+    assert [d for _, d in lists.vector] == sorted(d for _, d in lists.vector)
+    assert [t for _, t, _ in lists.full_text] == sorted(t for _, t, _ in lists.full_text)  # every word first
+    score: dict[int, float] = {}
+    for ranked in ([i for i, _ in lists.vector], [i for i, _, _ in lists.full_text]):
+        for rank, chunk_id in enumerate(ranked, start=1):
+            score[chunk_id] = score.get(chunk_id, 0.0) + 1 / (RRF_K + rank)
+    fused = sorted(score, key=lambda i: (-score[i], i))[:5]
+    assert [h.chunk_id for h in find(engine, tenant, question, vector)] == fused
 
 
 def test_search_never_returns_another_tenants_chunks(engine: Engine, corpus: Corpus, embedder: LocalEmbedder) -> None:

@@ -132,7 +132,7 @@ def embed(
     ``planned`` runs were planned already (while the document was parsed). Also the path of a large document of
     another format (over ``ingest_shard_chunks`` chunks, parsed in one piece)."""
     step = settings.ingest_part_chunks
-    runs = _runs(chunks[planned * step :], embedder=embedder, settings=settings)
+    runs = _runs(chunks[planned * step :], embedder=embedder, settings=settings, tail=True)
     parts.plan(engine, job_id=ctx.job_id, phase=EMBED, specs=runs, start=planned)
     fan_out(min(planned + len(runs) - 1, settings.ingest_concurrency - 1))
     _drive(ctx, EMBED, len(chunks), engine=engine, embedder=embedder, settings=settings)
@@ -143,10 +143,14 @@ def embed(
     return vectors
 
 
-def _runs(chunks: list[Chunk], *, embedder: Embedder, settings: Settings) -> list[dict[str, Any]]:
+def _runs(chunks: list[Chunk], *, embedder: Embedder, settings: Settings, tail: bool = False) -> list[dict[str, Any]]:
     """The embed parts of ``chunks``, ``ingest_part_chunks`` each; the model is in the spec, so that vectors of
-    another model (a changed setting) are planned again."""
+    another model (a changed setting) are planned again. ``tail``: the last chunks of the document, which every
+    child should share, so runs are smaller when there are fewer chunks than runs for every child (the last
+    run of a 600-page PDF was embedded by one child while the other had nothing left)."""
     step = settings.ingest_part_chunks
+    if tail:
+        step = max(1, min(step, -(-len(chunks) // settings.ingest_concurrency)))
     return [
         {"model": embedder.model, "texts": [c.text for c in chunks[i : i + step]]} for i in range(0, len(chunks), step)
     ]

@@ -305,8 +305,10 @@ class Dispatcher:
         if not admission.send:
             return self._announce_waiting(job, admission)
         try:
-            self.send(job)
+            # The event first: once sent, a worker's ``running`` could otherwise come before it (a follower then
+            # read ``running`` followed by ``queued``; seen on a loaded machine).
             self.events.publish(job.id, EventType.STATUS, self._queued(job, admission))
+            self.send(job)
         except BROKER_ERRORS as exc:
             logger.warning("job_id=%s could not be sent: %s", job.id, exc)
             failed = Ending(JobStatus.FAILED, BrokerUnavailable.code, NOT_QUEUED)

@@ -61,6 +61,7 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
     """``rows`` chunks under a new tenant, made from ``source_tenant``'s chunks (see the module docstring)."""
     from protostar.auth import ensure_tenant
     from protostar.db.engine import make_sessionmaker
+    from protostar.documents.repo import mark_ingested
     from protostar.embeddings.embed import normalize
     from protostar.embeddings.index import ensure_vector_index, index_name
     from protostar.ingest import store
@@ -94,6 +95,9 @@ def fill(system: System, source_tenant: uuid.UUID, *, rows: int, docs: int, nois
             store.replace_chunks(
                 conn, document_id=document_id, tenant_id=tenant_id, chunks=chunks, vectors=noisy, model=model
             )
+            # As the ingest pipeline does: the search sizes a tenant by its documents' chunk counts (a tenant
+            # counted at 0 would be ranked exactly, reading every row, instead of through the HNSW index).
+            mark_ingested(conn, document_id=document_id, chunk_count=len(chunks), page_count=None, model=model)
     copy_seconds = time.perf_counter() - started
     with system.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ALTER SYSTEM SET maintenance_work_mem = '1GB'"))

@@ -231,8 +231,7 @@ def search(
         documents = in_scope(conn, tenant_id=tenant_id, scope=scope)
         if not documents.document_ids:
             return []
-    scan = configure_scan(conn, ef_search=max(ef_search, candidates), query=query, tenant_id=tenant_id)
-    statement, params = search_statement(
+    statement, params = _prepared(
         conn,
         tenant_id=tenant_id,
         query=query,
@@ -240,9 +239,8 @@ def search(
         model=model,
         top_k=top_k,
         candidates=max(candidates, top_k),
+        ef_search=max(ef_search, candidates),
         documents=documents,
-        lexemes=scan.lexemes,
-        tenant_chunks=scan.tenant_chunks,
     )
     rows = conn.exec_driver_sql(statement, params).all()
     hits = [Hit(row[0], row[1], row[2], float(row[3]), row[4], row[5], row[6], row[7]) for row in rows]
@@ -303,8 +301,7 @@ def candidate_lists(
     scores, from the same statement without its fusion: for diagnostics and for comparing fusions offline
     (``bench.quality``'s phase ``f``). Run it in a transaction of its own (the HNSW settings are local to it)."""
     vector = _single_vector(query_vector)
-    scan = configure_scan(conn, ef_search=max(ef_search, candidates), query=query, tenant_id=tenant_id)
-    statement, params = search_statement(
+    statement, params = _prepared(
         conn,
         tenant_id=tenant_id,
         query=query,
@@ -312,8 +309,7 @@ def candidate_lists(
         model=model,
         top_k=candidates,
         candidates=candidates,
-        lexemes=scan.lexemes,
-        tenant_chunks=scan.tenant_chunks,
+        ef_search=max(ef_search, candidates),
         lists=True,
     )
     vec: list[tuple[int, float]] = []
@@ -326,6 +322,37 @@ def candidate_lists(
     vec.sort(key=lambda r: (r[1], r[0]))
     fts.sort(key=lambda r: (r[1], -r[2], r[0]))
     return Candidates(vec, fts)
+
+
+def _prepared(
+    conn: Connection,
+    *,
+    tenant_id: uuid.UUID,
+    query: str,
+    vector: npt.NDArray[np.float32],
+    model: str,
+    top_k: int,
+    candidates: int,
+    ef_search: int,
+    documents: InScope | None = None,
+    lists: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The HNSW settings made (:func:`configure_scan`, one round trip that also answers the lexemes and the
+    tenant's size), then the statement of :func:`search` (``lists``: of :func:`candidate_lists`)."""
+    scan = configure_scan(conn, ef_search=ef_search, query=query, tenant_id=tenant_id)
+    return search_statement(
+        conn,
+        tenant_id=tenant_id,
+        query=query,
+        vector=vector,
+        model=model,
+        top_k=top_k,
+        candidates=candidates,
+        documents=documents,
+        lexemes=scan.lexemes,
+        tenant_chunks=scan.tenant_chunks,
+        lists=lists,
+    )
 
 
 class Scan(NamedTuple):

@@ -20,8 +20,8 @@ the other set (``bench/results/quality-fusion.md``).
   their words with the answer); each tier by ``ts_rank_cd``. Ranking reads every ranked chunk's ``tsv``, so
   each tier ranks at most ``FTS_POOL`` chunks. The "any word" tier takes the chunks holding the question's
   *rarest* words (:func:`rare_words`): its lexemes by the number of the tenant's chunks estimated to hold each
-  (the share of ``chunks`` holding it, from ``pg_stats`` of ``tsv``, times the tenant's chunks, from
-  ``pg_stats`` of ``tenant_id``; both cached per process for ``STATISTICS_TTL``), as many as stay within the
+  (the share of ``chunks`` holding it, from ``pg_stats`` of ``tsv``, cached per process for
+  ``STATISTICS_TTL``, times the tenant's chunks as its documents count them), as many as stay within the
   pool together, the rarest always; the chunks are still ranked by the whole question. A tenant with few
   chunks keeps every word (every match ranked, as without a bound); a large one ranks the chunks of its rare
   words, not the first matches in storage order. The question's lexemes come back with the HNSW settings
@@ -355,6 +355,9 @@ def _prepared(
     )
 
 
+_TENANT_CHUNKS = text("SELECT coalesce(sum(chunk_count), 0) FROM documents WHERE tenant_id = :tenant")
+
+
 class Scan(NamedTuple):
     lexemes: list[str]  # of the question's words
     tenant_chunks: int | None  # the tenant's chunks, as its documents count them (None: not asked)
@@ -368,7 +371,7 @@ def configure_scan(conn: Connection, *, ef_search: int, query: str = "", tenant_
         text(
             "SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
             " tsvector_to_array(to_tsvector('english', :words)),"
-            " (SELECT coalesce(sum(chunk_count), 0) FROM documents WHERE tenant_id = :tenant)"
+            f" ({_TENANT_CHUNKS.text})"
         ),
         {"ef": str(min(max(ef_search, 1), 1000)), "words": " ".join(query_words(query)), "tenant": tenant_id},
     ).one()
@@ -420,7 +423,9 @@ def search_statement(
     params: dict[str, Any] = {
         "query": clean_text(query),
         "loose": loose_query(query),
-        "rare": rare_words(lexemes, rows=_rows(conn, tenant_id, documents), statistics=_statistics(conn)),
+        "rare": rare_words(
+            lexemes, rows=_rows(conn, tenant_id, documents, tenant_chunks), statistics=_statistics(conn)
+        ),
         "vector": vector_literal(vector),
         "tenant": tenant_id,
         "candidates": candidates,
@@ -471,8 +476,9 @@ def rare_words(lexemes: list[str], *, rows: float, statistics: Statistics) -> st
 def rarest_words(conn: Connection, *, tenant_id: uuid.UUID, query: str, documents: InScope | None = None) -> str:
     """:func:`rare_words` as :func:`search` picks them for the tenant (and ``documents``), for tests and
     diagnostics ("" for none)."""
-    picked = rare_words(_lexemes(conn, query), rows=_rows(conn, tenant_id, documents), statistics=_statistics(conn))
-    return picked or ""
+    counted = conn.execute(_TENANT_CHUNKS, {"tenant": tenant_id}).scalar_one()
+    rows = _rows(conn, tenant_id, documents, int(counted))
+    return rare_words(_lexemes(conn, query), rows=rows, statistics=_statistics(conn)) or ""
 
 
 def forget_statistics() -> None:
@@ -485,10 +491,15 @@ def _lexemes(conn: Connection, query: str) -> list[str]:
     return list(conn.execute(text("SELECT tsvector_to_array(to_tsvector('english', :w))"), {"w": words}).scalar_one())
 
 
-def _rows(conn: Connection, tenant_id: uuid.UUID, documents: InScope | None) -> float:
-    """The chunks a search reads: its scope's, or the tenant's estimated from the statistics."""
+def _rows(conn: Connection, tenant_id: uuid.UUID, documents: InScope | None, tenant_chunks: int | None) -> float:
+    """The chunks a search reads: its scope's, else the tenant's as its documents count them, else (not asked)
+    the tenant's estimated from the statistics. The count, not the estimate, when there is one: a tenant that
+    the last ``ANALYZE`` did not see (new, or grown since) is estimated at next to no chunks, so every word of
+    the question would be kept and the tier's pool filled in storage order."""
     if documents is not None:
         return float(documents.chunks)
+    if tenant_chunks is not None:
+        return float(tenant_chunks)
     statistics = _statistics(conn)
     return statistics.tenants.get(tenant_id, statistics.other_tenant) * statistics.rows
 

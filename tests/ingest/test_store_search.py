@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy import Connection, Engine, insert, text, update
 
 from protostar import search as search_module
 from protostar.db.models import Document, Tenant
@@ -74,7 +74,7 @@ class Corpus:
         model: str = MODEL,
     ) -> int:
         with self.engine.begin() as conn:
-            return replace_chunks(
+            stored = replace_chunks(
                 conn,
                 document_id=document_id,
                 tenant_id=tenant_id,
@@ -82,6 +82,9 @@ class Corpus:
                 vectors=vectors,
                 model=model,
             )
+            # the document's count, as an ingest records it: the search sizes a tenant by its documents' counts
+            conn.execute(update(Document).where(Document.id == document_id).values(chunk_count=len(texts)))
+            return stored
 
     def cleanup(self) -> None:
         with self.engine.begin() as conn:
@@ -410,6 +413,31 @@ def test_the_any_word_tier_ranks_the_chunks_of_the_rarest_words_not_the_first_st
             "'widget' | 'zanzibar'",
             "'zanzibar' | 'widget'",
         )
+
+
+def test_a_tenant_the_statistics_have_not_seen_is_sized_by_its_chunk_count(
+    engine: Engine, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant whose chunks came after the last ``ANALYZE`` is absent from ``pg_stats``: estimated from them it
+    would hold next to no chunks, every word would be kept, and the tier's pool filled in storage order. Its
+    documents' count sizes it instead, so it gets its rarest words like any tenant."""
+    monkeypatch.setattr(search_module, "FTS_POOL", 100)
+    seen = corpus.tenant()
+    corpus.store(seen, corpus.document(seen), [f"gadget catalogue row {i}" for i in range(3000)], unit(3000, 384, 16))
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE chunks"))
+    search_module.forget_statistics()
+    with engine.connect() as conn:
+        search_module.rarest_words(conn, tenant_id=seen, query="gadget")  # statistics read (and cached) now
+    new = corpus.tenant()
+    target = "The quokka register lists every gadget."
+    corpus.store(
+        new, corpus.document(new), [*(f"gadget catalogue row {i}" for i in range(3000)), target], unit(3001, 384, 17)
+    )
+    with engine.connect() as conn:
+        assert search_module.rarest_words(conn, tenant_id=new, query="gadget quokka") == "'quokka'"
+    hits = find(engine, new, "gadget quokka", unit(1, 384, 18)[0], top_k=5)
+    assert target in [h.text for h in hits]
 
 
 def test_rare_words_keep_the_rarest_within_the_pool() -> None:

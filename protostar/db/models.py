@@ -86,6 +86,21 @@ class Job(Base):
             "created_at",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # Counting a tenant's jobs in flight reads at most its cap of rows, taking the next waiting ones reads
+        # only those, however long its backlog (migration 0015).
+        Index(
+            "ix_jobs_in_flight",
+            "tenant_id",
+            "queue",
+            postgresql_where=text("status = 'running' OR (status = 'queued' AND dispatched_at IS NOT NULL)"),
+        ),
+        Index(
+            "ix_jobs_waiting",
+            "tenant_id",
+            "queue",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
+        ),
         # At most one summary job in flight per session and per document: a second submit is refused here,
         # so concurrent triggers (two chat answers, beat, the API) can never queue two.
         Index(

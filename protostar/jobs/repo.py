@@ -21,7 +21,7 @@ from protostar.db.models import Job
 from protostar.db.owned import owned
 from protostar.db.pages import newest_first
 from protostar.errors import Conflict, WorkerLost
-from protostar.jobs import outbox, turns, usage
+from protostar.jobs import outbox, usage
 from protostar.jobs.ending import Ending
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -333,11 +333,9 @@ def heartbeat(engine: Engine, beats: list[Beat]) -> dict[uuid.UUID, bool]:
 
 @dataclass(frozen=True)
 class Finished:
-    """An ending recorded: the webhook deliveries it made (to send once it is committed), and whether its
-    tenant had jobs waiting their turn on its queue as the ending's statement saw them (None: not looked)."""
+    """An ending recorded: the webhook deliveries it made (to send once it is committed)."""
 
     deliveries: list[uuid.UUID]
-    waiting: bool | None = None
 
 
 def finish(
@@ -427,30 +425,10 @@ def _finish_claimed(
         params.update(event.params)
         binds += event.binds
     deliveries = f"ARRAY({' UNION ALL '.join(made)})" if made else "CAST(ARRAY[] AS uuid[])"
-    waiting = f"EXISTS ({_WAITING_JOBS.format(tenant='ended.tenant_id', queue=':f_queue')})"
-    params["f_queue"] = job.queue
-    stmt = text(f"WITH {', '.join(ctes)} SELECT {deliveries}, {waiting} FROM ended")  # noqa: S608 (names, placeholders)
+    stmt = text(f"WITH {', '.join(ctes)} SELECT {deliveries} FROM ended")  # noqa: S608 (names, placeholders)
     stmt = stmt.bindparams(*binds)
     row = conn.execute(stmt, params).first()
-    return None if row is None else Finished(list(row[0]), bool(row[1]))
-
-
-# The tenant's jobs on the queue not sent: waiting their turn (``jobs.turns.take`` picks among them).
-_WAITING_JOBS = (
-    "SELECT 1 FROM jobs WHERE tenant_id = {tenant} AND queue = {queue} AND status = 'queued' AND dispatched_at IS NULL"
-)
-_WAITING = text(f"SELECT EXISTS ({_WAITING_JOBS.format(tenant=':tenant', queue=':queue')})")
-
-
-def turn_waiting(conn: Connection, *, tenant_id: uuid.UUID, queue: str) -> bool:
-    """After a job's end committed, on an autocommit connection: whether its tenant has jobs waiting their turn
-    on ``queue`` (``jobs.turns``), so that the shell asks for the next turn only then. Exact: the tenant's turns
-    lock is taken (and let go) first, so a submit that counted the job as in flight has committed its waiting
-    job by the time the look (a new statement, a new snapshot) runs, and any later submit saw the job ended.
-    (The ending's own statement looks too, ``Finished.waiting``, but from a snapshot taken before that lock:
-    its "yes" is sure, its "no" is not, and is checked here.)"""
-    turns.lock(conn, tenant_id=tenant_id, queue=queue)
-    return bool(conn.execute(_WAITING, {"tenant": tenant_id, "queue": queue}).scalar())
+    return None if row is None else Finished(list(row[0]))
 
 
 def release(engine: Engine, *, job_id: uuid.UUID, attempt: int, stage: str) -> bool:

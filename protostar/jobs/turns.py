@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import sql
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, text
 
 from protostar.constants import JobStatus, Queue
 from protostar.db.models import Job
@@ -189,25 +189,15 @@ def insert(
     return Inserted(Admission(send=bool(row[1]), in_flight=int(row[2]), cap=limit), created_at=row[4])
 
 
+_TAKE = text("SELECT id, task_name, queue FROM protostar_take_turn(CAST(:tenant AS uuid), :queue, :cap)")
+
+
 def take(conn: Connection, *, tenant_id: uuid.UUID, queue: str, limit: int) -> list[Released]:
-    """In the caller's transaction: mark as sent the tenant's oldest waiting jobs on ``queue`` that fit under
-    ``limit`` (none when its slots are full), and return them; the caller commits, then sends them."""
-    lock(conn, tenant_id=tenant_id, queue=queue)
-    in_flight = select(func.count()).select_from(Job).where(_open(tenant_id, queue), _in_flight()).scalar_subquery()
-    picked = (
-        select(Job.id)
-        .where(_open(tenant_id, queue), Job.status == QUEUED, Job.dispatched_at.is_(None))
-        .order_by(Job.created_at)
-        .limit(func.greatest(0, limit - in_flight))
-        .with_for_update(skip_locked=True)
-        .cte("picked")
-    )
-    rows = conn.execute(
-        update(Job)
-        .where(and_(Job.id == picked.c.id, Job.status == QUEUED, Job.dispatched_at.is_(None)))
-        .values(dispatched_at=text("now()"), stage=None)
-        .returning(Job.id, Job.task_name, Job.queue)
-    ).all()
+    """Mark as sent the tenant's oldest waiting jobs on ``queue`` that fit under ``limit`` (none when its slots
+    are full), and return them, oldest first; the caller sends them once this is committed. One statement
+    (``protostar_take_turn``, migration 0015: the lock, the count of the jobs in flight, the ``UPDATE``): on an
+    autocommit connection one round trip, which commits it; in a transaction the lock is held until that ends."""
+    rows = conn.execute(_TAKE, {"tenant": tenant_id, "queue": queue, "cap": limit}).all()
     return [Released(r[0], r[1], r[2]) for r in rows]
 
 

@@ -66,32 +66,13 @@ class _Run:
     ctx: JobContext
 
 
-def _turn_waiting(run: _Run, ended: repo.Finished, conn: Connection) -> bool:
-    """Whether the job's end may give its tenant's next job waiting on its queue a turn (``conn``: the ending's
-    autocommit connection). Unsure (PostgreSQL away): the reconciler's next run sends it."""
+def _next_turn(run: _Run, conn: Connection) -> None:
+    """The job's end is committed: send its tenant's next jobs waiting their turn on its queue, if any
+    (``Dispatcher.next_turn`` on the ending's own autocommit connection: one more statement). Not done here
+    (PostgreSQL or the broker away): the reconciler's next run does it."""
     job = run.job
-    if Queue(job.queue) not in run.clients.settings.tenant_inflight:
-        return False
     try:
-        return bool(ended.waiting) or repo.turn_waiting(conn, tenant_id=job.tenant_id, queue=job.queue)
-    except Exception as exc:
-        if (name := faults.dependency(exc)) is None:
-            raise
-        logger.warning("job_id=%s the next turn was not taken, %s unavailable: left to the reconciler", job.id, name)
-        return False
-
-
-def _after_end(run: _Run, ended: repo.Finished, waiting: bool) -> None:
-    """The job's end is committed: send its webhook deliveries and, when its tenant has jobs ``waiting`` their
-    turn on its queue, the next of them. Not done here (PostgreSQL or the broker away): the reconciler's next run
-    does it."""
-    clients, job = run.clients, run.job
-    if ended.deliveries:
-        _send_deliveries(clients, job.id, ended.deliveries)
-    if not waiting:
-        return
-    try:
-        clients.dispatcher.next_turn(tenant_id=job.tenant_id, queue=job.queue)
+        run.clients.dispatcher.next_turn(tenant_id=job.tenant_id, queue=job.queue, conn=conn)
     except Exception as exc:
         if (name := faults.dependency(exc)) is None:
             raise
@@ -366,13 +347,13 @@ def _send_again(
 def _end(run: _Run, ending: Ending) -> None:
     """Record the end if this delivery still owns the job (one statement, ``jobs.repo.finish``), tell the job's
     followers, then send its webhook deliveries and its tenant's next turn, when there are some."""
-    recorded = _record_end(run, ending)
-    if recorded is not None:
-        _after_end(run, *recorded)  # the ending's connection is back in the pool: a next turn takes one
+    ended = _record_end(run, ending)
+    if ended is not None and ended.deliveries:
+        _send_deliveries(run.clients, run.job.id, ended.deliveries)
 
 
-def _record_end(run: _Run, ending: Ending) -> tuple[repo.Finished, bool] | None:
-    """The end recorded and published, and whether a turn came for the tenant's next job on the queue; None when
+def _record_end(run: _Run, ending: Ending) -> repo.Finished | None:
+    """The end recorded and published, and the tenant's next turn on the queue taken; None when
     another delivery owns the job now, or when PostgreSQL stays unavailable: the write is tried ``END_TRIES``
     times, then the row is left ``running``, so that its stale heartbeat makes recovery run the job again (a re-run
     is idempotent), rather than the job never ending."""
@@ -396,7 +377,8 @@ def _record_end(run: _Run, ending: Ending) -> tuple[repo.Finished, bool] | None:
                     ending.message,
                 )
                 ctx.publish(ending.events())
-                return ended, _turn_waiting(run, ended, conn)
+                _next_turn(run, conn)
+                return ended
         except Exception as exc:
             if (name := faults.dependency(exc)) is None:
                 raise

@@ -10,7 +10,8 @@ A cancelled or broken generation keeps what was written so far as a ``partial`` 
 Citations: the prompt numbers its sources ``[1]``, ``[2]``…; a ``sources`` event carries them (file name, page,
 the chunk's ordinal and whole text) before the first token, so a reader can render them early; the answer, its
 job's result and its message then mark each source ``cited`` when the answer's text has its ``[n]`` (also in a
-list, ``[1, 3]``).
+list, ``[1, 3]``). An answer that cites none ends with the number of the source it draws on, when its words
+point to one (``chat.attribution``; small models seldom cite).
 
 A chat job may instead carry its conversation in its payload (``messages``: ``POST /v1/chat/completions``, the
 OpenAI-compatible route): the same retrieval, prompt, turn at the LLM and token events, on the same queue and
@@ -34,6 +35,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from protostar.chat import repo
+from protostar.chat.attribution import attribute
 from protostar.chat.prompt import Prompt, Turn, build
 from protostar.constants import EventType, MessageStatus
 from protostar.documents.filters import parse_filter
@@ -180,6 +182,7 @@ def _generate(
         if generation.text and on_partial is not None:
             on_partial(prompt, generation, usage_extra)
         raise
+    _cite_what_it_draws_on(ctx, asked.question, prompt, generation)
     ctx.progress("generate", generation.chunks, generation.chunks)
     logger.info(
         "job_id=%s answered tokens=%d in %.2f s (waited %.2f s for a turn)",
@@ -192,6 +195,19 @@ def _generate(
 
 
 _RETRIEVING = (EventType.PROGRESS, {"stage": "retrieve", "done": 0, "total": 1})
+
+
+def _cite_what_it_draws_on(ctx: JobContext, question: str, prompt: Prompt, generation: Generation) -> None:
+    """An answer that cites none of its sources ends with the number of the one it draws on, when one is found
+    (``chat.attribution``): a last ``token`` event, so the streamed text and the saved one stay the same."""
+    if not prompt.sources or cited_numbers(generation.text):
+        return
+    n = attribute(generation.text, question, [hit.text for hit in prompt.sources])
+    if n is None:
+        return
+    marker = f" [{n}]"
+    ctx.emit(EventType.TOKEN, {"text": marker})
+    generation.text += marker
 
 
 def retrieve(

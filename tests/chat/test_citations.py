@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from protostar.chat.attribution import attribute, words
 from protostar.chat.pipeline import cited_numbers, page_kind
 from protostar.client.models import Event, Reset
 from protostar.client.sse import ChatState
@@ -27,6 +28,26 @@ FACT = "The Wexmoor tide clock was built by the clockmaker Odile Pask in the har
 def test_citations_are_read_from_the_answer() -> None:
     assert cited_numbers("As [1] says, and [3][4]; see also [2, 5] and [ 6 ].") == {1, 2, 3, 4, 5}
     assert cited_numbers("No sources here [a] [].") == set()
+
+
+def test_an_answer_citing_nothing_is_attributed_to_the_source_holding_what_it_adds() -> None:
+    sources = [
+        "The Wexmoor tide clock stands on the harbour wall of Wexmoor.",  # the question's words, not the fact
+        "Odile Pask, a clockmaker, built the tide clock in 1887.",
+        "Wexmoor has a long pier and a lighthouse.",
+    ]
+    question = "Who built the Wexmoor tide clock?"
+    assert attribute("The Wexmoor tide clock was built by Odile Pask in 1887.", question, sources) == 2
+    # a figure weighs more than a word: revenues of 1,234,567 are in the third source, "report" in the first
+    money = ["Our annual report covers 2021.", "Nothing here.", "Gross revenues were $1,234,567 in the year."]
+    assert attribute("The report says gross revenues were $1234567.", "What were the revenues?", money) == 3
+    # nothing the answer adds is in a source (a refusal, a guess): no source is cited
+    assert attribute("The sources do not say who built it.", question, sources) is None
+    assert attribute("It was built by Jan Smit.", question, sources) is None
+    assert attribute("Odile Pask built it.", question, []) is None
+    # on a tie, the higher-ranked source
+    assert attribute("Odile Pask.", "Who?", ["Odile Pask wrote it.", "Odile Pask read it."]) == 1
+    assert words("Gross revenues of 1,234,567 and the clocks.") == {"gross", "revenue", "1234567", "clock"}
 
 
 def test_pages_are_named_by_the_kind_of_file() -> None:

@@ -232,6 +232,7 @@ def _copied(
     ``matrix`` as their vectors under ``model``: (tenant id, document id -> file name)."""
     from protostar.auth import ensure_tenant
     from protostar.db.engine import make_sessionmaker
+    from protostar.documents.repo import mark_ingested
     from protostar.ingest import store
     from protostar.ingest.chunk import Chunk
 
@@ -267,6 +268,8 @@ def _copied(
             store.replace_chunks(
                 conn, document_id=document_id, tenant_id=tenant_id, chunks=pieces, vectors=matrix[at], model=model
             )
+            # the document's counts, as an ingest records them: the search sizes a tenant by them
+            mark_ingested(conn, document_id=document_id, chunk_count=len(pieces), page_count=None, model=model)
     return tenant_id, names
 
 

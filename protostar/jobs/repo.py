@@ -36,11 +36,11 @@ def create(
     queue: str,
     payload: dict[str, Any],
     job_id: uuid.UUID | None = None,
-    dispatched: bool = False,
+    dispatched: bool = True,
     stage: str | None = None,
 ) -> Job:
     """A ``queued`` job; ``dispatched``: counted as sent from its insert on (it is sent right after the commit,
-    see ``jobs.turns``), else it waits unsent (``stage`` says why)."""
+    see ``jobs.turns``; a worker claims only such a job), else it waits unsent (``stage`` says why)."""
     job = Job(
         id=job_id or uuid.uuid4(),
         tenant_id=tenant_id,
@@ -184,7 +184,7 @@ class Claimed:
 @dataclass(frozen=True)
 class Claim:
     job: Claimed | None  # the job, when claimed
-    reason: str  # "claimed", "missing", "finished", "cancelled", "busy", "worker_lost"
+    reason: str  # "claimed", "missing", "finished", "cancelled", "waiting", "busy", "worker_lost"
     retry_in: float | None = None  # "busy": seconds until the holder's heartbeat would be stale
     ending: Ending | None = None  # "worker_lost": how the job ended here (its followers are to be told)
     tenant_id: uuid.UUID | None = None  # "cancelled", "worker_lost": whose next turn may come
@@ -207,7 +207,7 @@ _CLAIM = (
         Job.id == bindparam("claim_id"),
         Job.cancel_requested.is_(False),
         or_(
-            Job.status == QUEUED,
+            and_(Job.status == QUEUED, Job.dispatched_at.is_not(None)),  # sent: not one waiting its turn
             and_(
                 Job.status == RUNNING,
                 Job.heartbeat_at < text("now() - make_interval(secs => :takeover)"),
@@ -239,8 +239,9 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
 def claim(engine: Engine, *, job_id: uuid.UUID, worker: str, takeover_after: float, max_attempts: int) -> Claim:
     """Take the job for this delivery, or say why not.
 
-    A queued job is taken at once. A running job is taken only when its heartbeat is older than
-    ``takeover_after`` (its worker died and the broker redelivered the message), and only while attempts
+    A queued job that was sent is taken at once (one waiting its tenant's turn is not: ``"waiting"``, and a
+    stray message of it is dropped, its turn sends it again). A running job is taken only when its heartbeat is
+    older than ``takeover_after`` (its worker died and the broker redelivered the message), and only while attempts
     remain: every delivery counts, so an input that kills its worker each time runs ``max_attempts`` times and
     then ends ``failed`` with ``worker_lost`` here (reason ``"worker_lost"``; the caller publishes the end).
 
@@ -268,6 +269,8 @@ def _not_claimed(engine: Engine, *, job_id: uuid.UUID, takeover_after: float, ma
             return Claim(None, "cancelled", tenant_id=current.tenant_id, queue=current.queue)
         if JobStatus(current.status).terminal:
             return Claim(None, "finished")
+        if current.status == QUEUED and current.dispatched_at is None:
+            return Claim(None, "waiting")  # a stray delivery of a job waiting its turn: its turn sends it again
         age = session.execute(
             select(func.extract("epoch", func.now() - Job.heartbeat_at)).where(Job.id == job_id)
         ).scalar_one()

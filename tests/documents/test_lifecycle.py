@@ -48,6 +48,7 @@ def stuck_ingest(engine: Engine, document_id: str, **columns: str) -> uuid.UUID:
             task_name=TaskName.INGEST.value,
             queue="ingest",
             payload={"document_id": document_id, "kind": "text"},
+            dispatched=False,
         )
         sets = ", ".join(f"{name} = {value}" for name, value in columns.items())
         if sets:

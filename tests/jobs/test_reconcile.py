@@ -25,8 +25,9 @@ from tests.api.test_jobs import wait_status
 from tests.conftest import Live, wait_for
 
 
-def make_job(engine: Engine, *, queue: str = "chat", **columns: object) -> uuid.UUID:
-    """A probe row as the API would commit it, then aged or advanced with ``columns`` (SQL expressions)."""
+def make_job(engine: Engine, *, queue: str = "chat", dispatched: bool = True, **columns: object) -> uuid.UUID:
+    """A probe row as the API would commit it (counted as sent, or ``dispatched=False``: committed, not sent),
+    then aged or advanced with ``columns`` (SQL expressions)."""
     with Session(engine) as session, session.begin():
         tenant = ensure_tenant(session, DEFAULT_TENANT)
         job = repo.create(
@@ -36,6 +37,7 @@ def make_job(engine: Engine, *, queue: str = "chat", **columns: object) -> uuid.
             task_name=TaskName.PROBE.value,
             queue=queue,
             payload={"steps": 1},
+            dispatched=dispatched,
         )
         if columns:
             sets = ", ".join(f"{name} = {value}" for name, value in columns.items())
@@ -51,7 +53,7 @@ def run(engine: Engine, client: redis.Redis, dispatcher: Dispatcher) -> dict[str
 def test_a_committed_but_unsent_job_is_sent(
     live: Live, engine: Engine, client: redis.Redis, dispatcher: Dispatcher, api: httpx.Client
 ) -> None:
-    job_id = make_job(engine, created_at="now() - interval '1 hour'")
+    job_id = make_job(engine, dispatched=False, created_at="now() - interval '1 hour'")
     assert run(engine, client, dispatcher)["released"] >= 1
     job = wait_status(api, str(job_id), "succeeded")
     assert job["attempts"] == 1

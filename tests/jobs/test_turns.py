@@ -173,10 +173,22 @@ def held_jobs(engine: Engine, n: int) -> list[uuid.UUID]:
                 task_name=TaskName.PROBE.value,
                 queue="ingest",
                 payload={"steps": 1, "sleep": 0.3, "fail": None},
+                dispatched=False,
                 stage=turns.WAITING_TURN,
             ).id
             for _ in range(n)
         ]
+
+
+def test_a_stray_delivery_of_a_job_waiting_its_turn_does_not_run_it(engine: Engine) -> None:
+    """A message of a job that waits its turn (a late redelivery after the job was put back waiting) must not
+    start it past its tenant's cap: the claim leaves it waiting, and its turn sends it again."""
+    (job_id,) = held_jobs(engine, 1)
+    claim = repo.claim(engine, job_id=job_id, worker="stray", takeover_after=60.0, max_attempts=3)
+    assert (claim.job, claim.reason) == (None, "waiting")
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, attempts, stage FROM jobs WHERE id = :id"), {"id": job_id}).one()
+    assert tuple(row) == ("queued", 0, turns.WAITING_TURN)
 
 
 def test_the_reconciler_sends_waiting_jobs_that_no_ending_sent(

@@ -248,16 +248,15 @@ class Dispatcher:
         self.events.client.delete(stream_key(job.id), cancel_key(job.id))
         return self._commit_and_send(session, job, admission)
 
-    def next_turn(self, *, tenant_id: uuid.UUID, queue: str, conn: Connection | None = None) -> int:
+    def next_turn(self, *, tenant_id: uuid.UUID, queue: str) -> int:
         """Send the tenant's oldest jobs waiting their turn on ``queue`` that now fit under its cap (a job of
-        its there ended); how many. Each is marked sent and committed first (one statement, ``turns.take``, on
-        ``conn`` when given, which must be in autocommit: a worker's ending's own connection): a send that
-        fails leaves it to the reconciler, which finds no message for it and sends it again."""
+        its there ended); how many. Each is marked sent and committed first (one statement in autocommit,
+        ``turns.take``): a send that fails leaves it to the reconciler, which finds no message for it and sends
+        it again."""
         if Queue(queue) not in self.settings.tenant_inflight:
             return 0
-        limit = turns.cap(self.settings, queue)
-        with nullcontext(conn) if conn is not None else repo.autocommit(self.engine) as taking:
-            released = turns.take(taking, tenant_id=tenant_id, queue=queue, limit=limit)
+        with repo.autocommit(self.engine) as conn:
+            released = turns.take(conn, tenant_id=tenant_id, queue=queue, limit=turns.cap(self.settings, queue))
         for job in released:
             try:
                 self.send(job)

@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import sql
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, text
+from sqlalchemy import Connection, or_, select, text
 
 from protostar.constants import JobStatus, Queue
 from protostar.db.models import Job
@@ -44,7 +44,7 @@ from protostar.settings import Settings
 
 WAITING_TURN = "waiting_turn"  # the stage of a job held back until its tenant has a free slot on its queue
 QUOTA_RETRY_AFTER = 10  # seconds a caller over its queued-jobs quota is told to wait (``Retry-After``)
-QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+QUEUED = JobStatus.QUEUED.value
 
 
 @dataclass(frozen=True)
@@ -72,29 +72,28 @@ def lock(conn: Connection, *, tenant_id: uuid.UUID, queue: str) -> None:
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"turns:{tenant_id}:{queue}"})
 
 
-def _open(tenant_id: uuid.UUID, queue: str) -> ColumnElement[bool]:
-    return and_(Job.tenant_id == tenant_id, Job.queue == queue, Job.status.in_((QUEUED, RUNNING)))
+# Sent and not ended; and not started, counted only up to the quota: each reads a partial index (migration
+# 0015), so neither grows with the tenant's backlog of jobs waiting their turn.
+_COUNTS = text(
+    "SELECT (SELECT count(*) FROM jobs WHERE tenant_id = :tenant AND queue = :queue"
+    " AND (status = 'running' OR (status = 'queued' AND dispatched_at IS NOT NULL))),"
+    " (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE tenant_id = :tenant AND queue = :queue AND status = 'queued'"
+    " LIMIT :most) q)"
+)
 
 
-def _in_flight() -> ColumnElement[bool]:
-    return or_(Job.status == RUNNING, Job.dispatched_at.is_not(None))
-
-
-def counts(conn: Connection, *, tenant_id: uuid.UUID, queue: str) -> tuple[int, int]:
-    """(in flight, queued) of the tenant's jobs on ``queue``: sent and not ended; not started."""
-    row = conn.execute(
-        select(
-            func.count().filter(_in_flight()),
-            func.count().filter(Job.status == QUEUED),
-        ).where(_open(tenant_id, queue))
-    ).one()
+def counts(conn: Connection, settings: Settings, *, tenant_id: uuid.UUID, queue: str) -> tuple[int, int]:
+    """(in flight, queued) of the tenant's jobs on ``queue``: sent and not ended; not started, counted up to
+    ``Settings.tenant_max_queued`` (all the quota needs)."""
+    params = {"tenant": tenant_id, "queue": queue, "most": settings.tenant_max_queued}
+    row = conn.execute(_COUNTS, params).one()
     return int(row[0]), int(row[1])
 
 
 def check_quota(conn: Connection, settings: Settings, *, tenant_id: uuid.UUID, queue: str) -> None:
     """``TooManyRequests`` when the tenant's queued jobs on ``queue`` reached the quota (no lock: a check before
     costly work, such as storing an upload; :func:`admit` decides again under the lock)."""
-    _, queued = counts(conn, tenant_id=tenant_id, queue=queue)
+    _, queued = counts(conn, settings, tenant_id=tenant_id, queue=queue)
     _refuse_past_quota(settings, queued, queue)
 
 
@@ -112,7 +111,7 @@ def admit(conn: Connection, settings: Settings, *, tenant_id: uuid.UUID, queue: 
     (until the commit), refuse past the queued-jobs quota (when ``quota``), and say whether the job may be sent
     now or waits its turn."""
     lock(conn, tenant_id=tenant_id, queue=queue)
-    in_flight, queued = counts(conn, tenant_id=tenant_id, queue=queue)
+    in_flight, queued = counts(conn, settings, tenant_id=tenant_id, queue=queue)
     if quota:
         _refuse_past_quota(settings, queued, queue)
     limit = cap(settings, queue)

@@ -21,7 +21,6 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import Connection
 
 from protostar import backoff
 from protostar.bundle import Clients
@@ -66,13 +65,13 @@ class _Run:
     ctx: JobContext
 
 
-def _next_turn(run: _Run, conn: Connection) -> None:
+def _next_turn(run: _Run) -> None:
     """The job's end is committed: send its tenant's next jobs waiting their turn on its queue, if any
-    (``Dispatcher.next_turn`` on the ending's own autocommit connection: one more statement). Not done here
-    (PostgreSQL or the broker away): the reconciler's next run does it."""
+    (``Dispatcher.next_turn``: one statement, then the sends). Not done here (PostgreSQL or the broker away):
+    the reconciler's next run does it."""
     job = run.job
     try:
-        run.clients.dispatcher.next_turn(tenant_id=job.tenant_id, queue=job.queue, conn=conn)
+        run.clients.dispatcher.next_turn(tenant_id=job.tenant_id, queue=job.queue)
     except Exception as exc:
         if (name := faults.dependency(exc)) is None:
             raise
@@ -348,12 +347,15 @@ def _end(run: _Run, ending: Ending) -> None:
     """Record the end if this delivery still owns the job (one statement, ``jobs.repo.finish``), tell the job's
     followers, then send its webhook deliveries and its tenant's next turn, when there are some."""
     ended = _record_end(run, ending)
-    if ended is not None and ended.deliveries:
+    if ended is None:
+        return
+    if ended.deliveries:
         _send_deliveries(run.clients, run.job.id, ended.deliveries)
+    _next_turn(run)
 
 
 def _record_end(run: _Run, ending: Ending) -> repo.Finished | None:
-    """The end recorded and published, and the tenant's next turn on the queue taken; None when
+    """The end recorded and published; None when
     another delivery owns the job now, or when PostgreSQL stays unavailable: the write is tried ``END_TRIES``
     times, then the row is left ``running``, so that its stale heartbeat makes recovery run the job again (a re-run
     is idempotent), rather than the job never ending."""
@@ -377,7 +379,6 @@ def _record_end(run: _Run, ending: Ending) -> repo.Finished | None:
                     ending.message,
                 )
                 ctx.publish(ending.events())
-                _next_turn(run, conn)
                 return ended
         except Exception as exc:
             if (name := faults.dependency(exc)) is None:

@@ -16,6 +16,10 @@ def run_migrations_online() -> None:
     engine = create_engine(url)
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        # The lock is the session's and outlives this commit; alembic then runs its own transaction, which a
+        # migration may leave for statements that cannot run in one (``autocommit_block``: CREATE INDEX
+        # CONCURRENTLY).
+        connection.commit()
         try:
             context.configure(connection=connection, target_metadata=Base.metadata)
             with context.begin_transaction():

@@ -93,7 +93,7 @@ BEGIN
     SELECT p_cap - count(*) INTO v_free FROM jobs j
      WHERE j.tenant_id = p_tenant AND j.queue = p_queue
        AND (j.status = 'running' OR (j.status = 'queued' AND j.dispatched_at IS NOT NULL));
-    IF v_free <= 0 THEN
+    IF v_free IS NULL OR v_free <= 0 THEN  -- no cap given sends nothing (LIMIT NULL would send them all)
         RETURN;
     END IF;
     RETURN QUERY
@@ -116,8 +116,13 @@ $$
 
 
 def upgrade() -> None:
-    op.execute(f"CREATE INDEX ix_jobs_in_flight ON jobs (tenant_id, queue) WHERE {IN_FLIGHT}")
-    op.execute(f"CREATE INDEX ix_jobs_waiting ON jobs (tenant_id, queue, created_at) WHERE {WAITING}")
+    # Built without blocking the writes of a running install (submits, endings, heartbeats) meanwhile.
+    with op.get_context().autocommit_block():
+        for name, columns, where in (
+            ("ix_jobs_in_flight", "tenant_id, queue", IN_FLIGHT),
+            ("ix_jobs_waiting", "tenant_id, queue, created_at", WAITING),
+        ):
+            op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON jobs ({columns}) WHERE {where}")
     op.execute(SUBMIT)
     op.execute(TAKE)
 

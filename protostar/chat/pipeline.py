@@ -10,7 +10,7 @@ A cancelled or broken generation keeps what was written so far as a ``partial`` 
 Citations: the prompt numbers its sources ``[1]``, ``[2]``…; a ``sources`` event carries them (file name, page,
 the chunk's ordinal and whole text) before the first token, so a reader can render them early; the answer, its
 job's result and its message then mark each source ``cited`` when the answer's text has its ``[n]`` (also in a
-list, ``[1, 3]``). An answer that cites none ends with the number of the source it draws on, when its words
+list, ``[1, 3]``). A session's answer that cites none ends with the number of the source it draws on, when its words
 point to one (``chat.attribution``; small models seldom cite).
 
 A chat job may instead carry its conversation in its payload (``messages``: ``POST /v1/chat/completions``, the
@@ -84,6 +84,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         extra=_usage_extra(summary),
         on_partial=keep_partial,
         searchable=searchable,
+        attribute_sources=True,
     )
     answer_id = keep(prompt, generation, usage_extra, MessageStatus.COMPLETE)
     return {"message_id": str(answer_id), **_result(prompt, generation, usage_extra)}
@@ -131,6 +132,7 @@ def _generate(
     extra: dict[str, int],
     on_partial: Callable[[Prompt, Generation, dict[str, int]], object] | None = None,
     searchable: bool | None = None,
+    attribute_sources: bool = False,
 ) -> tuple[Prompt, Generation, dict[str, int]]:
     """Retrieve, build the prompt and stream the answer (every piece a ``token`` event). ``on_partial`` keeps
     what was generated when the generation is cancelled or breaks."""
@@ -182,7 +184,8 @@ def _generate(
         if generation.text and on_partial is not None:
             on_partial(prompt, generation, usage_extra)
         raise
-    _cite_what_it_draws_on(ctx, asked.question, prompt, generation)
+    if attribute_sources:
+        _cite_what_it_draws_on(ctx, asked.question, prompt, generation)
     ctx.progress("generate", generation.chunks, generation.chunks)
     logger.info(
         "job_id=%s answered tokens=%d in %.2f s (waited %.2f s for a turn)",
@@ -199,10 +202,12 @@ _RETRIEVING = (EventType.PROGRESS, {"stage": "retrieve", "done": 0, "total": 1})
 
 def _cite_what_it_draws_on(ctx: JobContext, question: str, prompt: Prompt, generation: Generation) -> None:
     """An answer that cites none of its sources ends with the number of the one it draws on, when one is found
-    (``chat.attribution``): a last ``token`` event, so the streamed text and the saved one stay the same."""
+    in the sources as the prompt gave them (``chat.attribution``): a last ``token`` event, so the streamed text
+    and the saved one stay the same. Only a session's answer, whose sources its reader gets with it (the
+    OpenAI-compatible route's answer carries none)."""
     if not prompt.sources or cited_numbers(generation.text):
         return
-    n = attribute(generation.text, question, [hit.text for hit in prompt.sources])
+    n = attribute(generation.text, question, prompt.texts)
     if n is None:
         return
     marker = f" [{n}]"

@@ -8,7 +8,7 @@ tail of the longest remaining source. The question and the instructions always s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protostar.llm.stream import ChatMessage
 from protostar.llm.tokens import ELLIPSIS, clip, estimate
@@ -33,6 +33,7 @@ class Prompt:
     sources: list[Hit]  # in the order of their numbers: sources[0] is [1]
     history_used: int
     tokens: int  # the estimate the budget was applied to
+    texts: list[str] = field(default_factory=list)  # each source's text as the prompt has it (maybe clipped)
 
 
 def build(
@@ -73,7 +74,13 @@ def build(
     messages: list[ChatMessage] = [{"role": "system", "content": system}]
     messages += [{"role": t.role, "content": t.content} for t in turns]
     messages.append({"role": "user", "content": question})
-    return Prompt(messages=messages, sources=[h for h, _ in sources], history_used=len(turns), tokens=budget - left)
+    return Prompt(
+        messages=messages,
+        sources=[h for h, _ in sources],
+        history_used=len(turns),
+        tokens=budget - left,
+        texts=[t for _, t in sources],
+    )
 
 
 def _where(hit: Hit) -> str:

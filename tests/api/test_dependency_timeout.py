@@ -56,7 +56,10 @@ def test_frozen_postgresql_answers_503_within_the_deadline_and_recovers(live: Li
             for request in (lambda: client.get("/v1/jobs"), lambda: client.post("/v1/probes", json={"queue": "chat"})):
                 response = request()
                 assert response.status_code == 503, response.text
-                assert response.json()["error"]["code"] == "dependency_timeout"
+                # The boundary's deadline (dependency_timeout), or, when a request needed a new connection, the
+                # connect timeout that fired first (database_unavailable, as on a loaded machine): both name the
+                # database as the reason, within the deadline.
+                assert response.json()["error"]["code"] in ("dependency_timeout", "database_unavailable")
                 assert_no_internals(response.text, live.settings)
     finally:
         _signal_all(frozen, signal.SIGCONT)

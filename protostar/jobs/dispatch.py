@@ -257,14 +257,17 @@ class Dispatcher:
             return 0
         with repo.autocommit(self.engine) as conn:
             released = turns.take(conn, tenant_id=tenant_id, queue=queue, limit=turns.cap(self.settings, queue))
+        unsent = []
         for job in released:
             try:
                 self.send(job)
                 self.events.publish(job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value, **TURN_CAME})
             except BROKER_ERRORS as exc:
-                logger.warning(
-                    "job_id=%s its turn came but it could not be sent (the reconciler will): %s", job.id, exc
-                )
+                logger.warning("job_id=%s its turn came but it could not be sent (it waits again): %s", job.id, exc)
+                unsent.append(job.id)
+        if unsent:  # not left counted in flight with no message: the next ending (or the reconciler) sends them
+            with repo.autocommit(self.engine) as conn:
+                turns.unsend(conn, job_ids=unsent)
         if released:
             logger.info("tenant=%s queue=%s sent %d jobs whose turn came", tenant_id, queue, len(released))
         return len(released)

@@ -200,6 +200,19 @@ def take(conn: Connection, *, tenant_id: uuid.UUID, queue: str, limit: int) -> l
     return [Released(r[0], r[1], r[2]) for r in rows]
 
 
+def unsend(conn: Connection, *, job_ids: list[uuid.UUID]) -> None:
+    """Taken jobs whose send failed wait their turn again, so that they do not hold their tenant's slots with no
+    message to run them. (A message that left after all is dropped by the worker's claim, which takes only jobs
+    marked sent; the job's next turn sends it again.)"""
+    conn.execute(
+        text(
+            "UPDATE jobs SET dispatched_at = NULL, stage = :stage "
+            "WHERE id = ANY(:ids) AND status = 'queued' AND dispatched_at IS NOT NULL"
+        ),
+        {"ids": job_ids, "stage": WAITING_TURN},
+    )
+
+
 def waiting(conn: Connection, *, older_than: object, limit: int) -> list[tuple[uuid.UUID, str]]:
     """(tenant, queue) pairs with jobs not sent: waiting their turn, or committed longer than the grace ago and
     never sent (an API that died between its commit and its send, before this version)."""

@@ -191,6 +191,27 @@ def test_a_stray_delivery_of_a_job_waiting_its_turn_does_not_run_it(engine: Engi
     assert tuple(row) == ("queued", 0, turns.WAITING_TURN)
 
 
+def test_a_turn_whose_send_fails_waits_again_and_holds_no_slot(
+    engine: Engine, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker away when a turn comes: the taken jobs are not left counted in flight with no message (their
+    tenant's slots would stay full until the reconciler ran); they wait their turn again."""
+    job_ids = held_jobs(engine, 2)
+
+    def broker_down(job: object) -> None:
+        raise ConnectionRefusedError("the broker is away")
+
+    monkeypatch.setattr(dispatcher, "send", broker_down)
+    with engine.connect() as conn:
+        tenant = conn.execute(text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": job_ids[0]}).scalar_one()
+    assert dispatcher.next_turn(tenant_id=tenant, queue="ingest") == 2
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT status, stage, dispatched_at IS NULL FROM jobs WHERE id = ANY(:ids)"), {"ids": job_ids}
+        ).all()
+    assert [tuple(r) for r in rows] == [("queued", turns.WAITING_TURN, True)] * 2
+
+
 def test_the_reconciler_sends_waiting_jobs_that_no_ending_sent(
     live: Live, engine: Engine, client: redis.Redis, dispatcher: Dispatcher, api: httpx.Client
 ) -> None:

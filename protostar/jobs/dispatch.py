@@ -251,8 +251,8 @@ class Dispatcher:
     def next_turn(self, *, tenant_id: uuid.UUID, queue: str) -> int:
         """Send the tenant's oldest jobs waiting their turn on ``queue`` that now fit under its cap (a job of
         its there ended); how many. Each is marked sent and committed first (one statement in autocommit,
-        ``turns.take``): a send that fails leaves it to the reconciler, which finds no message for it and sends
-        it again."""
+        ``turns.take``): a job whose send fails waits its turn again (``turns.unsend``), for the next ending or
+        the reconciler to send."""
         if Queue(queue) not in self.settings.tenant_inflight:
             return 0
         with repo.autocommit(self.engine) as conn:

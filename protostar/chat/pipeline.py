@@ -43,6 +43,7 @@ from protostar.embeddings.embed import Embedder
 from protostar.embeddings.tokens import approx_tokens
 from protostar.errors import Cancelled, InputRejected, JobFailed
 from protostar.jobs.context import JobContext
+from protostar.jobs.repo import autocommit
 from protostar.llm.call import LLM
 from protostar.llm.stream import Generation
 from protostar.search import Hit, Scope, in_scope, search
@@ -60,11 +61,15 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
     if "messages" in ctx.payload:
         return complete(ctx, engine=engine, embedder=embedder, llm=llm, settings=settings)
     message_id = uuid.UUID(ctx.payload["message_id"])
-    with engine.connect() as conn:
-        question, summary, history = load_context(
-            conn, tenant_id=ctx.tenant_id, message_id=message_id, limit=settings.chat_history_messages
+    with autocommit(engine) as conn:
+        start = load_context(
+            conn,
+            tenant_id=ctx.tenant_id,
+            message_id=message_id,
+            limit=settings.chat_history_messages,
+            model=embedder.model,
         )
-        searchable = repo.has_chunks(conn, tenant_id=ctx.tenant_id, model=embedder.model)  # same checkout
+    question, summary = start.question, start.summary
 
     def keep(prompt: Prompt, generation: Generation, extra: dict[str, int], status: str) -> uuid.UUID:
         return _save(ctx, question, prompt, generation, extra, status=status)
@@ -73,7 +78,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         with contextlib.suppress(InputRejected):  # its session was deleted (which cancelled this): keep nothing
             keep(prompt, generation, extra, MessageStatus.PARTIAL)
 
-    asked = Asked(question.content, history, summary.content if summary else None, settings.llm_max_tokens)
+    asked = Asked(question.content, start.history, summary.content if summary else None, settings.llm_max_tokens)
     prompt, generation, usage_extra = _generate(
         ctx,
         asked,
@@ -83,7 +88,7 @@ def answer(ctx: JobContext, *, engine: Engine, embedder: Embedder, llm: LLM, set
         settings=settings,
         extra=_usage_extra(summary),
         on_partial=keep_partial,
-        searchable=searchable,
+        searchable=start.searchable,
         attribute_sources=True,
     )
     answer_id = keep(prompt, generation, usage_extra, MessageStatus.COMPLETE)
@@ -315,15 +320,14 @@ def _usage_extra(summary: summary_repo.Latest | None) -> dict[str, int]:
 
 
 def load_context(
-    conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID, limit: int
-) -> tuple[repo.Question, summary_repo.Latest | None, list[Turn]]:
-    """The question, the session's latest summary older than it, and up to ``limit`` turns after that summary."""
-    question = repo.question(conn, tenant_id=tenant_id, message_id=message_id)
-    if question is None:
+    conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID, limit: int, model: str
+) -> repo.Context:
+    """The question, the session's latest summary older than it, up to ``limit`` turns after that summary, and
+    whether the tenant has chunks embedded by ``model``: one statement (``chat.repo.context``)."""
+    start = repo.context(conn, tenant_id=tenant_id, message_id=message_id, limit=limit, model=model)
+    if start is None:
         raise InputRejected("the message to answer no longer exists (its session was deleted)")
-    summary = summary_repo.latest(conn, session_id=question.session_id, before_seq=question.seq)
-    history = repo.history(conn, question=question, limit=limit, after_seq=summary.covers_seq if summary else None)
-    return question, summary, history
+    return start
 
 
 def _save(

@@ -11,11 +11,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from protostar.chat.prompt import Turn
-from protostar.constants import JobKind, JobStatus, MessageStatus
+from protostar.constants import JobKind, JobStatus
 from protostar.db.models import ChatSession, Job, Message
 from protostar.db.owned import owned
 from protostar.db.pages import latest_by_seq, newest_first
-from protostar.errors import InputRejected
+from protostar.errors import InputRejected, NotFound
+from protostar.jobs.turns import Around
+from protostar.summary.repo import Latest
 
 
 def create_session(
@@ -91,25 +93,46 @@ def session_exists(conn: Connection, *, session_id: uuid.UUID) -> bool:
     return found.first() is not None
 
 
-def add_user_message(
-    session: Session, *, tenant_id: uuid.UUID, session_id: uuid.UUID, content: str, job_id: uuid.UUID
-) -> Message:
-    row = Message(
-        id=uuid.uuid4(),
-        session_id=session_id,
-        tenant_id=tenant_id,
-        role="user",
-        content=content,
-        status=MessageStatus.COMPLETE,
-        job_id=job_id,
+# The user's message and its answer's job in one statement (a ``jobs.turns.Around``): the tenant's session, the
+# job (``protostar_submit_job``, called laterally from the session's row), then, once the job is admitted, the
+# message and the session's ``updated_at``. No session (another tenant's, or deleted): no row, nothing written.
+# The session's row is locked before the tenant's turn (in the function), as when the message was written first.
+_ASK = """
+WITH s AS MATERIALIZED (
+    SELECT id, tenant_id, collection_ids FROM sessions
+    WHERE id = CAST({session} AS uuid) AND tenant_id = CAST({tenant} AS uuid)
+    FOR NO KEY UPDATE
+),
+j AS MATERIALIZED (SELECT f.* FROM s CROSS JOIN LATERAL {submit} f),
+m AS (
+    INSERT INTO messages (id, session_id, tenant_id, role, content, status, job_id)
+    SELECT CAST({message} AS uuid), s.id, s.tenant_id, 'user', CAST({content} AS text), 'complete', CAST({id} AS uuid)
+    FROM s CROSS JOIN j WHERE j.admitted
+),
+u AS (UPDATE sessions SET updated_at = now() FROM j WHERE sessions.id = CAST({session} AS uuid) AND j.admitted)
+SELECT admitted, sent, in_flight, queued, created_at FROM j
+"""
+# The job's payload: the session's collections join it when the caller named none (``{bind}``).
+_ASK_PAYLOAD = (
+    "CASE WHEN {bind} AND cardinality(s.collection_ids) > 0"
+    " THEN CAST({payload} AS jsonb) || jsonb_build_object('collection_ids', to_jsonb(s.collection_ids))"
+    " ELSE CAST({payload} AS jsonb) END"
+)
+
+
+def asking(*, tenant_id: uuid.UUID, session_id: uuid.UUID, message_id: uuid.UUID, content: str, bind: bool) -> Around:
+    """The statement around a chat job's submit that adds the user's message ``message_id`` to the tenant's
+    session with it (:data:`_ASK`); ``bind``: the job retrieves from the session's collections."""
+    return Around(
+        sql=_ASK,
+        values={"session": session_id, "message": message_id, "content": content, "bind": bind},
+        missing=NotFound(f"session {session_id} not found"),
+        payload_sql=_ASK_PAYLOAD,
     )
-    session.add(row)
-    session.execute(update(ChatSession).where(ChatSession.id == session_id).values(updated_at=text("now()")))
-    return row
 
 
-def remove_message(session: Session, *, message_id: uuid.UUID) -> None:
-    session.execute(delete(Message).where(Message.id == message_id))
+def remove_message(conn: Connection, *, message_id: uuid.UUID) -> None:
+    conn.execute(delete(Message).where(Message.id == message_id))
 
 
 @dataclass(frozen=True)
@@ -120,28 +143,55 @@ class Question:
     seq: int
 
 
-def question(conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID) -> Question | None:
-    """The user's message to answer, or ``None`` when it is gone (its session was deleted)."""
-    row = conn.execute(
-        select(Message.id, Message.session_id, Message.content, Message.seq).where(
-            Message.id == message_id, Message.tenant_id == tenant_id, Message.role == "user"
-        )
-    ).first()
-    return Question(row.id, row.session_id, row.content, row.seq) if row is not None else None
+@dataclass(frozen=True)
+class Context:
+    """What an answer starts from (:func:`context`)."""
+
+    question: Question
+    summary: Latest | None  # the session's latest summary older than the question
+    history: list[Turn]  # the turns after that summary, before the question, oldest first
+    searchable: bool  # the tenant has chunks embedded by the model (else retrieval is skipped)
 
 
-def history(conn: Connection, *, question: Question, limit: int, after_seq: int | None = None) -> list[Turn]:
-    """Up to ``limit`` messages of the question's session before it, oldest first; only those after
-    ``after_seq`` (what the session's summary covers) when given."""
-    if limit <= 0:
-        return []
-    stmt = select(Message.role, Message.content).where(
-        Message.session_id == question.session_id, Message.seq < question.seq, Message.content != ""
-    )
-    if after_seq is not None:
-        stmt = stmt.where(Message.seq > after_seq)
-    earlier = conn.execute(stmt.order_by(Message.seq.desc()).limit(limit)).all()
-    return [Turn(r.role, r.content) for r in reversed(earlier)]
+# The question, its session's latest summary older than it, the turns between the two (newest ``limit``) and
+# whether the tenant has chunks to search: one statement, so an answer's start costs one round trip.
+_CONTEXT = text(
+    """
+WITH q AS MATERIALIZED (
+    SELECT id, session_id, content, seq FROM messages
+    WHERE id = :message AND tenant_id = :tenant AND role = 'user'
+),
+s AS MATERIALIZED (
+    SELECT su.version, su.covers_seq, su.content, su.tokens_before, su.tokens_after
+    FROM summaries su JOIN q ON su.session_id = q.session_id AND su.covers_seq < q.seq
+    ORDER BY su.covers_seq DESC LIMIT 1
+),
+h AS MATERIALIZED (
+    SELECT m.seq, m.role, m.content
+    FROM messages m JOIN q ON m.session_id = q.session_id AND m.seq < q.seq
+    WHERE m.content <> '' AND m.seq > coalesce((SELECT covers_seq FROM s), -1)
+    ORDER BY m.seq DESC LIMIT :limit
+)
+SELECT q.id, q.session_id, q.content, q.seq,
+       s.version, s.covers_seq, s.content, s.tokens_before, s.tokens_after,
+       (SELECT coalesce(json_agg(json_build_array(h.role, h.content) ORDER BY h.seq), '[]'::json) FROM h),
+       EXISTS (SELECT 1 FROM chunks WHERE tenant_id = :tenant AND embedding_model = :model)
+FROM q LEFT JOIN s ON true
+"""
+)
+
+
+def context(conn: Connection, *, tenant_id: uuid.UUID, message_id: uuid.UUID, limit: int, model: str) -> Context | None:
+    """What answering the user's message ``message_id`` needs, read in one statement (up to ``limit`` turns of
+    history; ``model``: the embedding model retrieval would search); ``None`` when the message is gone (its
+    session was deleted)."""
+    params = {"message": message_id, "tenant": tenant_id, "limit": max(limit, 0), "model": model}
+    row = conn.execute(_CONTEXT, params).first()
+    if row is None:
+        return None
+    summary = Latest(*row[4:9]) if row[4] is not None else None
+    history = [Turn(role, content) for role, content in row[9]]
+    return Context(Question(*row[0:4]), summary, history, bool(row[10]))
 
 
 def answer_id(question_id: uuid.UUID) -> uuid.UUID:

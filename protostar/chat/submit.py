@@ -14,6 +14,7 @@ from protostar.constants import JobKind
 from protostar.db.models import Job
 from protostar.errors import BrokerUnavailable
 from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs.repo import autocommit
 
 
 @dataclass(frozen=True)
@@ -23,36 +24,34 @@ class Asked:
 
 
 def ask(
-    session: Session,
-    *,
     dispatcher: Dispatcher,
+    *,
     tenant_id: uuid.UUID,
     session_id: uuid.UUID,
     content: str,
     collection_ids: list[uuid.UUID] | None = None,
     filter: dict[str, Any] | None = None,
 ) -> Asked:
-    """Add the user's message to the tenant's session and queue its answer on the chat queue. The answer
+    """Add the user's message to the tenant's session and queue its answer on the chat queue, committed together
+    in one statement (``chat.repo.asking``; ``NotFound`` when the session is not the tenant's). The answer
     retrieves from ``collection_ids`` (checked to be the tenant's by the caller; ``[]``: all its documents),
-    else (``None``) from the session's own,
-    and only from documents matching ``filter``: both go in the job's payload, so a retry answers alike."""
-    chat = repo.get_session(session, tenant_id=tenant_id, session_id=session_id)
-    bound = collection_ids if collection_ids is not None else list(chat.collection_ids or [])
-    payload: dict[str, Any] = {"session_id": str(chat.id), "message_id": ""}
-    if bound:
-        payload["collection_ids"] = [str(c) for c in bound]
+    else (``None``) from the session's own, and only from documents matching ``filter``: both go in the job's
+    payload, so a retry answers alike."""
+    job_id, message_id = uuid.uuid4(), uuid.uuid4()
+    payload: dict[str, Any] = {"session_id": str(session_id), "message_id": str(message_id)}
+    if collection_ids:
+        payload["collection_ids"] = [str(c) for c in collection_ids]
     if filter:
         payload["filter"] = filter
-    job_id = uuid.uuid4()
-    message = repo.add_user_message(session, tenant_id=tenant_id, session_id=chat.id, content=content, job_id=job_id)
-    message_id = message.id
-    payload["message_id"] = str(message_id)
+    around = repo.asking(
+        tenant_id=tenant_id, session_id=session_id, message_id=message_id, content=content, bind=collection_ids is None
+    )
     try:
-        dispatcher.submit(session, kind=JobKind.CHAT, tenant_id=tenant_id, payload=payload, job_id=job_id)
+        dispatcher.submit(None, kind=JobKind.CHAT, tenant_id=tenant_id, payload=payload, job_id=job_id, around=around)
     except BrokerUnavailable:
         # Nothing was queued (the job row says so), so the message is not kept either: the caller sends it again.
-        repo.remove_message(session, message_id=message_id)
-        session.commit()
+        with autocommit(dispatcher.engine) as conn:
+            repo.remove_message(conn, message_id=message_id)
         raise
     return Asked(job_id=job_id, message_id=message_id)
 

@@ -72,7 +72,15 @@ class _Row:
     queue: str
     payload: dict[str, Any]
 
-    def insert(self, conn: Connection, settings: Settings, *, quota: bool, alone: bool = False) -> turns.Inserted:
+    def insert(
+        self,
+        conn: Connection,
+        settings: Settings,
+        *,
+        quota: bool,
+        alone: bool = False,
+        around: turns.Around | None = None,
+    ) -> turns.Inserted:
         return turns.insert(
             conn,
             settings,
@@ -84,6 +92,7 @@ class _Row:
             payload=self.payload,
             quota=quota,
             alone=alone,
+            around=around,
         )
 
     def job(self, inserted: turns.Inserted) -> Job:
@@ -172,6 +181,7 @@ class Dispatcher:
         job_id: uuid.UUID | None = None,
         queue: Queue | None = None,
         quota: bool = True,
+        around: turns.Around | None = None,
     ) -> Submitted:
         """Commit the job (with whatever else ``session`` holds), then send it, or leave it waiting for its
         tenant's turn. For a kind with one job in flight per target, the job already queued or running for that
@@ -179,7 +189,9 @@ class Dispatcher:
         (``TooManyRequests``, nothing written); the automatic summaries (after an answer, beat) pass False.
 
         Without a session, or with one that holds no transaction, the job is committed by one statement in
-        autocommit (``turns.insert``): one round trip to the database, its turn lock held only while it runs."""
+        autocommit (``turns.insert``): one round trip to the database, its turn lock held only while it runs.
+        ``around`` (without a session): a statement that writes more with the job, in that one round trip
+        (``turns.Around``; a chat question's message)."""
         spec = KINDS[kind]
         target_queue = spec.queue or queue
         if target_queue is None or (spec.queue is None and target_queue not in PROBE_QUEUES):
@@ -198,7 +210,7 @@ class Dispatcher:
             try:
                 if alone:
                     with self.autocommit.connect() as conn:
-                        inserted = row.insert(conn, self.settings, quota=quota, alone=True)
+                        inserted = row.insert(conn, self.settings, quota=quota, alone=True, around=around)
                     return Submitted(self._send_committed(row.job(inserted), inserted.admission), created=True)
                 assert session is not None
                 nested: AbstractContextManager[object] = session.begin_nested() if key is not None else nullcontext()

@@ -130,21 +130,44 @@ _SUBMIT = text(
 )
 
 
-_ALONE = (
-    "SELECT admitted, sent, in_flight, queued, created_at FROM protostar_submit_job("
-    "CAST({id} AS uuid), CAST({tenant} AS uuid), CAST({kind} AS text), CAST({task} AS text), "
-    "CAST({queue} AS text), CAST({payload} AS jsonb), CAST({cap} AS integer), CAST({max_queued} AS integer), true); "
-    "COMMIT; SELECT txid_current()"
+# The submit as one simple-protocol message: ``{submit}`` (the call, asked not to wait for the disk), then a
+# synchronous commit of its own (see :func:`insert`). Values are rendered as literals by psycopg itself.
+_CALL = (
+    "protostar_submit_job(CAST({id} AS uuid), CAST({tenant} AS uuid), CAST({kind} AS text), CAST({task} AS text), "
+    "CAST({queue} AS text), {payload_sql}, CAST({cap} AS integer), CAST({max_queued} AS integer), true)"
 )
+_ALONE = "SELECT admitted, sent, in_flight, queued, created_at FROM {submit}"
+_DURABLE = "; COMMIT; SELECT txid_current()"
 
 
-def _alone(conn: Connection, params: dict[str, Any]) -> Any:
-    """The submit, its commit and a synchronous commit after it, as one simple-protocol message (several
-    statements need it: no bind parameters, so the values are rendered as literals by psycopg itself)."""
+@dataclass(frozen=True)
+class Around:
+    """A statement that writes more than the job, with it: its text holds ``{submit}`` (the call of
+    ``protostar_submit_job``; select its columns ``admitted, sent, in_flight, queued, created_at``) and
+    ``{name}`` for each of ``values`` (rendered as literals); ``payload_sql`` is the job's payload as an SQL
+    expression over ``{payload}`` (the caller's payload as jsonb). It returns no row when what it guards is
+    gone: then ``missing`` is raised and nothing was written. So the call must be made laterally from the rows
+    it guards (``FROM guarded CROSS JOIN LATERAL {submit}``, its arguments referring to them), and its other
+    writes must depend on ``admitted``."""
+
+    sql: str
+    values: dict[str, Any]
+    missing: Exception
+    payload_sql: str = "CAST({payload} AS jsonb)"
+
+
+def _alone(conn: Connection, params: dict[str, Any], around: Around | None) -> Any:
+    """The submit (inside ``around``'s statement, when given), its commit and a synchronous commit after it, as
+    one simple-protocol message (several statements need it: no bind parameters, so the values are rendered as
+    literals by psycopg itself); its row, or ``None`` when ``around`` found what it guards gone."""
     driver = conn.connection.driver_connection
-    literals = {name: sql.Literal(value).as_string(driver) for name, value in params.items()}
+    values = {**params, **(around.values if around else {})}
+    literals = {name: sql.Literal(value).as_string(driver) for name, value in values.items()}
+    payload_sql = (around.payload_sql if around else "CAST({payload} AS jsonb)").format(**literals)
+    submit = _CALL.format(payload_sql=payload_sql, **literals)
+    statement = (around.sql if around else _ALONE).format(submit=submit, **literals) + _DURABLE
     # no_parameters: the driver is handed the text alone, so a "%" in a value is not taken for a placeholder
-    return conn.exec_driver_sql(_ALONE.format(**literals), execution_options={"no_parameters": True}).one()
+    return conn.exec_driver_sql(statement, execution_options={"no_parameters": True}).first()
 
 
 def insert(
@@ -159,6 +182,7 @@ def insert(
     payload: dict[str, Any],
     quota: bool,
     alone: bool = False,
+    around: Around | None = None,
 ) -> Inserted:
     """:func:`admit` and the job's insert in one statement (migration 0014): ``queued``, counted as sent
     (``dispatched_at`` set) when a slot is free, else waiting its turn (stage :data:`WAITING_TURN`). Past the
@@ -169,7 +193,8 @@ def insert(
     ``alone`` (``conn`` in autocommit, nothing else to commit with the job): the call commits without waiting
     for the disk, then, in the same message (one round trip), ``COMMIT; SELECT txid_current()`` commits a
     transaction of its own synchronously, which flushes the WAL up to it, the job's commit included. So the
-    tenant's lock is never held across an fsync, and the job is durable when this returns."""
+    tenant's lock is never held across an fsync, and the job is durable when this returns. ``around`` (alone
+    only): a statement that writes more with the job (:class:`Around`)."""
     limit = cap(settings, queue)
     params: dict[str, Any] = {
         "id": job_id,
@@ -181,7 +206,12 @@ def insert(
         "cap": limit,
         "max_queued": settings.tenant_max_queued if quota else None,
     }
-    row = _alone(conn, params) if alone else conn.execute(_SUBMIT, params).one()
+    if around is not None and not alone:
+        raise ValueError("a statement around the submit is sent alone, with its commit")
+    row = _alone(conn, params, around) if alone else conn.execute(_SUBMIT, params).one()
+    if row is None:
+        assert around is not None
+        raise around.missing
     if not row[0]:
         _refuse_past_quota(settings, int(row[3]), queue)
         raise AssertionError("refused under the quota")  # pragma: no cover (the line above raised)

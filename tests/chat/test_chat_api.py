@@ -175,13 +175,13 @@ def test_a_second_delivery_rewrites_the_answer_instead_of_adding_one(api_module:
     accepted = ask(api_module, session_id, "Hello again.")
     job = wait_status(api_module, accepted["job_id"], "succeeded", timeout=120)
     with engine.begin() as conn:
-        question = repo.question(
-            conn, tenant_id=_tenant(conn, session_id), message_id=uuid.UUID(accepted["message_id"])
+        start = repo.context(
+            conn, tenant_id=_tenant(conn, session_id), message_id=uuid.UUID(accepted["message_id"]), limit=0, model=""
         )
-        assert question is not None
+        assert start is not None
         again = repo.save_answer(
             conn,
-            question=question,
+            question=start.question,
             tenant_id=_tenant(conn, session_id),
             job_id=uuid.UUID(accepted["job_id"]),
             content="the redelivered answer",

@@ -11,9 +11,8 @@ import httpx
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from protostar.chat import repo
 from protostar.client import Client
-from protostar.db.models import ChatSession
+from protostar.db.models import ChatSession, Message
 from tests.api.test_auth import create_key
 from tests.api.test_jobs import wait_status
 from tests.chat.test_chat_api import ask, new_session
@@ -54,9 +53,7 @@ def test_messages_come_latest_first_and_page_back_to_the_first(api: httpx.Client
         chat = db.get(ChatSession, uuid.UUID(session_id))
         assert chat is not None
         for i in range(5):
-            repo.add_user_message(
-                db, tenant_id=chat.tenant_id, session_id=chat.id, content=f"message {i}", job_id=uuid.uuid4()
-            )
+            db.add(Message(session_id=chat.id, tenant_id=chat.tenant_id, role="user", content=f"message {i}"))
             db.flush()
         db.commit()
     pages = _pages(api, f"/v1/sessions/{session_id}/messages", 2)

@@ -71,14 +71,12 @@ def new_chat(engine: Engine) -> tuple[uuid.UUID, uuid.UUID]:
 
 def test_a_question_whose_send_reply_was_late_is_kept_and_answered(clients: Clients, engine: Engine) -> None:
     tenant, session_id = new_chat(engine)
-    with Session(clients.engine) as session:
-        asked = ask(
-            session,
-            dispatcher=dispatcher_of(LateReply, clients),
-            tenant_id=tenant,
-            session_id=session_id,
-            content="What is the late reply?",
-        )
+    asked = ask(
+        dispatcher_of(LateReply, clients),
+        tenant_id=tenant,
+        session_id=session_id,
+        content="What is the late reply?",
+    )
     with Session(engine) as session:
         assert session.get(Message, asked.message_id) is not None  # not deleted under the running job
     assert job_status(engine, asked.job_id) in ("running", "succeeded", "failed")
@@ -86,10 +84,9 @@ def test_a_question_whose_send_reply_was_late_is_kept_and_answered(clients: Clie
 
 def test_a_question_that_was_never_sent_is_not_kept(clients: Clients, engine: Engine) -> None:
     tenant, session_id = new_chat(engine)
-    with Session(clients.engine) as session, pytest.raises(BrokerUnavailable):
+    with pytest.raises(BrokerUnavailable):
         ask(
-            session,
-            dispatcher=dispatcher_of(NothingSent, clients),
+            dispatcher_of(NothingSent, clients),
             tenant_id=tenant,
             session_id=session_id,
             content="Is anyone there?",

@@ -227,9 +227,14 @@ def test_the_next_chat_prompt_carries_the_summary_instead_of_the_turns_it_covers
     accepted = ask(api_module, session_id, "And what about fact number 5?")
 
     with engine.connect() as conn:
-        question, summary, history = load_context(
-            conn, tenant_id=tenant_of(engine, session_id), message_id=uuid.UUID(accepted["message_id"]), limit=6
+        start = load_context(
+            conn,
+            tenant_id=tenant_of(engine, session_id),
+            message_id=uuid.UUID(accepted["message_id"]),
+            limit=6,
+            model="",
         )
+    question, summary, history = start.question, start.summary, start.history
     assert summary is not None and summary.covers_seq == seqs[3]
     assert [t.content for t in history] == [
         "Question 2: what is fact number 2?",

@@ -121,9 +121,9 @@ async def post_message(
 
     def work(session: Session) -> MessageAccepted:
         scope = scope_of(session, tenant_id=principal.tenant_id, collection_ids=body.collection_ids, filter=body.filter)
+        session.commit()  # its connection back to the pool (it checked the collections): ask takes its own
         asked = ask(
-            session,
-            dispatcher=state.clients.dispatcher,
+            state.clients.dispatcher,
             tenant_id=principal.tenant_id,
             session_id=session_id,
             content=body.content,

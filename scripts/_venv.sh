@@ -5,7 +5,7 @@
 #   source scripts/_venv.sh                       only make .venv and define `install_llm`
 #
 # The embedded LLM is installed apart (`install_llm`), since llama-server compiles from source the first time
-# on a machine (about 13 minutes on 2 cores): scripts/test waits for it, `protostar up` runs it in the
+# on a machine (about 9 minutes on 2 cores): scripts/test waits for it, `protostar up` runs it in the
 # background (through scripts/install-llm) while everything else already serves. Each step prints one line,
 # and a few progress lines while it runs; pip's own output, warnings included, goes to .venv/install.log.
 set -euo pipefail
@@ -98,7 +98,7 @@ install_llm() {
     by_memory=$(awk '/^MemAvailable:/ { print int($2 / 2097152) }' /proc/meminfo 2>/dev/null || echo 1)
     by_memory=$(( by_memory < 1 ? 1 : by_memory ))
     export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-$(( cores < by_memory ? cores : by_memory ))}
-    echo "building llama-server from source: about 13 minutes on 2 cores, once per machine" \
+    echo "building llama-server from source: about 9 minutes on 2 cores, once per machine" \
       "($LLAMA_CPP_BUILD_JOBS parallel jobs; full output in $log)"
   else
     echo "installing the embedded LLM (llama-server and the SmolLM2 model)"

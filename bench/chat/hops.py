@@ -15,12 +15,12 @@ from bench.common import pct
 # The first token's way, hop by hop: (label, from, to). ``c.`` the client, ``a.`` the API, ``w.`` the worker.
 HOPS: list[tuple[str, str, str]] = [
     ("POST sent → route body runs (HTTP, uvicorn, key check, threadpool)", "c.sent", "a.route"),
-    ("session lookup, user message row", "a.route", "a.submit"),
-    ("job row, commit", "a.submit", "a.send"),
+    ("the job's payload (`ask`, before its statement)", "a.route", "a.submit"),
+    ("session check, user message, job row: one statement and its durable commit", "a.submit", "a.send"),
     ("`send_task` → the worker's consumer has the message", "a.send", "w.received"),
     ("consumer → a pool thread starts the task", "w.received", "w.prerun"),
     ("claim the job row", "w.prerun", "w.claim_end"),
-    ("`running` event, watcher, question + summary + history, `retrieve` progress", "w.claim_end", "w.retrieve_start"),
+    ("`running` event, watcher, the question's context (one SELECT), progress", "w.claim_end", "w.retrieve_start"),
     ("retrieve (query embedding + hybrid search)", "w.retrieve_start", "w.retrieve_end"),
     ("`retrieve` done progress, prompt, `generate` progress", "w.retrieve_end", "w.acquire_start"),
     ("LLM limiter turn (one Redis script)", "w.acquire_start", "w.acquire_end"),

@@ -3,10 +3,10 @@ SSE relay: ``uvicorn bench.chat.trace_api:create_app --factory`` (the argv of ``
 
 Wraps, at import, the functions the message route and the event stream pass through, noting ``time.time()``
 in this process's memory; ``GET /bench/trace`` hands the notes over (and forgets them). Stamps per job:
-``route`` (the route body starts: key checked, before the session lookup), ``submit`` (the message row is
-added, the job row is next), ``send`` / ``sent`` (``send_task``), ``submitted`` (the ``queued`` event and
-``dispatched_at`` written: the route returns), ``follow`` (the SSE relay starts: replay, then the hub)
-and ``tokens`` (each ``token`` event as it comes off XREAD, before it is written to the socket).
+``route`` (the route's work starts in its thread: key checked, ``chat.submit.ask`` called), ``submit`` (the
+question's one statement is next: session check, message and job rows), ``send`` / ``sent`` (``send_task``),
+``submitted`` (the ``queued`` event written: the route returns), ``follow`` (the SSE relay starts: replay,
+then the hub) and ``tokens`` (each ``token`` event as it comes off XREAD, before it is written to the socket).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from protostar.api.app import create_app as protostar_app
+from protostar.api.routes import sessions as session_routes
 from protostar.api.sse import Relay
-from protostar.chat import repo as chat_repo
 from protostar.jobs import events
 from protostar.jobs.dispatch import Dispatcher
 
@@ -30,14 +30,14 @@ _local = threading.local()
 
 
 def _install() -> None:
-    get_session = chat_repo.get_session
+    ask = session_routes.ask
 
-    @functools.wraps(get_session)
-    def timed_get_session(*args: Any, **kwargs: Any) -> Any:
+    @functools.wraps(ask)
+    def timed_ask(*args: Any, **kwargs: Any) -> Any:
         _local.stamps = {"route": time.time()}
-        return get_session(*args, **kwargs)
+        return ask(*args, **kwargs)
 
-    chat_repo.get_session = timed_get_session
+    session_routes.ask = timed_ask
 
     submit = Dispatcher.submit
 

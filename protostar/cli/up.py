@@ -124,7 +124,7 @@ def _llm_line(launcher: Launcher | None, settings: Settings) -> str:
         case _:
             return (
                 "being installed in the background (the first time on a machine llama-server compiles: about "
-                "13 minutes on 2 cores; progress in the 'llm-build' lines and at /readyz). Chat and summary "
+                "9 minutes on 2 cores; progress in the 'llm-build' lines and at /readyz). Chat and summary "
                 "jobs wait queued and run once it is ready"
             )
 

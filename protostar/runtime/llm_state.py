@@ -1,7 +1,7 @@
 """The embedded LLM's state, as ``protostar up`` publishes it in Redis for the API to read.
 
 ``protostar up`` serves ingestion, search and jobs at once and builds llama-server in the background (the first
-time on a machine it compiles, about 13 minutes on 2 cores); the chat and summary workers consume only once
+time on a machine it compiles, about 9 minutes on 2 cores); the chat and summary workers consume only once
 it answers, so their jobs wait queued in the broker meanwhile. The key ``protostar:llm:state`` says where it
 is, as JSON::
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from protostar import commands
 from protostar.auth import create_key
@@ -33,6 +33,7 @@ from protostar.runtime.process import free_port
 from protostar.runtime.stack import S3Access, Stack
 from protostar.settings import Settings, get_settings
 from protostar.supervisor import RestartPolicy, Supervisor
+from tests.submits import TENANT_PREFIX
 
 LOGS = Path(os.environ.get("PROTOSTAR_TEST_LOGS", tempfile.gettempdir())) / "protostar-test-logs"
 
@@ -237,3 +238,14 @@ def dispatcher(live: Live, engine: Engine, client: redis.Redis) -> Dispatcher:
     settings = live.settings
     events = EventLog(client, ttl=settings.events_ttl, maxlen=settings.events_maxlen)
     return Dispatcher(celery=create_celery(settings, role="api"), engine=engine, events=events, settings=settings)
+
+
+@pytest.fixture
+def pool(live: Live) -> Iterator[Engine]:
+    """An engine of its own; the tenants made on it with ``tests.submits.new_tenant`` are removed after the test,
+    with their jobs (nothing sends them: no reconciler should find them later)."""
+    engine = make_engine(live.settings, pool_size=8)
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM tenants WHERE name LIKE :prefix"), {"prefix": f"{TENANT_PREFIX}%"})
+    engine.dispose()

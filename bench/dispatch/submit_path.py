@@ -53,12 +53,12 @@ class InProcess:
         import uuid
 
         from protostar.constants import EventType, JobKind, TaskName
-        from protostar.jobs import turns
+        from protostar.jobs import repo, turns
 
         job_id = uuid.uuid4()
         cpu0 = time.process_time()
         ts = [time.perf_counter()]
-        with self.dispatcher.autocommit.connect() as conn:
+        with repo.autocommit(self.dispatcher.engine) as conn:
             inserted = turns.insert(
                 conn,
                 self.settings,

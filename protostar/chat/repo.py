@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from protostar.chat.prompt import Turn
-from protostar.constants import JobKind, JobStatus
+from protostar.constants import JobKind, JobStatus, MessageStatus
 from protostar.db.models import ChatSession, Job, Message
 from protostar.db.owned import owned
 from protostar.db.pages import latest_by_seq, newest_first
@@ -106,7 +106,7 @@ WITH s AS MATERIALIZED (
 j AS MATERIALIZED (SELECT f.* FROM s CROSS JOIN LATERAL {submit} f),
 m AS (
     INSERT INTO messages (id, session_id, tenant_id, role, content, status, job_id)
-    SELECT CAST({message} AS uuid), s.id, s.tenant_id, 'user', CAST({content} AS text), 'complete', CAST({id} AS uuid)
+    SELECT CAST({message} AS uuid), s.id, s.tenant_id, 'user', CAST({content} AS text), {status}, CAST({id} AS uuid)
     FROM s CROSS JOIN j WHERE j.admitted
 ),
 u AS (UPDATE sessions SET updated_at = now() FROM j WHERE sessions.id = CAST({session} AS uuid) AND j.admitted)
@@ -125,7 +125,13 @@ def asking(*, tenant_id: uuid.UUID, session_id: uuid.UUID, message_id: uuid.UUID
     session with it (:data:`_ASK`); ``bind``: the job retrieves from the session's collections."""
     return Around(
         sql=_ASK,
-        values={"session": session_id, "message": message_id, "content": content, "bind": bind},
+        values={
+            "session": session_id,
+            "message": message_id,
+            "content": content,
+            "status": MessageStatus.COMPLETE.value,
+            "bind": bind,
+        },
         missing=NotFound(f"session {session_id} not found"),
         payload_sql=_ASK_PAYLOAD,
     )

@@ -209,7 +209,7 @@ class Dispatcher:
         for _ in range(3):  # the job in flight may end between our insert and our look-up: then insert again
             try:
                 if alone:
-                    with self.autocommit.connect() as conn:
+                    with repo.autocommit(self.engine) as conn:
                         inserted = row.insert(conn, self.settings, quota=quota, alone=True, around=around)
                     return Submitted(self._send_committed(row.job(inserted), inserted.admission), created=True)
                 assert session is not None
@@ -231,11 +231,6 @@ class Dispatcher:
                 if existing is not None:
                     return Submitted(existing, created=False)
         raise AssertionError(f"no {kind.value} job for {payload[key or '']} after three tries")  # pragma: no cover
-
-    @cached_property
-    def autocommit(self) -> Engine:
-        """The engine's pool, each statement its own transaction (a submit's one round trip)."""
-        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def check_quota(self, session: Session, *, tenant_id: uuid.UUID, queue: Queue) -> None:
         """``TooManyRequests`` when the tenant may queue no more jobs on ``queue``: asked before costly work (an

@@ -138,6 +138,8 @@ _CALL = (
 )
 _ALONE = "SELECT admitted, sent, in_flight, queued, created_at FROM {submit}"
 _DURABLE = "; COMMIT; SELECT txid_current()"
+# The job's payload as an SQL expression: the caller's, as given (``Around.payload_sql`` may change it).
+_PAYLOAD = "CAST({payload} AS jsonb)"
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ class Around:
     sql: str
     values: dict[str, Any]
     missing: Exception
-    payload_sql: str = "CAST({payload} AS jsonb)"
+    payload_sql: str = _PAYLOAD
 
 
 def _alone(conn: Connection, params: dict[str, Any], around: Around | None) -> Any:
@@ -163,7 +165,7 @@ def _alone(conn: Connection, params: dict[str, Any], around: Around | None) -> A
     driver = conn.connection.driver_connection
     values = {**params, **(around.values if around else {})}
     literals = {name: sql.Literal(value).as_string(driver) for name, value in values.items()}
-    payload_sql = (around.payload_sql if around else "CAST({payload} AS jsonb)").format(**literals)
+    payload_sql = (around.payload_sql if around else _PAYLOAD).format(**literals)
     submit = _CALL.format(payload_sql=payload_sql, **literals)
     statement = (around.sql if around else _ALONE).format(submit=submit, **literals) + _DURABLE
     # no_parameters: the driver is handed the text alone, so a "%" in a value is not taken for a placeholder

@@ -2,7 +2,7 @@
 answer's job are written together, or neither is: another tenant's session, a tenant past its quota. The job's
 payload takes the session's collections unless the caller named its own; the session's ``updated_at`` moves.
 
-A stub stands in for Celery (``tests.jobs.test_submit_once.Broker``), so no worker runs these jobs."""
+A stub stands in for Celery (``tests.submits.Broker``), so no worker runs these jobs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from protostar.errors import NotFound, TooManyRequests
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
 from tests.conftest import Live
-from tests.jobs.test_submit_once import Broker, new_tenant, pool  # noqa: F401 (pool: a fixture)
+from tests.submits import Broker, new_tenant
 
 CAP, QUOTA = 2, 4
 
@@ -59,7 +59,7 @@ def written(engine: Engine, session_id: uuid.UUID) -> dict[str, Any]:
     return {"messages": messages, "jobs": jobs, "touched": fresh}
 
 
-def test_the_message_and_its_job_are_written_together(live: Live, pool: Engine, client: redis.Redis) -> None:  # noqa: F811
+def test_the_message_and_its_job_are_written_together(live: Live, pool: Engine, client: redis.Redis) -> None:
     dispatcher = dispatcher_of(live, pool, client)
     tenant = new_tenant(pool)
     bound = [uuid.uuid4(), uuid.uuid4()]
@@ -82,7 +82,7 @@ def test_the_message_and_its_job_are_written_together(live: Live, pool: Engine, 
     assert got["touched"]
 
 
-def test_collections_named_by_the_caller_replace_the_sessions(live: Live, pool: Engine, client: redis.Redis) -> None:  # noqa: F811
+def test_collections_named_by_the_caller_replace_the_sessions(live: Live, pool: Engine, client: redis.Redis) -> None:
     dispatcher = dispatcher_of(live, pool, client)
     tenant = new_tenant(pool)
     session_id = new_session(pool, tenant, [uuid.uuid4()])
@@ -93,7 +93,7 @@ def test_collections_named_by_the_caller_replace_the_sessions(live: Live, pool: 
     assert [p.get("collection_ids") for p in payloads] == [[str(mine)], None]
 
 
-def test_another_tenants_session_writes_nothing(live: Live, pool: Engine, client: redis.Redis) -> None:  # noqa: F811
+def test_another_tenants_session_writes_nothing(live: Live, pool: Engine, client: redis.Redis) -> None:
     dispatcher = dispatcher_of(live, pool, client)
     owner, stranger = new_tenant(pool), new_tenant(pool)
     session_id = new_session(pool, owner, [])
@@ -107,7 +107,7 @@ def test_another_tenants_session_writes_nothing(live: Live, pool: Engine, client
 
 def test_past_the_cap_it_waits_and_past_the_quota_nothing_is_written(
     live: Live,
-    pool: Engine,  # noqa: F811
+    pool: Engine,
     client: redis.Redis,
 ) -> None:
     dispatcher = dispatcher_of(live, pool, client)

@@ -9,19 +9,13 @@ A stub stands in for Celery, so no worker runs these jobs and the counts are the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from threading import Lock
-from typing import Any
 
 import pytest
 import redis
-from kombu.exceptions import OperationalError
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from protostar.auth import ensure_tenant
 from protostar.constants import EventType, JobKind, Queue
 from protostar.db.engine import make_engine, make_sessionmaker
 from protostar.errors import BrokerUnavailable, TooManyRequests
@@ -30,34 +24,9 @@ from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog, stream_key
 from protostar.settings import Settings
 from tests.conftest import Live
+from tests.submits import Broker, new_tenant
 
 CAP, QUOTA = 3, 20
-
-
-@dataclass
-class Broker:
-    """Records sends; refuses them all when ``down``."""
-
-    down: bool = False
-    sent: list[str] = field(default_factory=list)
-    lock: Lock = field(default_factory=Lock)
-
-    def send_task(self, name: str, **options: Any) -> None:
-        if self.down:
-            raise OperationalError("refused")
-        with self.lock:
-            self.sent.append(options["task_id"])
-
-
-@pytest.fixture
-def pool(live: Live) -> Iterator[Engine]:
-    """An engine of its own; the tenants made on it are removed after the test, with their jobs (nothing
-    sends them: no reconciler should find them later)."""
-    engine = make_engine(live.settings, pool_size=8)
-    yield engine
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM tenants WHERE name LIKE 'submit-once-%'"))
-    engine.dispose()
 
 
 def limited(live: Live) -> Settings:
@@ -68,11 +37,6 @@ def dispatcher_of(live: Live, engine: Engine, client: redis.Redis, broker: Broke
     settings = limited(live)
     events = EventLog(client, ttl=settings.events_ttl, maxlen=settings.events_maxlen)
     return Dispatcher(celery=broker, engine=engine, events=events, settings=settings)  # type: ignore[arg-type]
-
-
-def new_tenant(engine: Engine) -> uuid.UUID:
-    with make_sessionmaker(engine).begin() as session:
-        return ensure_tenant(session, f"submit-once-{uuid.uuid4().hex[:8]}")
 
 
 def probe(dispatcher: Dispatcher, session: Session | None, tenant: uuid.UUID) -> str:

@@ -1,4 +1,5 @@
-"""The bare-Celery baseline: Protostar's own Celery config plus a ``bench`` queue and two trivial tasks.
+"""The bare-Celery baseline: Protostar's own Celery config (with kombu's own Redis transport) plus a ``bench``
+queue and two trivial tasks.
 
     celery -A bench.dispatch.noop_app worker --queues bench ...   (same pool flags as a Protostar worker)
 
@@ -20,6 +21,7 @@ from protostar.settings import get_settings
 BENCH_QUEUE = "bench"
 
 app = create_celery(get_settings(), role="worker")
+app.conf.broker_transport = None  # bare Celery: kombu's own Redis transport, not Protostar's (one client per channel)
 app.conf.task_queues = (*app.conf.task_queues, Queue(BENCH_QUEUE, Exchange(BENCH_QUEUE), routing_key=BENCH_QUEUE))
 
 _client: tuple[int, redis.Redis] | None = None

@@ -6,6 +6,7 @@ it inherited (``worker_process_init``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from typing import Any
@@ -56,6 +57,20 @@ def _remember_threads(instance: Any = None, **_: Any) -> None:
         resources.current().threads = int(getattr(instance, "concurrency", 0) or 1)
     if _consumes & {Queue.INGEST.value, Queue.CHAT.value}:  # these store or search vectors
         ensure_configured_index(resources.current().settings)
+    _settle_heap()
+
+
+def _settle_heap() -> None:
+    """In the main process, its modules imported, before the pool forks: the ORM's mappers configured (else
+    each child does it at its first job) and every object so far frozen out of the garbage collector
+    (``gc.freeze``). Celery collects garbage before each fork of a prefork child, a walk of everything imported
+    (about 0.1 s here, per child, and ``--max-tasks-per-child`` forks them again and again); the children share
+    those pages longer, and their own collections skip them too."""
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
+    gc.collect()
+    gc.freeze()
 
 
 @worker_process_init.connect

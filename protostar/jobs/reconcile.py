@@ -131,11 +131,15 @@ def held_by_live_workers(dispatcher: Dispatcher, job_ids: set[str]) -> set[str]:
     answered by every worker that is alive, whatever its name."""
     if not job_ids:
         return set()
-    try:
-        replies = dispatcher.celery.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*sorted(job_ids)) or {}
-    except BROKER_ERRORS as exc:  # no answer is no proof: count them held, and ask again next run
-        logger.warning("could not ask the workers which messages they hold: %s", exc)
-        return set(job_ids)
+    inspect = dispatcher.celery.control.inspect(timeout=INSPECT_TIMEOUT)
+    for attempt in (1, 2):  # after a Redis restart the pooled connection is stale: its first use fails
+        try:
+            replies = inspect.query_task(*sorted(job_ids)) or {}
+            break
+        except BROKER_ERRORS as exc:
+            if attempt == 2:  # no answer is no proof: count them held, and ask again next run
+                logger.warning("could not ask the workers which messages they hold: %s", exc)
+                return set(job_ids)
     held: set[str] = set()
     for tasks in replies.values():
         if isinstance(tasks, dict):

@@ -1,6 +1,6 @@
 """Dispatch benchmark: what Protostar's submit path and job shell cost next to bare Celery, in one run.
 
-    .venv/bin/python -m bench.dispatch [--duration 5] [--samples 200] [--tasks 2000] [--profile]
+    .venv/bin/python -m bench.dispatch [--duration 5] [--samples 200] [--tasks 2000] [--profile] [--turns]
 
 Starts its own embedded Redis/PostgreSQL/S3 in a temp dir on free ports, applies migrations, runs ONE
 uvicorn API process (``protostar.commands.api``) and, after the throughput phase, two workers with the
@@ -14,6 +14,11 @@ uvicorn API process (``protostar.commands.api``) and, after the throughput phase
    ``send_task("bench.stamp")`` → ``time.time()`` in the task body. Samples alternate between the two.
 3. Worker CPU per task: N probe jobs (steps=1) vs N ``bench.noop`` tasks, each queued while its worker's
    consumer is cancelled, then consumed; CPU of the worker's main process + pool children (incl. reaped).
+
+The tenant's caps of jobs in flight are set above the load, so that every submit is sent at once and every
+drained job is one the submit sent: the path a caller under its cap takes. ``--turns`` keeps the default caps:
+then the submits past the cap are written and wait their turn, unsent, and in phase 3 each ending sends the
+tenant's next job (``bench.fairness`` measures turns between tenants).
 
 Results: a markdown table on stdout and in ``bench/results/dispatch.md``; process output in
 ``bench/results/dispatch.log``.
@@ -39,7 +44,8 @@ def render(rig: Rig, elapsed: float) -> str:
     a, s = rig.args, rig.settings
     run = (
         f"duration {a.duration} s x {a.rounds} rounds, {a.conns} conns · {a.samples} latency samples · "
-        f"{a.tasks} tasks · log level {s.log_level}"
+        f"{a.tasks} tasks · log level {s.log_level} · "
+        + ("tenant caps kept (--turns)" if a.turns else "tenant caps above the load (every submit sent at once)")
         + (f" · API factory {a.api_factory} (EXP={os.environ.get('EXP', '')})" if a.api_factory else "")
     )
     breakdown = [
@@ -66,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also py-spy the API under submit load (extra round)")
     p.add_argument("--api-factory", help="module:factory to serve instead of protostar.api.app:create_app")
     p.add_argument("--phases", default="123", help="which phases to run (for iterating): any of 1, 2, 3")
+    p.add_argument(
+        "--turns",
+        action="store_true",
+        help="keep the tenant caps (a submit past it waits its turn, unsent; each ending sends the next): "
+        "by default the caps are above the load, so every submit is sent at once",
+    )
     return p.parse_args(argv)
 
 
@@ -75,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
 
     def env(data_dir: Path) -> dict[str, str]:
-        return bench_env(data_dir, args.log_level) | {"PROTOSTAR_INGEST_CONCURRENCY": "2"}
+        caps = {} if args.turns else {f"PROTOSTAR_TENANT_INFLIGHT_{q}": "1000000" for q in ("CHAT", "SUMMARY")}
+        return bench_env(data_dir, args.log_level) | {"PROTOSTAR_INGEST_CONCURRENCY": "2"} | caps
 
     print("starting embedded services...", flush=True)
     with launched(env, LOG, api_factory=args.api_factory) as system:

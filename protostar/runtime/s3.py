@@ -23,6 +23,7 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException
 
+from protostar.errors import ServiceError
 from protostar.runtime import process
 from protostar.runtime.service import EmbeddedService
 
@@ -32,6 +33,8 @@ GRPC_OFFSET = 10_000  # weed's admin worker dials admin.port + 10000 whatever ad
 _SOCKET_PATH_MAX = 107
 _TMP = Path("/tmp")  # noqa: S108 - where weed hard-codes its gRPC sockets
 _AUX_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc", "admin")
+START_TRIES = 3  # starts of weed, each on new helper ports, when it finds one of them taken as it starts
+_PORT_TAKEN = "Port allocation failed"  # weed's words, in its log, when it exits for a helper port taken
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,25 @@ class EmbeddedS3(EmbeddedService):
         # A private HOME and cwd: weed reads security.toml and master.toml from both.
         return argv, {"HOME": str(self.data_dir), "PATH": "/usr/bin:/bin"}
 
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """As any service's; but weed checks its helper ports again as it starts (each component in turn, on
+        this host and on every interface), and exits at once if one was taken since we picked it. Then the
+        ports are picked anew and weed started again, up to ``START_TRIES`` starts in all."""
+        for start in range(1, START_TRIES + 1):
+            try:
+                super().wait_ready(timeout)
+                return
+            except ServiceError:
+                if start == START_TRIES or not self._lost_a_port():
+                    raise
+            logger.warning("weed found one of its helper ports taken as it started: starting it on new ones")
+            self.stop()
+            (self.data_dir / "ports.json").unlink(missing_ok=True)
+            self.launch()
+
+    def _lost_a_port(self) -> bool:
+        return self.exit_code is not None and _PORT_TAKEN in process.log_tail(self.log_file)
+
     def _after_ready(self, deadline: float) -> None:
         client = self.client()
         for bucket in self.buckets:
@@ -177,11 +199,12 @@ class EmbeddedS3(EmbeddedService):
 
     def _usable(self, ports: dict[str, int]) -> bool:
         wanted = [*ports.values(), ports["admin"] + GRPC_OFFSET]
+        hosts = (self.host, "0.0.0.0")  # noqa: S104 (bind tests only: weed tries every interface too)
         return (
             len(set(wanted)) == len(wanted)
             and self.port not in wanted
             and max(wanted) <= 65535
-            and all(process.port_is_free(self.host, port) for port in wanted)
+            and all(process.port_is_free(host, port) for port in wanted for host in hosts)
         )
 
     def _answers(self) -> bool:

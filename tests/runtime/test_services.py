@@ -32,6 +32,7 @@ from protostar.errors import PortInUse, ServiceError
 from protostar.jobs import faults
 from protostar.runtime.process import free_port
 from protostar.runtime.redis import EmbeddedRedis
+from protostar.runtime.s3 import _AUX_PORTS, EmbeddedS3
 from protostar.runtime.stack import S3Access, Stack
 from protostar.settings import Settings
 
@@ -274,6 +275,31 @@ def test_restart_keeps_data_and_stop_leaves_no_process(base_dir: Path, others: l
         children = descendants(others)
     assert alive(children) == []
     assert stat.S_IMODE((settings.data_dir / "secrets.json").stat().st_mode) == 0o600
+
+
+def test_weed_is_started_again_on_new_ports_when_one_is_taken_as_it_starts(base_dir: Path) -> None:
+    """weed checks its helper ports itself as it starts, on every interface, and exits when one is taken. A
+    listener on IPv6's loopback, which our IPv4 checks do not see, stands for a port taken after our pick."""
+    taken = free_port()
+    blocker = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        blocker.bind(("::1", taken))
+    except OSError:
+        blocker.close()
+        pytest.skip("no IPv6 loopback on this machine")
+    blocker.listen()
+    s3 = EmbeddedS3(data_dir=base_dir / "s3", port=free_port(), access_key="ak" * 8, secret_key="sk" * 16)
+    s3.data_dir.mkdir(mode=0o755)
+    kept = {name: free_port() for name in _AUX_PORTS} | {"admin": taken}
+    (s3.data_dir / "ports.json").write_text(json.dumps(kept))
+    try:
+        s3.start(timeout=60)
+        assert s3.client().list_buckets() == []
+        assert json.loads((s3.data_dir / "ports.json").read_text())["admin"] != taken
+        assert "Port allocation failed" in (s3.data_dir / "weed.log").read_text()  # the first start's
+    finally:
+        s3.stop()
+        blocker.close()
 
 
 def test_a_busy_port_is_reported_clearly(base_dir: Path, others: list[psutil.Process]) -> None:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from protostar.constants import JobStatus
@@ -200,31 +200,34 @@ def worker_lost(attempts: int, max_attempts: int, silent_for: float) -> Ending:
     return Ending(JobStatus.FAILED, WorkerLost.code, message)
 
 
-# The claim: one statement, committed on its own (autocommit: no BEGIN/COMMIT round trips). Built once.
+# The claim: one statement, committed on its own (autocommit: no BEGIN/COMMIT round trips). Built once, on the
+# table (Core), not the mapped class: an ORM-enabled UPDATE sets up its ORM state again at every execution.
+_TABLE = cast(Table, Job.__table__)
+_JOBS = _TABLE.c
 _CLAIM = (
-    update(Job)
+    update(_TABLE)
     .where(
-        Job.id == bindparam("claim_id"),
-        Job.cancel_requested.is_(False),
+        _JOBS.id == bindparam("claim_id"),
+        _JOBS.cancel_requested.is_(False),
         or_(
-            and_(Job.status == QUEUED, Job.dispatched_at.is_not(None)),  # sent: not one waiting its turn
+            and_(_JOBS.status == QUEUED, _JOBS.dispatched_at.is_not(None)),  # sent: not one waiting its turn
             and_(
-                Job.status == RUNNING,
-                Job.heartbeat_at < text("now() - make_interval(secs => :takeover)"),
-                Job.attempts < bindparam("max_attempts"),
+                _JOBS.status == RUNNING,
+                _JOBS.heartbeat_at < text("now() - make_interval(secs => :takeover)"),
+                _JOBS.attempts < bindparam("max_attempts"),
             ),
         ),
     )
     .values(
         status=RUNNING,
-        attempts=Job.attempts + 1,
+        attempts=_JOBS.attempts + 1,
         worker=bindparam("claimer"),
         started_at=text("coalesce(started_at, now())"),
         heartbeat_at=text("now()"),
         error_code=None,
         error_message=None,
     )
-    .returning(Job.id, Job.tenant_id, Job.kind, Job.queue, Job.payload, Job.attempts)
+    .returning(_JOBS.id, _JOBS.tenant_id, _JOBS.kind, _JOBS.queue, _JOBS.payload, _JOBS.attempts)
 )
 
 

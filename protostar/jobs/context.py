@@ -124,9 +124,7 @@ class JobContext:
     def progress(self, stage: str, done: int, total: int | None = None, *, persist: bool = True) -> None:
         """A ``progress`` event (throttled), and the job row's stage and counts: written by the process's watcher
         within ``watcher.PROGRESS_DELAY`` seconds, with the other jobs' heartbeats (or with the job's ending, if
-        it comes first), not by a statement of its own. The event, too, goes out with the job's next one or by
-        the watcher within ``watcher.CANCEL_POLL`` seconds (:meth:`hold`): a short job's progress and end are
-        one round trip to Redis. ``persist=False``: the event only, for stages too brief
+        it comes first), not by a statement of its own. ``persist=False``: the event only, for stages too brief
         to be worth a database write (the row keeps its last stage)."""
         last_stage, last_at = self._last_progress
         now = time.monotonic()
@@ -140,11 +138,7 @@ class JobContext:
             else:  # written by the watcher's next beat, soon, or with the job's ending if that comes first
                 self.pending_progress = beat
                 self._watch.progressed()
-        event = {"stage": stage, "done": done, "total": total}
-        if self._watch is None:
-            self.emit(EventType.PROGRESS, event)
-        else:  # with the job's next event (its end, for a short job), or by the watcher within CANCEL_POLL
-            self.hold(EventType.PROGRESS, event)
+        self.emit(EventType.PROGRESS, {"stage": stage, "done": done, "total": total})
 
     def progress_written(self, written: Beat | None) -> None:
         """The watcher wrote ``written`` to the row: it is no longer pending, unless newer progress came since."""

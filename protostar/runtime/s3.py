@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class EmbeddedS3(EmbeddedService):
     buckets: tuple[str, ...] = ()  # created, if missing, once the store answers
     users: tuple[S3User, ...] = ()  # scoped key pairs besides the root one
     _ports: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _log_from: int = field(default=0, init=False, repr=False)  # weed.log's size when the last start began
 
     name = "s3"
     title = "S3 (weed mini)"
@@ -116,16 +118,22 @@ class EmbeddedS3(EmbeddedService):
         # A private HOME and cwd: weed reads security.toml and master.toml from both.
         return argv, {"HOME": str(self.data_dir), "PATH": "/usr/bin:/bin"}
 
+    def launch(self) -> None:
+        self._log_from = self.log_file.stat().st_size if self.log_file.exists() else 0  # this start's lines
+        super().launch()
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """As any service's; but weed checks its helper ports again as it starts (each component in turn, on
         this host and on every interface), and exits at once if one was taken since we picked it. Then the
-        ports are picked anew and weed started again, up to ``START_TRIES`` starts in all."""
+        ports are picked anew and weed started again, up to ``START_TRIES`` starts, all within ``timeout``;
+        not once it was stopped meanwhile (a supervisor's stop)."""
+        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
         for start in range(1, START_TRIES + 1):
             try:
-                super().wait_ready(timeout)
+                super().wait_ready(max(deadline - time.monotonic(), 1.0))
                 return
             except ServiceError:
-                if start == START_TRIES or not self._lost_a_port():
+                if start == START_TRIES or self._proc is None or not self._lost_a_port():
                     raise
             logger.warning("weed found one of its helper ports taken as it started: starting it on new ones")
             self.stop()
@@ -133,7 +141,12 @@ class EmbeddedS3(EmbeddedService):
             self.launch()
 
     def _lost_a_port(self) -> bool:
-        return self.exit_code is not None and _PORT_TAKEN in process.log_tail(self.log_file)
+        """weed exited for a helper port taken, as this start's lines of its log say."""
+        if self.exit_code is None or not self.log_file.exists():
+            return False
+        with self.log_file.open("rb") as fh:
+            fh.seek(self._log_from)
+            return _PORT_TAKEN.encode() in fh.read()
 
     def _after_ready(self, deadline: float) -> None:
         client = self.client()

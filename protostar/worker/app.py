@@ -57,10 +57,10 @@ def _remember_threads(instance: Any = None, **_: Any) -> None:
         resources.current().threads = int(getattr(instance, "concurrency", 0) or 1)
     if _consumes & {Queue.INGEST.value, Queue.CHAT.value}:  # these store or search vectors
         ensure_configured_index(resources.current().settings)
-    _settle_heap()
 
 
-def _settle_heap() -> None:
+@celeryd_after_setup.connect
+def _settle_heap(**_: Any) -> None:
     """In the main process, its modules imported, before the pool forks: the ORM's mappers configured (else
     each child does it at its first job) and every object so far frozen out of the garbage collector
     (``gc.freeze``). Celery collects garbage before each fork of a prefork child, a walk of everything imported

@@ -15,10 +15,12 @@ uvicorn API process (``protostar.commands.api``) and, after the throughput phase
 3. Worker CPU per task: N probe jobs (steps=1) vs N ``bench.noop`` tasks, each queued while its worker's
    consumer is cancelled, then consumed; CPU of the worker's main process + pool children (incl. reaped).
 
-The tenant's caps of jobs in flight are set above the load, so that every submit is sent at once and every
-drained job is one the submit sent: the path a caller under its cap takes. ``--turns`` keeps the default caps:
-then the submits past the cap are written and wait their turn, unsent, and in phase 3 each ending sends the
-tenant's next job (``bench.fairness`` measures turns between tenants).
+The tenants' caps of jobs in flight are set above the load, so that every submit is sent at once and every
+drained job is one the submit sent: the path a caller under its cap takes. The load's probes come from 64
+tenants (``rig.LOAD_TENANTS``): each tenant's jobs in flight, which its submits and endings count, stay a few
+dozen, as a cap allows in production, not the load's thousands. ``--turns`` keeps the default caps and one
+tenant: then the submits past the cap are written and wait their turn, unsent, and in phase 3 each ending sends
+the tenant's next job (``bench.fairness`` measures turns between tenants).
 
 Results: a markdown table on stdout and in ``bench/results/dispatch.md``; process output in
 ``bench/results/dispatch.log``.

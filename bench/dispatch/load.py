@@ -5,6 +5,7 @@ Run as a separate process by ``bench.dispatch``; its one argument is a JSON spec
     {"host", "port", "method", "path", "headers": {...}, "body": "..." | null, "conns": 64,
      "warmup": 1.0, "duration": 5.0}            # timed mode: count responses inside the window
     {..., "count": 2000}                         # count mode: send exactly that many, then stop
+    {..., "keys": ["psk_...", ...]}              # connection i sends with key i % len(keys) (its own tenant)
 
 It prints ``start`` when the measured window opens, ``stop`` when it closes (so the parent can sample
 CPU times at those instants), then one JSON line with the results.
@@ -19,10 +20,13 @@ import time
 from typing import Any
 
 
-def _request(spec: dict[str, Any]) -> bytes:
+def _request(spec: dict[str, Any], conn: int) -> bytes:
     body = (spec.get("body") or "").encode()
+    headers = dict(spec.get("headers") or {})
+    if keys := spec.get("keys"):
+        headers["Authorization"] = f"Bearer {keys[conn % len(keys)]}"
     lines = [f"{spec['method']} {spec['path']} HTTP/1.1", f"Host: {spec['host']}:{spec['port']}"]
-    lines += [f"{k}: {v}" for k, v in (spec.get("headers") or {}).items()]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
     if body:
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -43,7 +47,6 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: 
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
-    req = _request(spec)
     conns = int(spec.get("conns", 64))
     count = spec.get("count")
     warmup = float(spec.get("warmup", 1.0)) if count is None else 0.0
@@ -56,8 +59,9 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     w_start, w_end = t0 + warmup, t0 + warmup + duration
     measured = 0
 
-    async def conn() -> None:
+    async def conn(i: int) -> None:
         nonlocal measured
+        req = _request(spec, i)
         reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
         try:
             while not state["stop"]:
@@ -75,7 +79,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             writer.close()
 
-    tasks = [asyncio.create_task(conn()) for _ in range(conns)]
+    tasks = [asyncio.create_task(conn(i)) for i in range(conns)]
     if count is None:
         await asyncio.sleep(max(0.0, w_start - loop.time()))
         print("start", flush=True)

@@ -25,6 +25,10 @@ POOL_OF = "ingest"  # PROBE_WORKER runs with this worker's pool flags: prefork, 
 PROBE_WORKER = "probe"  # a Protostar worker (protostar.worker.app) with those flags, consuming RUN_QUEUE only
 BARE_QUEUE = "bench"  # noop_app.BENCH_QUEUE (not imported here: that module builds its app), and its worker
 BENCH_HOST = "127.0.0.1"
+LOAD_TENANTS = 64
+"""The probes under load come from this many tenants, one admin key each (connection i uses key i % 64): each
+tenant's jobs in flight then stay near what its cap allows in production (a few dozen, not the whole load's
+thousands), and so do the counts its submits and turns make (``jobs.turns``; their cost grows with them)."""
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Rig:
         self.api_celery = create_celery(self.settings, role="api")
         self.ctl: Any = None  # the bare app, to control both workers (start_workers)
         self.loader_pid: int | None = None
+        self._keys: list[str] = []
 
     # processes ------------------------------------------------------------------------------------------
 
@@ -140,13 +145,27 @@ class Rig:
         return result, self.delta(before, after)
 
     def probe_spec(self, queue: str, **extra: Any) -> dict[str, Any]:
+        """POST /v1/probes to ``queue``: from :data:`LOAD_TENANTS` tenants, or with ``--turns`` from the
+        admin's tenant alone (its jobs wait their turns behind its cap)."""
         return {
             "method": "POST",
             "path": "/v1/probes",
             "headers": {"Authorization": f"Bearer {self.admin_key}"},
             "body": json.dumps({"queue": queue, "steps": 1}),
+            **({} if self.args.turns else {"keys": self.load_keys()}),
             **extra,
         }
+
+    def load_keys(self) -> list[str]:
+        """An admin key of each of :data:`LOAD_TENANTS` tenants of their own (made once)."""
+        if not self._keys:
+            from sqlalchemy.orm import Session
+
+            from protostar.auth import create_key
+
+            with Session(self.engine) as session, session.begin():
+                self._keys = [create_key(session, tenant=f"bench-load-{i}", admin=True) for i in range(LOAD_TENANTS)]
+        return self._keys
 
     # Celery ---------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from protostar.api.metrics import BacklogCollector, RequestMetrics, UsageCollect
 from protostar.api.routes import admin, collections, completions, documents, health, jobs, sessions, usage, webhooks
 from protostar.api.schemas import ADMIN_ERRORS, ERRORS
 from protostar.api.state import AppState
-from protostar.db.engine import ping
+from protostar.db.engine import ping, settle_heap
 from protostar.embeddings.index import ensure_configured_index
 from protostar.logs import setup_logging
 from protostar.settings import Settings, get_settings
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.metrics = registry
         app.state.protostar = state
         threading.Thread(target=_warm, args=(state,), name="warm-embedder", daemon=True).start()
+        settle_heap()  # what startup built, out of the full collections (bench.dispatch: 10-20 % less CPU per request)
         logger.info("API ready on %s", settings.public_api_url)
         try:
             yield

@@ -9,10 +9,11 @@ dead connection first."""
 
 from __future__ import annotations
 
+import gc
 import math
 
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 from protostar.errors import ServiceError
 from protostar.settings import Settings
@@ -56,3 +57,14 @@ def ping(engine: Engine) -> None:
     """One round trip to the database (readiness)."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def settle_heap() -> None:
+    """Once a long-running process has imported and built what it keeps (the API after its startup, a worker
+    before its pool forks): the ORM's mappers configured (else the first request or job does it) and every
+    object so far frozen out of the garbage collector (``gc.freeze``). A full collection walks every tracked
+    object, everything imported included; the collector runs one whenever enough new objects survived, so
+    under load that walk was part of the cost of requests and jobs, and a frozen heap is not walked."""
+    configure_mappers()
+    gc.collect()
+    gc.freeze()

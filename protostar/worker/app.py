@@ -6,7 +6,6 @@ it inherited (``worker_process_init``).
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from celery.signals import celeryd_after_setup, celeryd_init, worker_process_init, worker_ready
 
 from protostar.constants import Queue
+from protostar.db.engine import settle_heap
 from protostar.embeddings.index import ensure_configured_index
 from protostar.jobs.broker import create_celery
 from protostar.settings import get_settings
@@ -61,16 +61,11 @@ def _remember_threads(instance: Any = None, **_: Any) -> None:
 
 @celeryd_after_setup.connect
 def _settle_heap(**_: Any) -> None:
-    """In the main process, its modules imported, before the pool forks: the ORM's mappers configured (else
-    each child does it at its first job) and every object so far frozen out of the garbage collector
-    (``gc.freeze``). Celery collects garbage before each fork of a prefork child, a walk of everything imported
-    (about 0.1 s here, per child, and ``--max-tasks-per-child`` forks them again and again); the children share
-    those pages longer, and their own collections skip them too."""
-    from sqlalchemy.orm import configure_mappers
-
-    configure_mappers()
-    gc.collect()
-    gc.freeze()
+    """In the main process, its modules imported, before the pool forks (``db.engine.settle_heap``). Celery
+    collects garbage before each fork of a prefork child, a walk of everything imported (about 0.1 s here, per
+    child, and ``--max-tasks-per-child`` forks them again and again); the children share those pages longer,
+    and their own collections skip them too."""
+    settle_heap()
 
 
 @worker_process_init.connect

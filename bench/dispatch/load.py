@@ -5,7 +5,7 @@ Run as a separate process by ``bench.dispatch``; its one argument is a JSON spec
     {"host", "port", "method", "path", "headers": {...}, "body": "..." | null, "conns": 64,
      "warmup": 1.0, "duration": 5.0}            # timed mode: count responses inside the window
     {..., "count": 2000}                         # count mode: send exactly that many, then stop
-    {..., "keys": ["psk_...", ...]}              # connection i sends with key i % len(keys) (its own tenant)
+    {..., "keys": ["ps_...", ...]}               # requests take these keys in turn (each its own tenant)
 
 It prints ``start`` when the measured window opens, ``stop`` when it closes (so the parent can sample
 CPU times at those instants), then one JSON line with the results.
@@ -20,11 +20,16 @@ import time
 from typing import Any
 
 
-def _request(spec: dict[str, Any], conn: int) -> bytes:
+def _requests(spec: dict[str, Any]) -> list[bytes]:
+    """The request's bytes: one per key of ``keys``, else one."""
+    return [_request(spec, key) for key in spec.get("keys") or [None]]
+
+
+def _request(spec: dict[str, Any], key: str | None) -> bytes:
     body = (spec.get("body") or "").encode()
     headers = dict(spec.get("headers") or {})
-    if keys := spec.get("keys"):
-        headers["Authorization"] = f"Bearer {keys[conn % len(keys)]}"
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     lines = [f"{spec['method']} {spec['path']} HTTP/1.1", f"Host: {spec['host']}:{spec['port']}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     if body:
@@ -47,21 +52,21 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: 
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
+    reqs = _requests(spec)
     conns = int(spec.get("conns", 64))
     count = spec.get("count")
     warmup = float(spec.get("warmup", 1.0)) if count is None else 0.0
     duration = float(spec.get("duration", 5.0))
     statuses: dict[int, int] = {}
     latencies: list[float] = []
-    state = {"remaining": count, "stop": False}
+    state = {"remaining": count, "stop": False, "sent": 0}
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     w_start, w_end = t0 + warmup, t0 + warmup + duration
     measured = 0
 
-    async def conn(i: int) -> None:
+    async def conn() -> None:
         nonlocal measured
-        req = _request(spec, i)
         reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
         try:
             while not state["stop"]:
@@ -69,6 +74,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                     if state["remaining"] <= 0:
                         return
                     state["remaining"] -= 1
+                req = reqs[state["sent"] % len(reqs)]
+                state["sent"] += 1
                 sent = loop.time()
                 status = await _one(reader, writer, req)
                 done = loop.time()
@@ -79,7 +86,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             writer.close()
 
-    tasks = [asyncio.create_task(conn(i)) for i in range(conns)]
+    tasks = [asyncio.create_task(conn()) for _ in range(conns)]
     if count is None:
         await asyncio.sleep(max(0.0, w_start - loop.time()))
         print("start", flush=True)

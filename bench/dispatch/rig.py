@@ -26,9 +26,11 @@ PROBE_WORKER = "probe"  # a Protostar worker (protostar.worker.app) with those f
 BARE_QUEUE = "bench"  # noop_app.BENCH_QUEUE (not imported here: that module builds its app), and its worker
 BENCH_HOST = "127.0.0.1"
 LOAD_TENANTS = 64
-"""The probes under load come from this many tenants, one admin key each (connection i uses key i % 64): each
-tenant's jobs in flight then stay near what its cap allows in production (a few dozen, not the whole load's
-thousands), and so do the counts its submits and turns make (``jobs.turns``; their cost grows with them)."""
+"""The probes under load come from this many tenants, one admin key each, taken in turn request by request:
+each tenant's jobs in flight then stay near what its cap allows in production (a few dozen, not the whole
+load's thousands), and so do the counts its submits and turns make (``jobs.turns``; their cost grows with
+them). The keys are ordinary ones, checked as a caller's are (the bootstrap key skips the revocation look-up);
+the sequential phases send with the first of them."""
 
 
 @dataclass

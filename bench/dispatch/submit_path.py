@@ -35,8 +35,8 @@ class InProcess:
         from protostar.jobs.dispatch import Dispatcher
         from protostar.jobs.events import EventLog
 
-        # The tenant's cap raised out of reach, so that every submit here is sent at once (the load's tenant
-        # waits its turn on the submit queue after its first jobs: no worker consumes it).
+        # The default tenant's cap raised out of reach here too, so that every submit is sent at once even with
+        # --turns (which keeps the caps: no worker consumes the submit queue, so a tenant past its cap waits).
         s = rig.settings.model_copy(update={"tenant_inflight_summary": 10**9})
         self.settings = s
         self.engine = make_engine(s, pool_size=5)
@@ -104,7 +104,7 @@ def sequential(rig: Rig, n: int) -> tuple[dict[str, float], dict[str, list[float
     round trips' p50/p99 and the in-process samples (ms) by label."""
     in_process = InProcess(rig)
     http = RawHttp(BENCH_HOST, rig.settings.api_port)
-    auth = {"Authorization": f"Bearer {rig.admin_key}"}
+    auth = {"Authorization": f"Bearer {rig.load_keys()[0]}"}  # an ordinary key, as a caller's
     body = json.dumps({"queue": SUBMIT_QUEUE, "steps": 1}).encode()
     out: dict[str, list[float]] = {WHOLE: [], CPU: [], **{label: [] for label in STEPS}, CALL: [], CALL_CPU: []}
     probe, health = [], []

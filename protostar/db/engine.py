@@ -64,7 +64,9 @@ def settle_heap() -> None:
     before its pool forks): the ORM's mappers configured (else the first request or job does it) and every
     object so far frozen out of the garbage collector (``gc.freeze``). A full collection walks every tracked
     object, everything imported included; the collector runs one whenever enough new objects survived, so
-    under load that walk was part of the cost of requests and jobs, and a frozen heap is not walked."""
+    under load that walk was part of the cost of requests and jobs, and a frozen heap is not walked. The price:
+    an object frozen here that later becomes garbage in a reference cycle is never freed (a bounded, one-time
+    amount: what was alive at this moment), so call it once startup is done, not per request."""
     configure_mappers()
     gc.collect()
     gc.freeze()

@@ -1,5 +1,6 @@
-"""For tests of the submit without a worker: a stub that stands in for Celery, and throwaway tenants (the
-``pool`` fixture, in ``tests/conftest.py``, removes them with their jobs after each test)."""
+"""For tests of the submit without a worker: a dispatcher whose sends a stub broker records instead of queueing
+them, and throwaway tenants (the ``pool`` fixture, in ``tests/conftest.py``, removes them with their jobs after
+each test)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import Engine
 
 from protostar.auth import ensure_tenant
+from protostar.constants import EventType
 from protostar.db.engine import make_sessionmaker
+from protostar.db.models import Job
+from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs.turns import Released
 
 TENANT_PREFIX = "submit-once-"
 
@@ -30,6 +35,17 @@ class Broker:
             raise OperationalError("refused")
         with self.lock:
             self.sent.append(options["task_id"])
+
+
+@dataclass
+class Stubbed(Dispatcher):
+    """A dispatcher whose ``celery`` is a :class:`Broker`: a send writes the job's event, as a real one does
+    first, then hands the job to the broker, which records it or refuses it."""
+
+    def send(self, job: Job | Released, status: dict[str, Any] | None = None) -> None:
+        if status is not None:
+            self.events.publish(job.id, EventType.STATUS, status)
+        self.celery.send_task(job.task_name, task_id=str(job.id))
 
 
 def new_tenant(engine: Engine) -> uuid.UUID:

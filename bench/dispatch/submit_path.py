@@ -14,8 +14,8 @@ from bench.dispatch.rig import BENCH_HOST, SUBMIT_QUEUE, Rig
 
 STEPS = (
     "  pool checkout + protostar_submit_job (lock, count, INSERT, async COMMIT; sync COMMIT after: one message)",
-    "  send_task",
-    "  XADD queued event + EXPIRE",
+    "  the LLM's state read (GET: the queued event's note for a chat or summary job)",
+    "  the send: queued event (XADD, EXPIRE) and the task's message (LPUSH), one pipeline",
 )
 WHOLE = "In-process Dispatcher.submit steps (sent at once), this process (ms)"
 CPU = "  CPU of this process for those steps (ms)"
@@ -52,8 +52,9 @@ class InProcess:
         first step and after each of :data:`STEPS`, and the CPU seconds this process spent on them."""
         import uuid
 
-        from protostar.constants import EventType, JobKind, TaskName
+        from protostar.constants import JobKind, TaskName
         from protostar.jobs import repo, turns
+        from protostar.runtime.llm_state import waiting_note
 
         job_id = uuid.uuid4()
         cpu0 = time.process_time()
@@ -74,9 +75,9 @@ class InProcess:
         ts.append(time.perf_counter())
         assert inserted.admission.send
         job = turns.Released(job_id, TaskName.PROBE.value, SUBMIT_QUEUE)
-        self.dispatcher.send(job)
+        status = {"status": "queued", **(waiting_note(self.client) or {})}
         ts.append(time.perf_counter())
-        self.events.publish(job.id, EventType.STATUS, {"status": "queued"})
+        self.dispatcher.send(job, status)
         ts.append(time.perf_counter())
         return ts, time.process_time() - cpu0
 

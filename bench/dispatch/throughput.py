@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from bench.common import Row
@@ -13,8 +15,8 @@ from bench.dispatch import profile, submit_path
 from bench.dispatch.rig import SUBMIT_QUEUE, Rig
 
 WATCH = ("api", "api_sys", "postgres", "redis", "loader", "redis_cmds", "pg_conns")
-AS_DISPATCHER = "as Dispatcher.send (result backend subscribe + task-sent event)"
-BARE = "as Dispatcher.send, kombu's own Redis transport"  # the baseline: bare Celery
+LEAN = "as Dispatcher.send: Celery's message built in this process, one LPUSH"
+BARE = "send_task, kombu's own Redis transport"  # the baseline: bare Celery
 
 # kind ("health" or "submit") -> per round: (the load generator's result, per-request deltas of WATCH)
 Runs = dict[str, list[tuple[dict[str, Any], dict[str, float]]]]
@@ -52,8 +54,9 @@ def load_rounds(rig: Rig) -> Runs:
 
 
 def send_rates(rig: Rig, seconds: float) -> dict[str, tuple[float, float, float]]:
-    """Bare ``send_task`` of the probe to the submit queue: as the Dispatcher sends it, two lighter ways, and as it
-    sends it on kombu's own Redis transport (bare Celery).
+    """The probe's task sent to the submit queue: as the Dispatcher sends it (Celery's message, built by
+    ``jobs.broker.task_message``, in one ``LPUSH``), by ``send_task`` three ways, and by ``send_task`` on kombu's
+    own Redis transport (bare Celery).
 
     Answers label -> (sends/s, ms of this process's CPU per send, Redis commands per send).
     """
@@ -65,12 +68,12 @@ def send_rates(rig: Rig, seconds: float) -> dict[str, tuple[float, float, float]
     stock = create_celery(rig.settings, role="api")
     stock.conf.broker_transport = None  # kombu's own Redis transport: a redis.Redis built per publish
     variants = {
-        AS_DISPATCHER: (rig.api_celery, {}),
-        "ignore_result=True": (rig.api_celery, {"ignore_result": True}),
-        "ignore_result=True, task_send_sent_event=False": (quiet, {"ignore_result": True}),
+        "send_task (result backend subscribe + task-sent event)": (rig.api_celery, {}),
+        "send_task, ignore_result=True": (rig.api_celery, {"ignore_result": True}),
+        "send_task, ignore_result=True, task_send_sent_event=False": (quiet, {"ignore_result": True}),
         BARE: (stock, {}),
     }
-    out = {}
+    sends: dict[str, Callable[[], None]] = {LEAN: partial(lean_send, rig)}
     for label, (app, extra) in variants.items():
 
         def send(app: Any = app, extra: dict[str, Any] = extra) -> None:
@@ -78,6 +81,9 @@ def send_rates(rig: Rig, seconds: float) -> dict[str, tuple[float, float, float]
                 app, TaskName.PROBE.value, SUBMIT_QUEUE, kwargs={"job_id": str(uuid.uuid4())}, **extra
             )
 
+        sends[label] = send
+    out = {}
+    for label, send in sends.items():
         for _ in range(200):
             send()
         before = rig.snapshot("bench", "redis_cmds")
@@ -88,6 +94,24 @@ def send_rates(rig: Rig, seconds: float) -> dict[str, tuple[float, float, float]
         d = rig.delta(before, rig.snapshot("bench", "redis_cmds"))
         out[label] = (n / d["wall"], d["bench"] / n * 1000, d["redis_cmds"] / n)
     return out
+
+
+def lean_send(rig: Rig) -> None:
+    """The probe's task sent as ``Dispatcher.send`` sends it (without a status event)."""
+    from protostar.constants import TaskName
+    from protostar.jobs.broker import task_message
+    from protostar.jobs.kinds import send_options
+
+    job_id = str(uuid.uuid4())
+    message = task_message(
+        rig.api_celery,
+        TaskName.PROBE.value,
+        task_id=job_id,
+        queue=SUBMIT_QUEUE,
+        kwargs={"job_id": job_id},
+        **send_options(rig.settings, SUBMIT_QUEUE),
+    )
+    rig.redis.lpush(SUBMIT_QUEUE, message)
 
 
 def report_load(rig: Rig, runs: Runs, bare_rps: float) -> None:
@@ -113,7 +137,7 @@ def report_load(rig: Rig, runs: Runs, bare_rps: float) -> None:
         Row(
             "",
             "",
-            f"bare send_task as the Dispatcher sends, kombu's own transport, 1 thread: {bare_rps:,.0f}",
+            f"bare send_task, kombu's own transport, 1 thread: {bare_rps:,.0f}",
             f"{s / bare_rps:.3f}",
         ),
         Row(
@@ -154,7 +178,7 @@ def report_sends(rig: Rig, sends: dict[str, tuple[float, float, float]]) -> None
         base = base or rate
         rig.breakdown.append(
             Row(
-                f"send_task alone, 1 thread: {label}",
+                f"a send alone, 1 thread: {label}",
                 f"{rate:,.0f} sends/s; {cpu_ms:.3f} ms client CPU; {cmds:.1f} Redis cmds",
                 "",
                 f"{rate / base:.2f}x rate",

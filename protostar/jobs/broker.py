@@ -5,11 +5,15 @@ Importing this module creates no connection: Celery connects lazily, in the proc
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from kombu.serialization import dumps
 from kombu.transport import redis as kombu_redis
 
 from protostar.settings import Settings
@@ -40,6 +44,55 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def task_message(
+    app: Celery,
+    name: str,
+    *,
+    task_id: str,
+    queue: str,
+    kwargs: dict[str, Any],
+    expires: float,
+    time_limit: float,
+    soft_time_limit: float,
+) -> bytes:
+    """The entry ``app.send_task(name, kwargs=…, task_id=…, queue=…, ignore_result=True, expires=…, time limits)``
+    pushes onto ``queue``'s Redis list, for the caller to ``LPUSH`` in a pipeline of its own (with the job's
+    event: one round trip for both, where ``send_task`` costs a round trip and about 0.6 ms of CPU by itself).
+
+    Celery builds the message (``as_task_v2``: headers, body) and kombu serializes it, as in ``send_task``; the
+    envelope is kombu's virtual transport's (``Producer.publish``, ``Channel.prepare_message`` and
+    ``basic_publish``: the body base64-encoded, a delivery tag, the default exchange, routed by the queue's
+    name), and the list is the queue's own key (kombu's ``_q_for_pri`` at priority 0; celeryconfig sets no
+    priorities and no key prefix). ``tests/jobs/test_broker.py`` holds it equal to what ``send_task`` pushes."""
+    task = app.amqp.as_task_v2(
+        task_id,
+        name,
+        kwargs=kwargs,
+        expires=expires,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        ignore_result=True,
+    )
+    content_type, content_encoding, body = dumps(task.body, serializer=app.conf.task_serializer)  # type: ignore[no-untyped-call]
+    envelope = {
+        "body": base64.b64encode(body if isinstance(body, bytes) else body.encode()).decode(),
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": task.headers,
+        "properties": {
+            **task.properties,
+            "reply_to": app.thread_oid,
+            "delivery_mode": 2,
+            "expiration": str(int(expires * 1000)),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope).encode()
 
 
 def create_celery(settings: Settings, *, role: str = "worker") -> Celery:

@@ -32,6 +32,7 @@ from protostar.constants import EventType, JobKind, JobStatus, Queue
 from protostar.db.models import Job
 from protostar.errors import BrokerUnavailable, Conflict, ValidationFailed
 from protostar.jobs import faults, outbox, repo, turns
+from protostar.jobs.broker import task_message
 from protostar.jobs.ending import Ending
 from protostar.jobs.events import EventLog, cancel_key, stream_key
 from protostar.jobs.kinds import KINDS, PROBE_QUEUES, send_options
@@ -136,17 +137,24 @@ class Dispatcher:
     events: EventLog
     settings: Settings
 
-    def send(self, job: Job | turns.Released) -> None:
-        """Send ``job``'s task; the task id is the job id, so a second send is harmless."""
-        self.celery.send_task(
+    def send(self, job: Job | turns.Released, status: dict[str, Any] | None = None) -> None:
+        """Send ``job``'s task, after its ``status`` event when given, in one round trip to Redis (the broker and
+        the event log): the event first, so no worker's ``running`` can come before it. The task id is the job
+        id, so a second send is harmless; results live in the jobs table (no result to subscribe to), and
+        Flower learns of the task when a worker receives it (no "sent" event)."""
+        message = task_message(
+            self.celery,
             job.task_name,
-            kwargs={"job_id": str(job.id)},
             task_id=str(job.id),
             queue=job.queue,
-            retry=False,
-            ignore_result=True,  # results live in the jobs table: no result-channel subscription per send
+            kwargs={"job_id": str(job.id)},
             **send_options(self.settings, job.queue),
         )
+        pipe = self.events.client.pipeline(transaction=False)
+        if status is not None:
+            self.events.append(pipe, job.id, [(EventType.STATUS, status)])
+        pipe.lpush(job.queue, message)
+        pipe.execute()
 
     def send_webhooks(self, *, job_id: uuid.UUID) -> int:
         """After the commit of a job's end: send the webhook deliveries it made (``jobs.outbox``); how many. Never
@@ -267,8 +275,7 @@ class Dispatcher:
         unsent = []
         for job in released:
             try:
-                self.send(job)
-                self.events.publish(job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value, **TURN_CAME})
+                self.send(job, {"status": JobStatus.QUEUED.value, **TURN_CAME})
             except BROKER_ERRORS as exc:
                 logger.warning("job_id=%s its turn came but it could not be sent (it waits again): %s", job.id, exc)
                 unsent.append(job.id)
@@ -316,10 +323,7 @@ class Dispatcher:
         if not admission.send:
             return self._announce_waiting(job, admission)
         try:
-            # The event first: once sent, a worker's ``running`` could otherwise come before it (a follower then
-            # read ``running`` followed by ``queued``; seen on a loaded machine).
-            self.events.publish(job.id, EventType.STATUS, self._queued(job, admission))
-            self.send(job)
+            self.send(job, self._queued(job, admission))
         except BROKER_ERRORS as exc:
             logger.warning("job_id=%s could not be sent: %s", job.id, exc)
             failed = Ending(JobStatus.FAILED, BrokerUnavailable.code, NOT_QUEUED)

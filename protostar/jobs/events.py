@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from protostar.constants import EventType
 
@@ -53,13 +54,17 @@ class EventLog:
         return self.publish_many(job_id, [(type_, data)])[0]
 
     def publish_many(self, job_id: uuid.UUID | str, events: list[tuple[EventType, dict[str, Any]]]) -> list[str]:
-        key = stream_key(job_id)
         pipe = self.client.pipeline(transaction=False)
+        self.append(pipe, job_id, events)
+        replies = pipe.execute()
+        return [_text(r) for r in replies[: len(events)]]
+
+    def append(self, pipe: Pipeline, job_id: uuid.UUID | str, events: list[tuple[EventType, dict[str, Any]]]) -> None:
+        """Queue the events' appends (and the stream's new TTL) on ``pipe``: one reply per event, then the TTL's."""
+        key = stream_key(job_id)
         for type_, data in events:
             pipe.xadd(key, {"type": type_.value, "data": json.dumps(data)}, maxlen=self.maxlen, approximate=True)
         pipe.expire(key, self.ttl)
-        replies = pipe.execute()
-        return [_text(r) for r in replies[: len(events)]]
 
 
 def _text(value: bytes | str) -> str:

@@ -44,7 +44,7 @@ import redis
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from protostar.constants import EventType, JobStatus
+from protostar.constants import JobStatus
 from protostar.db.models import Job
 from protostar.jobs import outbox, repo, turns
 from protostar.jobs.dispatch import BROKER_ERRORS, Dispatcher
@@ -243,10 +243,7 @@ def _reap_silent(conn: Connection, job: Job, dispatcher: Dispatcher, report: Rep
         worker = job.worker
         logger.warning("job_id=%s worker=%s silent for %.0f s; re-queued", job.id, worker, silent_for)
         repo.requeue(conn, job_id=job.id)
-        dispatcher.send(job)
-        dispatcher.events.publish(
-            job.id, EventType.STATUS, {"status": JobStatus.QUEUED.value, "reason": "its worker stopped answering"}
-        )
+        dispatcher.send(job, {"status": JobStatus.QUEUED.value, "reason": "its worker stopped answering"})
         report.requeued_silent += 1
         return None
     else:

@@ -18,7 +18,7 @@ from protostar.errors import NotFound, TooManyRequests
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog
 from tests.conftest import Live
-from tests.submits import Broker, new_tenant
+from tests.submits import Broker, Stubbed, new_tenant
 
 CAP, QUOTA = 2, 4
 
@@ -26,7 +26,7 @@ CAP, QUOTA = 2, 4
 def dispatcher_of(live: Live, engine: Engine, client: redis.Redis) -> Dispatcher:
     settings = live.settings.model_copy(update={"tenant_inflight_chat": CAP, "tenant_max_queued": QUOTA})
     events = EventLog(client, ttl=settings.events_ttl, maxlen=settings.events_maxlen)
-    return Dispatcher(celery=Broker(), engine=engine, events=events, settings=settings)  # type: ignore[arg-type]
+    return Stubbed(celery=Broker(), engine=engine, events=events, settings=settings)  # type: ignore[arg-type]
 
 
 def new_session(engine: Engine, tenant: uuid.UUID, collections: list[uuid.UUID]) -> uuid.UUID:

@@ -1,14 +1,18 @@
 """The broker's transport (``jobs.broker``): kombu's Redis channel with one client for its publishes and acks,
 built again when the channel's connection pool is (after a fork), on the live Redis; ``rediss://`` keeps
-kombu's own transport (its TLS defaults)."""
+kombu's own transport (its TLS defaults). A task's message as the dispatcher pushes it is the one ``send_task``
+pushes, and kombu's consumer reads it."""
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from datetime import UTC, datetime
 
 import redis
 
-from protostar.jobs.broker import Transport, create_celery
+from protostar.jobs.broker import Transport, create_celery, task_message
 from tests.conftest import Live
 
 
@@ -41,3 +45,52 @@ def test_a_tls_url_keeps_kombus_own_transport(live: Live) -> None:
     app = create_celery(settings, role="api")
     assert app.conf.broker_transport is None
     assert create_celery(live.settings, role="api").conf.broker_transport == "protostar.jobs.broker:Transport"
+
+
+def test_a_task_message_is_what_send_task_pushes(live: Live) -> None:
+    app = create_celery(live.settings, role="api")
+    app.conf.task_create_missing_queues = True  # a queue of this test's own, which no worker consumes
+    queue = f"test-broker-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(live.settings.redis_url)
+    job_id = str(uuid.uuid4())
+    limits = {"expires": 600, "soft_time_limit": 60, "time_limit": 90}
+    app.send_task(
+        "protostar.probe",
+        kwargs={"job_id": job_id},
+        task_id=job_id,
+        queue=queue,
+        retry=False,
+        ignore_result=True,
+        **limits,
+    )
+    client.lpush(
+        queue, task_message(app, "protostar.probe", task_id=job_id, queue=queue, kwargs={"job_id": job_id}, **limits)
+    )
+    ours, theirs = (json.loads(raw) for raw in client.lrange(queue, 0, -1))  # LPUSH: the last pushed comes first
+    client.delete(queue)
+
+    for message in (ours, theirs):
+        assert uuid.UUID(message["properties"].pop("delivery_tag"))  # a fresh one each
+        expires = datetime.fromisoformat(message["headers"].pop("expires"))
+        assert abs((expires - datetime.now(UTC)).total_seconds() - 600) < 30
+    assert ours == theirs
+    assert json.loads(base64.b64decode(ours["body"]))[1] == {"job_id": job_id}
+
+
+def test_a_task_message_is_consumed_as_celery_sent_it(live: Live) -> None:
+    app = create_celery(live.settings, role="api")
+    queue = f"test-broker-{uuid.uuid4().hex[:8]}"
+    job_id = str(uuid.uuid4())
+    limits = {"expires": 600, "soft_time_limit": 60, "time_limit": 90}
+    with app.connection_for_write() as conn, conn.SimpleQueue(queue) as q:
+        conn.default_channel.client.lpush(
+            queue,
+            task_message(app, "protostar.probe", task_id=job_id, queue=queue, kwargs={"job_id": job_id}, **limits),
+        )
+        message = q.get(timeout=5)
+        message.ack()
+        assert message.headers["task"] == "protostar.probe"
+        assert message.headers["id"] == job_id
+        assert message.headers["timelimit"] == [90, 60]
+        assert message.payload[1] == {"job_id": job_id}
+        q.clear()

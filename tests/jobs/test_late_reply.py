@@ -9,6 +9,7 @@ import io
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from kombu.exceptions import OperationalError
@@ -22,6 +23,7 @@ from protostar.db.models import Document, Job, Message
 from protostar.documents.upload import upload
 from protostar.errors import BrokerUnavailable
 from protostar.jobs.dispatch import Dispatcher
+from protostar.jobs.turns import Released
 from tests.conftest import Live, wait_for
 
 
@@ -35,15 +37,15 @@ def job_status(engine: Engine, job_id: uuid.UUID) -> str | None:
 class LateReply(Dispatcher):
     """The message reaches the broker and a worker claims the job; only then does the reply fail."""
 
-    def send(self, job: Job) -> None:
-        super().send(job)
+    def send(self, job: Job | Released, status: dict[str, Any] | None = None) -> None:
+        super().send(job, status)
         wait_for(lambda: job_status(self.engine, job.id) != "queued", timeout=30, what="a worker to claim it")
         raise OperationalError("timed out reading from the broker")
 
 
 @dataclass
 class NothingSent(Dispatcher):
-    def send(self, job: Job) -> None:
+    def send(self, job: Job | Released, status: dict[str, Any] | None = None) -> None:
         raise OperationalError("timed out reading from the broker")
 
 

@@ -24,7 +24,7 @@ from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.events import EventLog, stream_key
 from protostar.settings import Settings
 from tests.conftest import Live
-from tests.submits import Broker, new_tenant
+from tests.submits import Broker, Stubbed, new_tenant
 
 CAP, QUOTA = 3, 20
 
@@ -36,7 +36,7 @@ def limited(live: Live) -> Settings:
 def dispatcher_of(live: Live, engine: Engine, client: redis.Redis, broker: Broker) -> Dispatcher:
     settings = limited(live)
     events = EventLog(client, ttl=settings.events_ttl, maxlen=settings.events_maxlen)
-    return Dispatcher(celery=broker, engine=engine, events=events, settings=settings)  # type: ignore[arg-type]
+    return Stubbed(celery=broker, engine=engine, events=events, settings=settings)  # type: ignore[arg-type]
 
 
 def probe(dispatcher: Dispatcher, session: Session | None, tenant: uuid.UUID) -> str:
@@ -122,7 +122,7 @@ def test_a_waiting_job_whose_event_cannot_be_written_ends_failed(live: Live, poo
     for _ in range(CAP):  # its slots taken: the next one waits its turn
         probe(dispatcher, None, tenant)
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens on port 1
-    cut_off = Dispatcher(
+    cut_off = Stubbed(
         celery=broker,  # type: ignore[arg-type]
         engine=pool,
         events=EventLog(dead, ttl=60, maxlen=100),

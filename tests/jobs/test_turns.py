@@ -198,7 +198,7 @@ def test_a_turn_whose_send_fails_waits_again_and_holds_no_slot(
     tenant's slots would stay full until the reconciler ran); they wait their turn again."""
     job_ids = held_jobs(engine, 2)
 
-    def broker_down(job: object) -> None:
+    def broker_down(job: object, status: object = None) -> None:
         raise ConnectionRefusedError("the broker is away")
 
     monkeypatch.setattr(dispatcher, "send", broker_down)

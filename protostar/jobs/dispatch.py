@@ -141,7 +141,9 @@ class Dispatcher:
         """Send ``job``'s task, after its ``status`` event when given, in one round trip to Redis (the broker and
         the event log): the event first, so no worker's ``running`` can come before it. The task id is the job
         id, so a second send is harmless; results live in the jobs table (no result to subscribe to), and
-        Flower learns of the task when a worker receives it (no "sent" event)."""
+        Flower learns of the task when a worker receives it (no "sent" event, from the API or a worker:
+        ``jobs.broker.task_message``). When the broker fails, the event may have been written without the
+        message (the pipeline is not a transaction): the caller decides from the row, as for a failed send."""
         message = task_message(
             self.celery,
             job.task_name,
@@ -267,7 +269,8 @@ class Dispatcher:
         """Send the tenant's oldest jobs waiting their turn on ``queue`` that now fit under its cap (a job of
         its there ended); how many. Each is marked sent and committed first (one statement in autocommit,
         ``turns.take``): a job whose send fails waits its turn again (``turns.unsend``), for the next ending or
-        the reconciler to send."""
+        the reconciler to send (its stream may already say its turn came: the event goes first; the next turn
+        says it again)."""
         if Queue(queue) not in self.settings.tenant_inflight:
             return 0
         with repo.autocommit(self.engine) as conn:

@@ -10,10 +10,13 @@ import json
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import redis
 
 from protostar.jobs.broker import Transport, create_celery, task_message
 from tests.conftest import Live
+
+LIMITS = {"expires": 600, "soft_time_limit": 60, "time_limit": 90}
 
 
 def test_a_channel_publishes_through_one_client_until_its_pool_is_replaced(live: Live) -> None:
@@ -53,7 +56,6 @@ def test_a_task_message_is_what_send_task_pushes(live: Live) -> None:
     queue = f"test-broker-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(live.settings.redis_url)
     job_id = str(uuid.uuid4())
-    limits = {"expires": 600, "soft_time_limit": 60, "time_limit": 90}
     app.send_task(
         "protostar.probe",
         kwargs={"job_id": job_id},
@@ -61,10 +63,10 @@ def test_a_task_message_is_what_send_task_pushes(live: Live) -> None:
         queue=queue,
         retry=False,
         ignore_result=True,
-        **limits,
+        **LIMITS,
     )
     client.lpush(
-        queue, task_message(app, "protostar.probe", task_id=job_id, queue=queue, kwargs={"job_id": job_id}, **limits)
+        queue, task_message(app, "protostar.probe", task_id=job_id, queue=queue, kwargs={"job_id": job_id}, **LIMITS)
     )
     ours, theirs = (json.loads(raw) for raw in client.lrange(queue, 0, -1))  # LPUSH: the last pushed comes first
     client.delete(queue)
@@ -79,13 +81,13 @@ def test_a_task_message_is_what_send_task_pushes(live: Live) -> None:
 
 def test_a_task_message_is_consumed_as_celery_sent_it(live: Live) -> None:
     app = create_celery(live.settings, role="api")
+    app.conf.task_create_missing_queues = True
     queue = f"test-broker-{uuid.uuid4().hex[:8]}"
     job_id = str(uuid.uuid4())
-    limits = {"expires": 600, "soft_time_limit": 60, "time_limit": 90}
     with app.connection_for_write() as conn, conn.SimpleQueue(queue) as q:
         conn.default_channel.client.lpush(
             queue,
-            task_message(app, "protostar.probe", task_id=job_id, queue=queue, kwargs={"job_id": job_id}, **limits),
+            task_message(app, "protostar.probe", task_id=job_id, queue=queue, kwargs={"job_id": job_id}, **LIMITS),
         )
         message = q.get(timeout=5)
         message.ack()
@@ -94,3 +96,23 @@ def test_a_task_message_is_consumed_as_celery_sent_it(live: Live) -> None:
         assert message.headers["timelimit"] == [90, 60]
         assert message.payload[1] == {"job_id": job_id}
         q.clear()
+
+
+def test_a_task_message_refuses_a_queue_celeryconfig_does_not_declare(live: Live) -> None:
+    app = create_celery(live.settings, role="api")
+    with pytest.raises(KeyError):
+        task_message(app, "protostar.probe", task_id="x", queue="no-such-queue", kwargs={}, **LIMITS)
+
+
+def test_celeryconfig_sets_nothing_the_task_message_would_miss(live: Live) -> None:
+    """``task_message`` lays the message out as kombu does at priority 0, uncompressed, protocol 2, with no key
+    prefix: a setting that changes any of these must change it too."""
+    for role in ("api", "worker"):
+        conf = create_celery(live.settings, role=role).conf
+        assert conf.task_protocol == 2
+        assert conf.task_compression is None
+        assert conf.task_default_priority is None
+        assert conf.task_serializer == "json"
+        assert not {"priority_steps", "sep", "global_keyprefix", "queue_order_strategy"} & set(
+            conf.broker_transport_options
+        )

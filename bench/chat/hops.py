@@ -17,7 +17,11 @@ HOPS: list[tuple[str, str, str]] = [
     ("POST sent → route body runs (HTTP, uvicorn, key check, threadpool)", "c.sent", "a.route"),
     ("the job's payload (`ask`, before its statement)", "a.route", "a.submit"),
     ("session check, user message, job row: one statement and its durable commit", "a.submit", "a.send"),
-    ("`send_task` → the worker's consumer has the message", "a.send", "w.received"),
+    (
+        "the send (`queued` event and message, one pipeline) → the worker's consumer has the message",
+        "a.send",
+        "w.received",
+    ),
     ("consumer → a pool thread starts the task", "w.received", "w.prerun"),
     ("claim the job row", "w.prerun", "w.claim_end"),
     ("`running` event, watcher, the question's context (one SELECT), progress", "w.claim_end", "w.retrieve_start"),
@@ -31,8 +35,8 @@ HOPS: list[tuple[str, str, str]] = [
     ("API yields it → client has parsed it (SSE write, HTTP)", "a.tok0", "c.tok0"),
     # asides: inside a hop, or off the first token's way
     ("  (within retrieve) query embedding", "w.embed_start", "w.embed_end"),
-    ("  (aside) `send_task` call returns (the consumer may have the message first)", "a.send", "a.sent"),
-    ("  (aside) route's tail after `send_task`: `queued` event, `dispatched_at`", "a.sent", "a.submitted"),
+    ("  (aside) the send returns (the consumer may have the message first)", "a.send", "a.sent"),
+    ("  (aside) route's tail after the send", "a.sent", "a.submitted"),
     ("  (aside) POST sent → 202 received", "c.sent", "c.accepted"),
     ("  (aside) POST sent → SSE route reading the stream", "c.sent", "a.follow"),
     ("  (aside) worker's XADD call returns (XREAD readers may wake first)", "w.tok0_start", "w.tok0_end"),

@@ -58,11 +58,11 @@ def _install() -> None:
     send = Dispatcher.send
 
     @functools.wraps(send)
-    def timed_send(self: Dispatcher, job: Any) -> None:
+    def timed_send(self: Dispatcher, job: Any, status: dict[str, Any] | None = None) -> None:
         stamps = getattr(_local, "stamps", None)
         if stamps is not None:
             stamps["send"] = time.time()
-        send(self, job)
+        send(self, job, status)
         if stamps is not None:
             stamps["sent"] = time.time()
 

@@ -1,7 +1,8 @@
 """What every phase of the dispatch benchmark works with: the running system's processes and their CPU
-snapshots, the load generator (``bench.dispatch.load``, a separate process), sends as the Dispatcher sends,
-and the two workers (Protostar's probe worker and the bare ``bench.dispatch.noop_app``), paused and resumed.
-The phases add their rows to :attr:`Rig.rows`, :attr:`Rig.breakdown` and :attr:`Rig.notes`.
+snapshots, the load generator (``bench.dispatch.load``, a separate process), ``send_task`` with the options
+every send of the Dispatcher carries (the bare baselines), and the two workers (Protostar's probe worker and
+the bare ``bench.dispatch.noop_app``), paused and resumed. The phases add their rows to :attr:`Rig.rows`,
+:attr:`Rig.breakdown` and :attr:`Rig.notes`.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class Rig:
     # Celery ---------------------------------------------------------------------------------------------
 
     def send_like_dispatcher(self, app: Any, name: str, queue: str, **kw: Any) -> None:
+        """``send_task`` with the expiry and time limits a Dispatcher's send carries (the bare baselines)."""
         from protostar.jobs.kinds import send_options
 
         app.send_task(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine, text
@@ -17,6 +18,7 @@ from protostar.db.models import Job
 from protostar.jobs import repo as jobs_repo
 from protostar.jobs.dispatch import Dispatcher
 from protostar.jobs.ending import Ending
+from protostar.jobs.turns import Released
 from protostar.summary.submit import after_answer, resummarize
 from tests.chat.test_chat_api import new_session
 from tests.summary.test_summary import add_summary, seed, summary_jobs, tenant_of
@@ -26,7 +28,7 @@ from tests.summary.test_summary import add_summary, seed, summary_jobs, tenant_o
 class Unsent(Dispatcher):
     """Commits jobs like the real dispatcher but sends nothing, so no worker runs them."""
 
-    def send(self, job: Job) -> None:
+    def send(self, job: Job | Released, status: dict[str, Any] | None = None) -> None:
         return None
 
 
